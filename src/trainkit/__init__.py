@@ -1,0 +1,32 @@
+"""trainkit: composable, typed, tested PyTorch training components.
+
+Each component is usable on its own; :class:`Trainer` wires them into the seed's loop.
+"""
+
+from trainkit import recipes
+from trainkit.amp import AMPStep, StepInfo
+from trainkit.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
+from trainkit.losses import LabelSmoothedNLLLoss, coverage_loss, mask_and_avg, masked_nll
+from trainkit.optim import build_optimizer
+from trainkit.schedule import WarmupCosineSchedule
+from trainkit.stopping import EarlyStopper, RunningAverage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AMPStep",
+    "StepInfo",
+    "CheckpointError",
+    "CheckpointManager",
+    "load_checkpoint",
+    "EarlyStopper",
+    "RunningAverage",
+    "LabelSmoothedNLLLoss",
+    "coverage_loss",
+    "mask_and_avg",
+    "masked_nll",
+    "WarmupCosineSchedule",
+    "build_optimizer",
+    "recipes",
+    "__version__",
+]

@@ -1,0 +1,160 @@
+"""Linear warmup followed by cosine decay: the proposed pipeline's learning rate.
+
+The learning rate is a pure function of an explicit position ``t`` (an epoch index, or a
+fractional epoch ``epoch + step / steps_per_epoch`` for per-step scheduling). Nothing hides a
+step counter, so a skipped AMP step or a resume cannot make the schedule drift.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+__all__ = ["WarmupCosineSchedule"]
+
+
+def _check_finite(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+
+
+class WarmupCosineSchedule:
+    """Warmup + cosine learning-rate schedule, equal to the seed's ``_get_lr(epoch)``.
+
+    For integer ``t`` in ``[0, total]``::
+
+        t < warmup:  base_lr * (t + 1) / warmup
+        otherwise:   min_lr + 0.5 * (base_lr - min_lr) * (1 + cos(pi * progress)),
+                     progress = (t - warmup) / max(1, total - warmup)
+
+    Fractional ``t`` follows the same formulas with the warmup ramp capped at ``base_lr``
+    (so it rises during warmup and never overshoots), and ``t >= total`` holds ``min_lr``
+    (the seed's formula would climb back up past ``total``).
+
+    Args:
+        base_lr: Peak learning rate (the seed uses 6.5e-4; its range is 3e-4..6.5e-4).
+        warmup: Warmup length in epochs (seed: 5). 0 means no warmup.
+        total: Schedule length in epochs (seed: 50).
+        min_lr: Floor reached at ``total`` (seed: 1e-6).
+
+    Raises:
+        ValueError: ``base_lr <= 0``, ``min_lr < 0``, ``min_lr > base_lr``, ``warmup < 0``,
+            ``total <= 0``, ``warmup > total``, or any non-finite value.
+        TypeError: a non-numeric argument.
+    """
+
+    def __init__(self, base_lr: float, warmup: float, total: float, min_lr: float = 0.0) -> None:
+        for name, value in (("base_lr", base_lr), ("warmup", warmup), ("total", total), ("min_lr", min_lr)):
+            _check_finite(name, value)
+        if base_lr <= 0:
+            raise ValueError(f"base_lr must be > 0, got {base_lr!r}")
+        if min_lr < 0:
+            raise ValueError(f"min_lr must be >= 0, got {min_lr!r}")
+        if min_lr > base_lr:
+            raise ValueError(f"min_lr must be <= base_lr ({base_lr!r}), got {min_lr!r}")
+        if warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {warmup!r}")
+        if total <= 0:
+            raise ValueError(f"total must be > 0, got {total!r}")
+        if warmup > total:
+            raise ValueError(f"warmup must be <= total ({total!r}), got {warmup!r}")
+        self.base_lr = float(base_lr)
+        self.warmup = warmup
+        self.total = total
+        self.min_lr = float(min_lr)
+
+    def __call__(self, t: float) -> float:
+        """Return the learning rate at position ``t`` (epochs, may be fractional).
+
+        Args:
+            t: Position in epochs, ``t >= 0``.
+
+        Returns:
+            The learning rate as a Python float.
+
+        Raises:
+            ValueError: ``t`` is negative or not finite.
+        """
+        if not math.isfinite(t) or t < 0:
+            raise ValueError(f"t must be a finite number >= 0, got {t!r}")
+        if t >= self.total:
+            return self.min_lr
+        if t < self.warmup:
+            return min(self.base_lr, self.base_lr * (t + 1) / self.warmup)
+        progress = (t - self.warmup) / max(1, self.total - self.warmup)
+        return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+
+    def apply(self, optimizer: torch.optim.Optimizer, t: float) -> float:
+        """Set ``lr`` on every param group of ``optimizer`` to ``self(t)``.
+
+        Args:
+            optimizer: Any torch optimizer.
+            t: Position in epochs.
+
+        Returns:
+            The learning rate that was set.
+        """
+        lr = self(t)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def as_lr_scheduler(
+        self, optimizer: torch.optim.Optimizer, steps_per_epoch: int | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        """Wrap the schedule as a standard ``torch.optim.lr_scheduler.LRScheduler``.
+
+        After ``k`` calls to ``.step()`` the learning rate equals ``self(k)`` (epoch mode) or
+        ``self(k / steps_per_epoch)`` (step mode), so it plugs into any loop or framework
+        that steps a torch scheduler.
+
+        Args:
+            optimizer: The optimizer whose param groups are driven.
+            steps_per_epoch: ``None`` for one ``.step()`` per epoch, else steps per epoch.
+
+        Returns:
+            An ``LRScheduler`` with the usual ``state_dict()``/``load_state_dict()``.
+
+        Raises:
+            ValueError: ``steps_per_epoch`` is given and not a positive integer.
+        """
+        if steps_per_epoch is not None and (
+            not isinstance(steps_per_epoch, int) or isinstance(steps_per_epoch, bool) or steps_per_epoch < 1
+        ):
+            raise ValueError(f"steps_per_epoch must be a positive int or None, got {steps_per_epoch!r}")
+        per = steps_per_epoch or 1
+        schedule = self
+        return _ScheduleLR(optimizer, lambda k: schedule(k / per))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the schedule's settings (it has no other state)."""
+        return {"base_lr": self.base_lr, "warmup": self.warmup, "total": self.total, "min_lr": self.min_lr}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore settings saved by :meth:`state_dict` (validated like the constructor)."""
+        self.__init__(state["base_lr"], state["warmup"], state["total"], state["min_lr"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return (
+            f"WarmupCosineSchedule(base_lr={self.base_lr!r}, warmup={self.warmup!r}, "
+            f"total={self.total!r}, min_lr={self.min_lr!r})"
+        )
+
+
+class _ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
+    """An ``LRScheduler`` that sets ``lr = fn(k)`` exactly (not ``initial_lr * factor``)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, fn: Any, last_epoch: int = -1) -> None:
+        self._fn = fn
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        lr = self._fn(self.last_epoch)
+        return [lr for _ in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key not in ("optimizer", "_fn")}

@@ -1,0 +1,214 @@
+"""Model selection and stopping rules of the seed's two pipelines.
+
+``EarlyStopper`` is the proposed pipeline's patience rule on validation loss;
+``RunningAverage`` is the original pipeline's eval-process rule (keep the model whose
+exponentially averaged loss is lowest).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["EarlyStopper", "RunningAverage"]
+
+_MODES = ("min", "max")
+
+
+def _as_float(name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+
+
+class EarlyStopper:
+    """Patience-based early stopping, exactly the seed's loop.
+
+    Each validation value is recorded with :meth:`step`. It is an improvement when
+    ``value < best - min_delta`` (mode ``"min"``; ``value > best + min_delta`` for ``"max"``);
+    an improvement resets ``counter`` to 0, anything else adds one. ``should_stop`` turns
+    True on a non-improving step once ``counter >= patience`` and at least ``min_epochs``
+    values have been seen (the seed: patience 5, min_epochs 8, epochs counted from 1).
+    NaN and +/-inf are never improvements.
+
+    Args:
+        patience: Non-improving epochs tolerated (seed: 5).
+        min_epochs: Epochs that must be seen before stopping (seed: 8).
+        mode: ``"min"`` (loss) or ``"max"`` (accuracy).
+        min_delta: Margin an improvement must beat.
+
+    Raises:
+        ValueError: ``patience < 0``, ``min_epochs < 0``, ``min_delta < 0`` or unknown ``mode``.
+
+    Attributes:
+        best: Best value so far (``inf``/``-inf`` before any finite value).
+        best_epoch: 1-based epoch of ``best`` (0 before any improvement).
+        counter: Non-improving steps since the last improvement.
+        epoch: Number of values seen.
+        should_stop: Whether the stopping rule has fired.
+    """
+
+    def __init__(self, patience: int = 5, min_epochs: int = 0, mode: str = "min", min_delta: float = 0.0) -> None:
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience must be an int >= 0, got {patience!r}")
+        if isinstance(min_epochs, bool) or not isinstance(min_epochs, int) or min_epochs < 0:
+            raise ValueError(f"min_epochs must be an int >= 0, got {min_epochs!r}")
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        min_delta = _as_float("min_delta", min_delta)
+        if not (min_delta >= 0) or math.isinf(min_delta):
+            raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta!r}")
+        self.patience = patience
+        self.min_epochs = min_epochs
+        self.mode = mode
+        self.min_delta = min_delta
+        self.best = math.inf if mode == "min" else -math.inf
+        self.best_epoch = 0
+        self.counter = 0
+        self.epoch = 0
+        self.should_stop = False
+
+    def is_improvement(self, value: float) -> bool:
+        """Whether ``value`` would be a new best (pure: records nothing).
+
+        Args:
+            value: A validation value.
+
+        Returns:
+            True when ``value`` is finite and beats ``best`` by more than ``min_delta``.
+        """
+        value = _as_float("value", value)
+        if not math.isfinite(value):
+            return False
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def step(self, value: float) -> bool:
+        """Record one validation value.
+
+        Args:
+            value: The epoch's validation value (a float or a 0-d tensor).
+
+        Returns:
+            True when ``value`` is a new best (save your best checkpoint then).
+        """
+        value = _as_float("value", value)
+        self.epoch += 1
+        if self.is_improvement(value):
+            self.best = value
+            self.best_epoch = self.epoch
+            self.counter = 0
+            return True
+        self.counter += 1
+        if self.counter >= self.patience and self.epoch >= self.min_epochs:
+            self.should_stop = True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the full state as plain Python values."""
+        return {
+            "patience": self.patience,
+            "min_epochs": self.min_epochs,
+            "mode": self.mode,
+            "min_delta": self.min_delta,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "counter": self.counter,
+            "epoch": self.epoch,
+            "should_stop": self.should_stop,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict`; later decisions are identical.
+
+        Raises:
+            ValueError: the saved settings are invalid.
+        """
+        self.__init__(state["patience"], state["min_epochs"], state["mode"], state["min_delta"])  # type: ignore[misc]
+        self.best = float(state["best"])
+        self.best_epoch = int(state["best_epoch"])
+        self.counter = int(state["counter"])
+        self.epoch = int(state["epoch"])
+        self.should_stop = bool(state["should_stop"])
+
+    def __repr__(self) -> str:
+        return (
+            f"EarlyStopper(patience={self.patience}, min_epochs={self.min_epochs}, mode={self.mode!r}, "
+            f"best={self.best!r}, best_epoch={self.best_epoch}, counter={self.counter}, epoch={self.epoch})"
+        )
+
+
+class RunningAverage:
+    """The original pipeline's running-average loss (``calc_running_avg_loss``).
+
+    The first value is taken as is; later ones update ``avg = decay*avg + (1-decay)*value``;
+    then ``avg = min(avg, clip)``. ``is_best`` is True after an update whose average is
+    below every earlier average (the eval process then saved "bestmodel").
+
+    Args:
+        decay: Averaging factor (original: 0.99).
+        clip: Upper clip of the average (original: 12.0).
+
+    Raises:
+        ValueError: ``decay`` outside ``[0, 1)`` or ``clip`` not a positive finite number.
+    """
+
+    def __init__(self, decay: float = 0.99, clip: float = 12.0) -> None:
+        decay = _as_float("decay", decay)
+        clip = _as_float("clip", clip)
+        if not (0.0 <= decay < 1.0):
+            raise ValueError(f"decay must be in [0, 1), got {decay!r}")
+        if not (math.isfinite(clip) and clip > 0):
+            raise ValueError(f"clip must be a finite number > 0, got {clip!r}")
+        self.decay = decay
+        self.clip = clip
+        self.avg: float | None = None
+        self.best = math.inf
+        self.is_best = False
+        self.count = 0
+
+    def update(self, value: float) -> float:
+        """Fold one loss value into the average.
+
+        Args:
+            value: A loss value (float or 0-d tensor).
+
+        Returns:
+            The new running average.
+        """
+        value = _as_float("value", value)
+        if self.avg is None:
+            avg = value
+        else:
+            avg = self.decay * self.avg + (1 - self.decay) * value
+        avg = min(avg, self.clip)
+        self.avg = avg
+        self.count += 1
+        self.is_best = avg < self.best  # False for NaN
+        if self.is_best:
+            self.best = avg
+        return avg
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the full state as plain Python values."""
+        return {
+            "decay": self.decay,
+            "clip": self.clip,
+            "avg": self.avg,
+            "best": self.best,
+            "is_best": self.is_best,
+            "count": self.count,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict`."""
+        self.__init__(state["decay"], state["clip"])  # type: ignore[misc]
+        self.avg = None if state["avg"] is None else float(state["avg"])
+        self.best = float(state["best"])
+        self.is_best = bool(state["is_best"])
+        self.count = int(state["count"])
+
+    def __repr__(self) -> str:
+        return f"RunningAverage(decay={self.decay}, clip={self.clip}, avg={self.avg!r}, best={self.best!r})"
