@@ -84,7 +84,8 @@ class WarmupCosineSchedule:
         if t >= self.total:
             return self.min_lr
         if t < self.warmup:
-            return min(self.base_lr, self.base_lr * (t + 1) / self.warmup)
+            # Cap the ramp through (t + 1) so integer epochs stay bit-equal to the seed.
+            return self.base_lr * min(t + 1, self.warmup) / self.warmup
         progress = (t - self.warmup) / max(1, self.total - self.warmup)
         return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
 

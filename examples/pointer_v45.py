@@ -1,0 +1,396 @@
+"""Train pointer_v45 on next-location prediction with trainkit's components.
+
+    python examples/pointer_v45.py                       # synthetic data, proposed recipe
+    python examples/pointer_v45.py --data ../shared/data/geolife/dataSet_geolife.csv
+    python examples/pointer_v45.py --recipe original --epochs 10
+    python examples/pointer_v45.py --resume runs/pointer_v45-proposed-...
+
+Reads top to bottom: parse the command line, resolve the config, build the data
+(staypoint CSV -> cached GeoLife-protocol splits -> batches), the model, the recipe's
+optimizer / schedule / loss / selection rule, then hand them to ``trainkit.Trainer`` and
+write ``results.json`` into the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the example's own modules
+
+import geolife_data  # noqa: E402
+from pointer_v45_model import PointerV45  # noqa: E402
+
+from trainkit import (  # noqa: E402
+    AMPStep,
+    CheckpointManager,
+    EarlyStopper,
+    LabelSmoothedNLLLoss,
+    RunningAverage,
+    WarmupCosineSchedule,
+    build_optimizer,
+    masked_nll,
+    recipes,
+)
+from trainkit.batching import TensorBatches  # noqa: E402
+from trainkit.checkpoint import CheckpointError  # noqa: E402
+from trainkit.rng import seed_everything  # noqa: E402
+from trainkit.trainer import NonFiniteLossError, Trainer  # noqa: E402
+
+log = logging.getLogger("pointer_v45")
+
+# The seed's GeoLife settings; examples/configs/pointer_v45.yaml holds the same values.
+DEFAULT_CONFIG: dict[str, dict[str, Any]] = {
+    "data": {
+        "path": None,
+        "cache_dir": None,
+        "max_len": None,
+        "synthetic_users": 24,
+        "synthetic_days": 112,
+        "synthetic_seed": 0,
+    },
+    "model": {"d_model": 64, "nhead": 4, "num_layers": 2, "dim_feedforward": 128, "dropout": 0.15},
+    "training": {
+        "batch_size": 128,
+        "epochs": 50,
+        "lr": 6.5e-4,
+        "weight_decay": 0.015,
+        "label_smoothing": 0.03,
+        "grad_clip": 0.8,
+        "patience": 5,
+        "min_epochs": 8,
+        "warmup_epochs": 5,
+        "min_lr": 1e-6,
+        "precision": "auto",
+        "per_step_schedule": False,
+        "nonfinite": "raise",
+        "seed": 42,
+        "device": "auto",
+        "log_every": 50,
+        "checkpoint_every_seconds": 60,
+    },
+}
+X_DICT_KEYS = ("time", "weekday", "diff", "duration", "user", "len")
+
+
+class UsageError(Exception):
+    """Bad command-line or config input: printed as one line, exit status 2."""
+
+
+# ------------------------------------------------------------------------ command line
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help="YAML config (default: the seed's GeoLife settings)")
+    parser.add_argument("--data", type=Path, help="staypoint CSV (default: synthetic data)")
+    parser.add_argument("--epochs", type=int, help="maximum epochs (default: config, 50)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="default: auto")
+    parser.add_argument("--seed", type=int, help="default: 42")
+    parser.add_argument("--out", type=Path, default=Path("runs"), help="the run directory is created inside (default: runs)")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    parser.add_argument("--recipe", choices=("proposed", "original", "compare"), default="proposed")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Defaults, then the YAML file, then command-line flags; every value checked."""
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    if args.config is not None:
+        merge_config(config, read_yaml(args.config), str(args.config))
+    check_config(config)  # the file's own epochs must fit its warmup
+    training = config["training"]
+    for flag, key in (("epochs", "epochs"), ("device", "device"), ("precision", "precision"), ("seed", "seed")):
+        if getattr(args, flag) is not None:
+            training[key] = getattr(args, flag)
+    if args.data is not None:
+        config["data"]["path"] = str(args.data)
+    check_config(config, warmup_fits=False)  # a shorter --epochs reduces the warmup instead
+    return config
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UsageError(f"config file not found: {path}")
+    try:
+        import yaml
+    except ImportError:
+        raise UsageError("reading --config needs PyYAML: pip install 'trainkit[examples]'") from None
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(loaded, dict):
+        raise UsageError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
+def merge_config(config: dict[str, dict[str, Any]], update: dict[str, Any], source: str) -> None:
+    """Copy ``update`` into ``config``, refusing unknown sections/keys (with a suggestion)."""
+    for section, values in update.items():
+        if section not in config:
+            raise UsageError(f"{source}: unknown section {section!r}{_suggest(section, config)}")
+        if not isinstance(values, dict):
+            raise UsageError(f"{source}: section {section!r} must be a mapping")
+        for key, value in values.items():
+            if key not in config[section]:
+                raise UsageError(f"{source}: unknown key {section}.{key}{_suggest(key, config[section])}")
+            config[section][key] = value
+
+
+def _suggest(name: str, known: dict[str, Any]) -> str:
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+
+
+def check_config(config: dict[str, dict[str, Any]], warmup_fits: bool = True) -> None:
+    """Refuse values that would fail later with a less clear message.
+
+    ``warmup_fits``: also require ``warmup_epochs <= epochs`` (a config file must be
+    consistent; ``--epochs`` may be shorter, and the warmup is then reduced).
+    """
+    t, m = config["training"], config["model"]
+
+    def number(section: dict[str, Any], key: str, low: float, *, strict: bool = False, integer: bool = False) -> None:
+        value = section[key]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (value > low if strict else value >= low) and (not integer or float(value).is_integer())
+        if not ok:
+            kind = "an integer" if integer else "a finite number"
+            raise UsageError(f"{key} must be {kind} {'>' if strict else '>='} {low}, got {value!r}")
+
+    number(t, "epochs", 1, integer=True)
+    number(t, "batch_size", 1, integer=True)
+    number(t, "lr", 0, strict=True)
+    number(t, "weight_decay", 0)
+    number(t, "grad_clip", 0, strict=True)
+    number(t, "patience", 0, integer=True)
+    number(t, "min_epochs", 0, integer=True)
+    number(t, "warmup_epochs", 0, integer=True)
+    number(t, "min_lr", 0)
+    number(t, "seed", 0, integer=True)
+    number(t, "log_every", 1, integer=True)
+    number(t, "checkpoint_every_seconds", 0, strict=True)
+    number(m, "d_model", 4, integer=True)
+    number(m, "nhead", 1, integer=True)
+    number(m, "num_layers", 1, integer=True)
+    number(m, "dim_feedforward", 1, integer=True)
+    if not (isinstance(t["label_smoothing"], (int, float)) and 0 <= t["label_smoothing"] < 1):
+        raise UsageError(f"label_smoothing must be in [0, 1), got {t['label_smoothing']!r}")
+    if not (isinstance(m["dropout"], (int, float)) and 0 <= m["dropout"] < 1):
+        raise UsageError(f"dropout must be in [0, 1), got {m['dropout']!r}")
+    if t["min_lr"] > t["lr"]:
+        raise UsageError(f"min_lr ({t['min_lr']!r}) must not exceed lr ({t['lr']!r})")
+    if warmup_fits and t["warmup_epochs"] > t["epochs"]:
+        raise UsageError(f"warmup_epochs ({t['warmup_epochs']}) must not exceed epochs ({t['epochs']})")
+    if t["precision"] not in ("auto", "fp32", "bf16", "fp16"):
+        raise UsageError(f"precision must be auto, fp32, bf16 or fp16, got {t['precision']!r}")
+    if t["nonfinite"] not in ("raise", "skip"):
+        raise UsageError(f"nonfinite must be raise or skip, got {t['nonfinite']!r}")
+    if t["device"] not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"device must be auto, cpu or cuda, got {t['device']!r}")
+    if config["data"]["path"] is not None and not Path(config["data"]["path"]).is_file():
+        raise UsageError(f"data file not found: {config['data']['path']}")
+
+
+# ------------------------------------------------------------------------------ data
+def load_data(config: dict[str, dict[str, Any]], out: Path) -> geolife_data.GeoLifeSplits:
+    """Staypoint CSV (or the synthetic one) -> GeoLife-protocol splits, cached on disk."""
+    data = config["data"]
+    cache_dir = Path(data["cache_dir"]) if data["cache_dir"] else out / ".cache"
+    csv_path = data["path"]
+    if csv_path is None:
+        csv_path = cache_dir / (
+            f"synthetic-u{data['synthetic_users']}-d{data['synthetic_days']}-s{data['synthetic_seed']}.csv"
+        )
+        if not csv_path.is_file():
+            geolife_data.generate_synthetic_staypoints(
+                csv_path, num_users=data["synthetic_users"], num_days=data["synthetic_days"], seed=data["synthetic_seed"]
+            )
+    splits = geolife_data.load_or_build_splits(csv_path, cache_dir, max_len=data["max_len"])
+    for line in splits.warnings:
+        log.warning("data: %s", line)
+    for name in geolife_data.SPLITS:
+        if len(splits.split(name)["y"]) == 0:
+            raise UsageError(f"the {name} split has no samples: the data has too few days per user")
+    return splits
+
+
+def make_batches(split: dict[str, Any], batch_size: int, shuffle: bool, seed: int, device: torch.device) -> TensorBatches:
+    """Batches in the seed's ``(x, y, x_dict)`` format, built by indexing (GPU-resident on CUDA)."""
+    trim = device.type == "cpu"  # on CPU, drop columns that are padding in the whole batch
+
+    def to_seed_format(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        if trim:
+            length = int(batch["len"].max())
+            batch = {k: (v[:, :length] if v.dim() == 2 else v) for k, v in batch.items()}
+        return batch["x"], batch["y"], {key: batch[key] for key in X_DICT_KEYS}
+
+    return TensorBatches(
+        geolife_data.splits_to_tensors(split), batch_size, shuffle=shuffle, seed=seed, device=device,
+        transform=to_seed_format,
+    )
+
+
+# ---------------------------------------------------------------------------- recipes
+def original_loss(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The original pipeline's masked NLL, one decoder step per sample (padding id 0 masked)."""
+    return masked_nll(log_probs.unsqueeze(1), targets.unsqueeze(1), (targets != 0).unsqueeze(1))
+
+
+def build_trainer(
+    recipe: recipes.Recipe,
+    config: dict[str, dict[str, Any]],
+    splits: geolife_data.GeoLifeSplits,
+    run_dir: Path,
+    device: torch.device,
+    progress: bool,
+) -> Trainer:
+    """Model, optimizer, schedule, loss, selection rule and checkpoints for one recipe."""
+    t, m = config["training"], config["model"]
+    seed_everything(int(t["seed"]))
+    model = PointerV45(splits.num_locations, splits.num_users, max_len=splits.max_len, **m).to(device)
+    train = make_batches(splits.train, t["batch_size"], True, t["seed"], device)
+    val = make_batches(splits.validation, t["batch_size"], False, t["seed"], device)
+    test = make_batches(splits.test, t["batch_size"], False, t["seed"], device)
+    epochs = int(t["epochs"])
+    if recipe.name == "proposed":
+        optimizer = build_optimizer(model, "adamw", lr=t["lr"], weight_decay=t["weight_decay"],
+                                    betas=recipe.betas, eps=recipe.eps)
+        warmup = int(t["warmup_epochs"])
+        if warmup >= epochs:  # only when --epochs is shorter than the config's warmup
+            reduced = epochs // 10
+            log.info("warmup of %d epochs does not fit %d epochs: reduced to %d", warmup, epochs, reduced)
+            warmup = reduced
+        schedule = WarmupCosineSchedule(t["lr"], warmup, epochs, t["min_lr"])
+        loss_fn: Any = LabelSmoothedNLLLoss(t["label_smoothing"], ignore_index=0)
+        amp = AMPStep(optimizer, precision=t["precision"], max_grad_norm=t["grad_clip"], device_type=device.type)
+        stopper, running_average = EarlyStopper(patience=t["patience"], min_epochs=t["min_epochs"]), None
+        checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=recipe.checkpoint_keep)
+    else:  # original: Adagrad, fixed LR, clip 2.0, masked NLL, fp32, running-average selection
+        optimizer = build_optimizer(model, "adagrad", **recipe.optimizer_kwargs())
+        schedule = None
+        loss_fn = original_loss
+        amp = AMPStep(optimizer, precision="fp32", max_grad_norm=recipe.grad_clip, device_type=device.type)
+        stopper = None
+        running_average = RunningAverage(recipe.running_avg_decay or 0.99, recipe.running_avg_clip or 12.0)
+        checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=recipe.checkpoint_keep,
+                                        every_seconds=t["checkpoint_every_seconds"], pinned=(recipe.best_name,))
+        log.info("original recipe: the original loop never ends on its own; running %d epochs", epochs)
+    log.info("model: %s parameters | optimizer: %s | precision: %s | device: %s",
+             f"{model.count_parameters():,}", type(optimizer).__name__, amp.precision, device)
+    return Trainer(
+        model, optimizer, loss_fn, train, val, test_loader=test, epochs=epochs, schedule=schedule,
+        per_step_schedule=bool(t["per_step_schedule"]), amp=amp, stopper=stopper, running_average=running_average,
+        checkpoints=checkpoints, best_name=recipe.best_name, device=device, nonfinite=t["nonfinite"],
+        log_every=int(t["log_every"]), metrics_log=run_dir / "metrics.jsonl", progress=progress,
+        config={"recipe": recipe.name, **config},
+    )
+
+
+# ------------------------------------------------------------------------------- main
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def setup_logging(run_dir: Path) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "train.log")):
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+
+
+def run_one(recipe_name: str, config: dict[str, dict[str, Any]], run_dir: Path, resume: bool, progress: bool) -> dict[str, Any]:
+    """Train one recipe in ``run_dir`` and write its ``results.json``."""
+    start = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir)
+    (run_dir / "config.json").write_text(json.dumps({"recipe": recipe_name, **config}, indent=2))
+    device = pick_device(config["training"]["device"])
+    splits = load_data(config, run_dir.parent)
+    counts = {name: len(splits.split(name)["y"]) for name in geolife_data.SPLITS}
+    baseline = geolife_data.most_frequent_baseline(splits)
+    log.info("data: %s samples | %d locations (with padding and unseen) | %d users",
+             counts, splits.num_locations, splits.num_users - 1)
+    log.info("baseline (most frequent train location): test Acc@1 %.2f%%", baseline)
+    recipe = recipes.by_name(recipe_name)
+    trainer = build_trainer(recipe, config, splits, run_dir, device, progress)
+    if resume:
+        trainer.resume()
+    outcome = trainer.fit()
+    results = {
+        "recipe": recipe_name,
+        "validation": outcome["validation"],
+        "test": outcome["test"],
+        "baseline_test_acc@1": baseline,
+        "num_samples": counts,
+        "num_locations": splits.num_locations,
+        "seed": config["training"]["seed"],
+        "best_epoch": outcome["best_epoch"],
+        "epochs_run": outcome["epochs_run"],
+        "stopped_early": outcome["stopped_early"],
+        "skipped_steps": outcome["skipped_steps"],
+        "world_size": 1,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": trainer.amp.precision,
+        "train_seconds": outcome["train_seconds"],
+        "wall_time_s": time.perf_counter() - start,
+        "data": config["data"]["path"] or "synthetic",
+    }
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    test = outcome["test"]
+    log.info("test: Acc@1 %.2f%% (seen targets %.2f%%) | Acc@5 %.2f%% | Acc@10 %.2f%% | MRR %.2f%% | NDCG %.2f%% | "
+             "baseline Acc@1 %.2f%%", test["acc@1"], test["acc@1_seen"], test["acc@5"], test["acc@10"], test["mrr"],
+             test["ndcg"], baseline)
+    log.info("results: %s", run_dir / "results.json")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.resume is not None:
+            config_path = args.resume / "config.json"
+            if not config_path.is_file():
+                raise UsageError(f"--resume {args.resume}: no config.json there (not a run directory?)")
+            saved = json.loads(config_path.read_text())
+            recipe_name = saved.pop("recipe")
+            config = copy.deepcopy(DEFAULT_CONFIG)
+            merge_config(config, saved, str(config_path))
+            if args.epochs is not None:
+                config["training"]["epochs"] = args.epochs
+            check_config(config, warmup_fits=False)
+            run_one(recipe_name, config, args.resume, resume=True, progress=not args.no_progress)
+            return 0
+        config = resolve_config(args)
+        if args.recipe == "compare":
+            raise UsageError("--recipe compare is not available yet (see issue 'recipes')")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = args.out / f"pointer_v45-{args.recipe}-seed{config['training']['seed']}-{stamp}"
+        run_one(args.recipe, config, run_dir, resume=False, progress=not args.no_progress)
+        return 0
+    except (UsageError, ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
