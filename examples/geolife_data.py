@@ -396,7 +396,7 @@ def most_frequent_baseline(splits: GeoLifeSplits, split: str = "test") -> float:
 
 
 def generate_synthetic_staypoints(
-    path: str | os.PathLike[str], num_users: int = 24, num_days: int = 112, seed: int = 0
+    path: str | os.PathLike[str], num_users: int = 20, num_days: int = 100, seed: int = 0
 ) -> Path:
     """Write a deterministic synthetic staypoint CSV with the GeoLife schema (``CSV_COLUMNS``).
 
@@ -434,7 +434,7 @@ def generate_synthetic_staypoints(
     rows: list[tuple[int, int, float, int, int, int, int, int]] = []
     for user in range(1, num_users + 1):
         home = new_location()
-        work = campus if rng.random() < 0.6 else new_location()
+        work = campus if rng.random() < 0.7 else new_location()
         lunch = [new_location() for _ in range(3)]  # lunch[2] replaces lunch[1] from switch_day on
         lunch_pref = rng.dirichlet(np.ones(2))
         switch_day = int(rng.integers(num_days // 3, num_days))

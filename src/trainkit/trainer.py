@@ -216,8 +216,8 @@ class Trainer:
                 "  * new best" if improved else "",
             )
             self.stopped_early = bool(self.stopper is not None and self.stopper.should_stop)
+            self.history.append(record)  # before saving, so the checkpoint's history includes this epoch
             record["checkpoint_seconds"] = self._save_epoch_checkpoints(improved)
-            self.history.append(record)
             self._write_metrics(record)
             if self.on_epoch_end is not None:
                 self.on_epoch_end(record)

@@ -1,0 +1,10 @@
+"""Shared test setup: make ``src/`` importable when trainkit is not installed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+if str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))

@@ -1,0 +1,116 @@
+"""Every number of the seed's summary tables, asserted against trainkit.recipes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from trainkit import build_optimizer, recipes
+
+
+def test_recipes_are_dataclasses():
+    for recipe in (recipes.original(), recipes.proposed()):
+        assert dataclasses.is_dataclass(recipe)
+        assert not isinstance(recipe, type)
+
+
+def test_original_pipeline_numbers():
+    r = recipes.original()
+    assert r.name == "original"
+    # Optimizer: Adagrad lr 0.15, initial_accumulator_value 0.1; fixed LR
+    assert r.optimizer == "adagrad"
+    assert r.lr == 0.15
+    assert r.initial_accumulator_value == 0.1
+    assert r.schedule == "fixed"
+    # Gradient clipping: global norm 2.0
+    assert r.grad_clip == 2.0
+    # Loss: masked NLL, optional coverage with weight 1.0
+    assert r.loss == "masked_nll"
+    assert r.coverage_optional is True
+    assert r.cov_loss_wt == 1.0
+    assert r.label_smoothing == 0.0
+    # Model selection: running-average loss, decay 0.99, clip 12 -> "bestmodel"
+    assert r.selection == "running_average"
+    assert r.running_avg_decay == 0.99
+    assert r.running_avg_clip == 12.0
+    assert "bestmodel" in r.best_name
+    # Checkpoints every 60 s, keep 3
+    assert r.checkpoint_every_seconds == 60
+    assert r.checkpoint_keep == 3
+    # Precision fp32, no AMP
+    assert r.precision == "fp32"
+    assert r.amp is False
+    # Non-finite loss: raise and stop; infinite loop
+    assert r.non_finite_loss == "raise"
+    assert r.loop == "infinite"
+
+
+def test_proposed_pipeline_numbers():
+    r = recipes.proposed()
+    assert r.name == "proposed"
+    # Optimizer: AdamW lr 3e-4..6.5e-4 (6.5e-4 in the GeoLife config), betas, eps, wd
+    assert r.optimizer == "adamw"
+    assert r.lr == 6.5e-4
+    assert tuple(r.lr_range) == (3e-4, 6.5e-4)
+    assert tuple(r.betas) == (0.9, 0.98)
+    assert r.eps == 1e-9
+    assert r.weight_decay == 0.015
+    # LR: linear warmup 5 epochs + cosine to 1e-6 over 50
+    assert r.schedule == "warmup_cosine"
+    assert r.warmup_epochs == 5
+    assert r.schedule_epochs == 50
+    assert r.min_lr == 1e-6
+    # Gradient clipping: global norm 0.8
+    assert r.grad_clip == 0.8
+    # Loss: CE with label smoothing 0.03, ignore_index 0, on log-probs
+    assert r.loss == "label_smoothed_nll"
+    assert r.label_smoothing == 0.03
+    assert r.ignore_index == 0
+    # Early stopping: best val loss -> best.pt, patience 5, min_epochs 8
+    assert r.selection == "early_stopping"
+    assert r.patience == 5
+    assert r.min_epochs == 8
+    assert r.best_name == "best.pt"
+    # AMP on
+    assert r.amp is True
+    assert r.precision in ("auto", "fp16", "bf16")
+    # Training config (GeoLife): 50 epochs, batch 128, seed 42
+    assert r.epochs == 50
+    assert r.batch_size == 128
+    assert r.seed == 42
+    assert r.loop == "epochs"
+    # the seed left non-finite losses unhandled; the design says we must handle them
+    assert r.non_finite_loss == "raise"
+
+
+def test_recipes_are_fresh_values():
+    a, b = recipes.proposed(), recipes.proposed()
+    assert a == b
+    assert recipes.original() != recipes.proposed()
+
+
+@pytest.mark.parametrize("factory, cls", [(recipes.original, torch.optim.Adagrad), (recipes.proposed, torch.optim.AdamW)])
+def test_recipe_drives_build_optimizer(factory, cls):
+    r = factory()
+    model = nn.Linear(3, 2)
+    opt = build_optimizer(model, r.optimizer, **r.optimizer_kwargs())
+    assert type(opt) is cls
+    group = opt.param_groups[0]
+    assert group["lr"] == r.lr
+    if cls is torch.optim.Adagrad:
+        assert group["initial_accumulator_value"] == 0.1
+    else:
+        assert (tuple(group["betas"]), group["eps"], group["weight_decay"]) == ((0.9, 0.98), 1e-9, 0.015)
+
+
+def test_proposed_schedule_from_recipe():
+    from trainkit import WarmupCosineSchedule
+
+    r = recipes.proposed()
+    sched = WarmupCosineSchedule(r.lr, r.warmup_epochs, r.schedule_epochs, r.min_lr)
+    assert sched(0) == 1.3e-4
+    assert sched(4) == 6.5e-4
+    assert sched(50) == 1e-6
