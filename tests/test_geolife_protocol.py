@@ -188,7 +188,7 @@ def test_synthetic_default_is_small_and_learnable(tmp_path: Path) -> None:
 def test_real_geolife_counts() -> None:
     s = gd.make_samples(gd.load_staypoints(REAL_CSV))
     counts = {name: len(s.split(name)["y"]) for name in gd.SPLITS}
-    # The sample counts reported for Hong et al.'s GeoLife split (previous_day = 7).
+    # Pinned: this implementation of the reference code path (previous_day = 7) on the real CSV.
     assert counts == {"train": 7424, "validation": 3334, "test": 3502}
     assert (s.num_locations, s.num_users, s.max_len) == (1187, 46, 54)
     assert s.skipped_users == []

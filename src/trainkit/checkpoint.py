@@ -30,6 +30,23 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written, or a file could not be loaded safely."""
 
 
+def _age_key(path: Path) -> tuple[int, list[Any]]:
+    """Sort key oldest-first: modification time, then the name with numbers compared as numbers
+    (so ``step-10.pt`` is newer than ``step-9.pt`` on a filesystem with coarse timestamps)."""
+    parts = re.split(r"(\d+)", path.name)
+    return path.stat().st_mtime_ns, [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -133,7 +150,7 @@ class CheckpointManager:
             for p in self.directory.iterdir()
             if p.is_file() and not p.name.startswith(".") and p.name not in self.pinned and p.suffix == ".pt"
         ]
-        return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+        return sorted(files, key=_age_key)
 
     def _rotate(self) -> None:
         files = self._rotating_files()
@@ -141,11 +158,15 @@ class CheckpointManager:
             old.unlink(missing_ok=True)
 
     def _remove_stray_temp_files(self) -> None:
+        """Delete temp files left by a crashed save (its process is gone, or it was ours)."""
         for stray in self.directory.glob(f"{_TMP_PREFIX}*"):
-            try:
-                stray.unlink()
-            except OSError:
-                pass
+            pid_text = stray.name.rsplit(".", 2)[-2] if stray.name.count(".") >= 2 else ""
+            pid = int(pid_text) if pid_text.isdigit() else -1
+            if pid == os.getpid() or pid < 0 or not _pid_alive(pid):
+                try:
+                    stray.unlink()
+                except OSError:
+                    pass
 
     # ----------------------------------------------------------------- loading
     def load(self, name: str = "best.pt", map_location: Any = None) -> dict[str, Any]:
@@ -175,7 +196,7 @@ class CheckpointManager:
             for p in self.directory.iterdir()
             if p.is_file() and not p.name.startswith(".") and p.suffix == ".pt" and p.name != "best.pt"
         ]
-        return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+        return sorted(files, key=_age_key, reverse=True)
 
     def load_latest(self, map_location: Any = None) -> tuple[Path, dict[str, Any]] | None:
         """Load the newest loadable checkpoint (``best.pt`` excluded).
