@@ -45,6 +45,8 @@ MAX_DURATION_BUCKET = 95  # ... clamped to 95 (= the reference's 2-day truncatio
 PAD_ID, UNSEEN_ID = 0, 1
 # Bump when the sample construction changes: it is part of the cache key.
 PROTOCOL_VERSION = "geolife-hong-v1"
+# Bump when generate_synthetic_staypoints writes different data for the same arguments.
+SYNTHETIC_VERSION = "syn-v1"
 
 _INT_COLUMNS = ("id", "user_id", "location_id", "start_day", "start_min", "weekday")
 _Sample = tuple[np.ndarray, np.ndarray, int, int]  # (history rows, diff, target id, user id)

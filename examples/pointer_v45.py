@@ -55,8 +55,8 @@ DEFAULT_CONFIG: dict[str, dict[str, Any]] = {
         "path": None,
         "cache_dir": None,
         "max_len": None,
-        "synthetic_users": 24,
-        "synthetic_days": 112,
+        "synthetic_users": 20,
+        "synthetic_days": 100,
         "synthetic_seed": 0,
     },
     "model": {"d_model": 64, "nhead": 4, "num_layers": 2, "dim_feedforward": 128, "dropout": 0.15},
@@ -211,7 +211,8 @@ def load_data(config: dict[str, dict[str, Any]], out: Path) -> geolife_data.GeoL
     csv_path = data["path"]
     if csv_path is None:
         csv_path = cache_dir / (
-            f"synthetic-u{data['synthetic_users']}-d{data['synthetic_days']}-s{data['synthetic_seed']}.csv"
+            f"{geolife_data.SYNTHETIC_VERSION}-u{data['synthetic_users']}-d{data['synthetic_days']}"
+            f"-s{data['synthetic_seed']}.csv"
         )
         if not csv_path.is_file():
             geolife_data.generate_synthetic_staypoints(

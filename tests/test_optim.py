@@ -121,3 +121,16 @@ def test_decay_exempt_opt_in():
     assert decay_of[id(lin.weight)] == 0.015
     for p in (lin.bias, emb.weight, norm.weight, norm.bias):
         assert decay_of[id(p)] == 0.0
+
+
+def test_decay_exempt_without_parameters_is_refused():
+    import pytest
+    import torch
+
+    from trainkit import build_optimizer
+
+    frozen = torch.nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ValueError, match="no parameters"):
+        build_optimizer(frozen, "adamw", decay_exempt=True)
+    with pytest.raises(ValueError, match="no parameters"):
+        build_optimizer([], "adagrad")

@@ -306,3 +306,12 @@ def test_running_average_state_dict_round_trip():
     for v in seq[3:]:
         assert resumed.update(v) == straight.update(v)
         assert resumed.is_best == straight.is_best
+
+
+def test_running_average_skips_nonfinite_values():
+    from trainkit import RunningAverage
+
+    avg = RunningAverage(decay=0.5, clip=12.0)
+    assert avg.update(4.0) == 4.0
+    assert avg.update(math.nan) == 4.0 and not avg.is_best and avg.nonfinite == 1
+    assert avg.update(2.0) == 3.0 and avg.is_best

@@ -231,3 +231,14 @@ def test_invalid_arguments_are_refused(tmp_path: Path) -> None:
         Trainer(model, optimizer, LabelSmoothedNLLLoss(), [], [], epochs=0)
     with pytest.raises(ValueError, match="nonfinite"):
         Trainer(model, optimizer, LabelSmoothedNLLLoss(), [], [], epochs=1, nonfinite="ignore")
+
+
+def test_trainer_pins_its_best_name_against_rotation(tmp_path: Path) -> None:
+    trainer = build(tmp_path, epochs=3)  # for its model, optimizer and data
+    fresh = Trainer(trainer.model, trainer.optimizer, LabelSmoothedNLLLoss(), trainer.train_loader, trainer.val_loader,
+                    epochs=3, checkpoints=CheckpointManager(tmp_path / "other", keep_last=1, every_seconds=1.0,
+                                                            clock=FakeClock()),
+                    best_name="bestmodel.pt", running_average=RunningAverage(), progress=False)
+    fresh.fit()
+    assert (tmp_path / "other" / "bestmodel.pt").is_file()
+    assert len(list((tmp_path / "other").glob("step-*.pt"))) == 1

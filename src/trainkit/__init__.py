@@ -5,11 +5,15 @@ Each component is usable on its own; :class:`Trainer` wires them into the seed's
 
 from trainkit import recipes
 from trainkit.amp import AMPStep, StepInfo
+from trainkit.batching import TensorBatches
 from trainkit.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from trainkit.losses import LabelSmoothedNLLLoss, coverage_loss, mask_and_avg, masked_nll
+from trainkit.metrics import RankingMetrics
 from trainkit.optim import build_optimizer
+from trainkit.rng import get_rng_state, seed_everything, set_rng_state
 from trainkit.schedule import WarmupCosineSchedule
 from trainkit.stopping import EarlyStopper, RunningAverage
+from trainkit.trainer import NonFiniteLossError, Trainer, seed_forward
 
 __version__ = "0.1.0"
 
@@ -27,6 +31,14 @@ __all__ = [
     "masked_nll",
     "WarmupCosineSchedule",
     "build_optimizer",
+    "RankingMetrics",
+    "TensorBatches",
+    "Trainer",
+    "NonFiniteLossError",
+    "seed_forward",
+    "seed_everything",
+    "get_rng_state",
+    "set_rng_state",
     "recipes",
     "__version__",
 ]

@@ -240,6 +240,16 @@ class CheckpointManager:
         self._last_rotating_save = self._clock() - float(state["seconds_since_save"])
 
 
+def _reason(exc: Exception) -> str:
+    """The informative line of torch's load error (its advice to load unsafely is dropped)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line]
+    for line in lines:
+        if "Unsupported global" in line or "Unsupported operand" in line or "WeightsUnpickler error" in line:
+            return line
+    return lines[0] if lines else type(exc).__name__
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = None) -> dict[str, Any]:
     """Load one checkpoint file safely (``weights_only=True``, never unsafe unpickling).
 
@@ -260,8 +270,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = None) -> d
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt/unsafe files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot load checkpoint {path} safely: {first_line}") from exc
+        raise CheckpointError(f"cannot load checkpoint {path} safely: {_reason(exc)}") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state

@@ -63,7 +63,7 @@ def build_optimizer(
         The optimizer.
 
     Raises:
-        ValueError: unknown ``name``, or no parameters.
+        ValueError: unknown ``name``, no parameters, or ``decay_exempt=True`` with param groups.
     """
     key = str(name).lower()
     if key not in _CLASSES:
@@ -74,7 +74,8 @@ def build_optimizer(
         params = [p for p in params_or_model.parameters() if p.requires_grad]
     else:
         params = list(params_or_model)
-    if not params:
+    count = sum(len(g["params"]) if isinstance(g, dict) else 1 for g in params)
+    if count == 0:
         raise ValueError("params_or_model has no parameters to optimize")
     kwargs = {**OPTIMIZER_DEFAULTS[key], **overrides}
     if key == "adamw" and "fused" not in kwargs and "foreach" not in kwargs and _all_on_cuda(params):

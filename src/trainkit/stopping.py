@@ -168,6 +168,7 @@ class RunningAverage:
         self.best = math.inf
         self.is_best = False
         self.count = 0
+        self.nonfinite = 0
 
     def update(self, value: float) -> float:
         """Fold one loss value into the average.
@@ -176,9 +177,14 @@ class RunningAverage:
             value: A loss value (float or 0-d tensor).
 
         Returns:
-            The new running average.
+            The new running average. A NaN or infinite value is not folded in (it is
+            counted in ``nonfinite``); the average stays as it was and ``is_best`` is False.
         """
         value = _as_float("value", value)
+        if not math.isfinite(value):  # a NaN would poison the average for good: skip it
+            self.nonfinite += 1
+            self.is_best = False
+            return math.nan if self.avg is None else self.avg
         if self.avg is None:
             avg = value
         else:
@@ -200,6 +206,7 @@ class RunningAverage:
             "best": self.best,
             "is_best": self.is_best,
             "count": self.count,
+            "nonfinite": self.nonfinite,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -209,6 +216,7 @@ class RunningAverage:
         self.best = float(state["best"])
         self.is_best = bool(state["is_best"])
         self.count = int(state["count"])
+        self.nonfinite = int(state.get("nonfinite", 0))
 
     def __repr__(self) -> str:
         return f"RunningAverage(decay={self.decay}, clip={self.clip}, avg={self.avg!r}, best={self.best!r})"

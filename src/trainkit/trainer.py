@@ -152,6 +152,8 @@ class Trainer:
         self.running_average = running_average
         self.checkpoints = checkpoints
         self.best_name = best_name
+        if checkpoints is not None and best_name not in checkpoints.pinned:
+            checkpoints.pinned = checkpoints.pinned | {best_name}  # never rotate the best model away
         self.forward = forward
         self.device = torch.device(device)
         self.ignore_index = ignore_index
@@ -236,8 +238,9 @@ class Trainer:
 
         Returns:
             ``{"loss": mean train loss over finite steps, "grad_norm": mean pre-clip norm,
-            "skipped_steps": optimizer updates skipped (fp16 overflow or nonfinite="skip"),
-            "nonfinite_steps": non-finite losses seen}``.
+            "skipped_steps": updates the GradScaler skipped (fp16 overflow),
+            "nonfinite_steps": steps dropped for a non-finite loss (nonfinite="skip")}``,
+            all for this epoch.
 
         Raises:
             NonFiniteLossError: see :meth:`fit`.
@@ -250,6 +253,7 @@ class Trainer:
         sums = self._resume_sums if self._resume_sums is not None else torch.zeros(4, device=self.device)
         resume_step, self._resume_sums, self._resume_step = self._resume_step, None, 0
         self._epoch_sums = sums
+        nonfinite_before = self.nonfinite_steps
         pending: list[torch.Tensor] = []  # per-step "loss was finite" flags since the last check
         bar = tqdm(total=steps, initial=resume_step, desc=f"Epoch {self.epoch + 1}", disable=not self.progress,
                    leave=False, mininterval=1.0)
@@ -299,7 +303,7 @@ class Trainer:
             "loss": loss_sum / count if count else float("nan"),
             "grad_norm": grad_norm_sum / count if count else float("nan"),
             "skipped_steps": int(skipped),
-            "nonfinite_steps": self.nonfinite_steps,
+            "nonfinite_steps": self.nonfinite_steps - nonfinite_before,
         }
 
     def _check_finite(self, pending: list[torch.Tensor], first_step: int) -> None:
