@@ -78,6 +78,7 @@ DEFAULT_CONFIG: dict[str, dict[str, Any]] = {
         "device": "auto",
         "log_every": 50,
         "checkpoint_every_seconds": 60,
+        "compile": False,
     },
 }
 X_DICT_KEYS = ("time", "weekday", "diff", "duration", "user", "len")
@@ -99,6 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs"), help="the run directory is created inside (default: runs)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
     parser.add_argument("--recipe", choices=("proposed", "original", "compare"), default="proposed")
+    parser.add_argument("--compile", action="store_true", help="captured step: torch.compile (CUDA graphs on GPU), static shapes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -115,6 +117,8 @@ def resolve_config(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             training[key] = getattr(args, flag)
     if args.data is not None:
         config["data"]["path"] = str(args.data)
+    if args.compile:
+        training["compile"] = True
     check_config(config, warmup_fits=False)  # a shorter --epochs reduces the warmup instead
     return config
 
@@ -227,9 +231,15 @@ def load_data(config: dict[str, dict[str, Any]], out: Path) -> geolife_data.GeoL
     return splits
 
 
-def make_batches(split: dict[str, Any], batch_size: int, shuffle: bool, seed: int, device: torch.device) -> TensorBatches:
-    """Batches in the seed's ``(x, y, x_dict)`` format, built by indexing (GPU-resident on CUDA)."""
-    trim = device.type == "cpu"  # on CPU, drop columns that are padding in the whole batch
+def make_batches(
+    split: dict[str, Any], batch_size: int, shuffle: bool, seed: int, device: torch.device, static: bool = False
+) -> TensorBatches:
+    """Batches in the seed's ``(x, y, x_dict)`` format, built by indexing (GPU-resident on CUDA).
+
+    ``static``: every batch has the same shape (for a captured step): the last batch is
+    padded with target 0, which the loss and the metrics ignore.
+    """
+    trim = device.type == "cpu" and not static  # on CPU, drop columns that are padding in the whole batch
 
     def to_seed_format(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         if trim:
@@ -239,7 +249,7 @@ def make_batches(split: dict[str, Any], batch_size: int, shuffle: bool, seed: in
 
     return TensorBatches(
         geolife_data.splits_to_tensors(split), batch_size, shuffle=shuffle, seed=seed, device=device,
-        transform=to_seed_format,
+        transform=to_seed_format, pad_to_full_batch=static, pad_values={"y": 0},
     )
 
 
@@ -261,9 +271,10 @@ def build_trainer(
     t, m = config["training"], config["model"]
     seed_everything(int(t["seed"]))
     model = PointerV45(splits.num_locations, splits.num_users, max_len=splits.max_len, **m).to(device)
-    train = make_batches(splits.train, t["batch_size"], True, t["seed"], device)
-    val = make_batches(splits.validation, t["batch_size"], False, t["seed"], device)
-    test = make_batches(splits.test, t["batch_size"], False, t["seed"], device)
+    static = bool(t["compile"])
+    train = make_batches(splits.train, t["batch_size"], True, t["seed"], device, static)
+    val = make_batches(splits.validation, t["batch_size"], False, t["seed"], device, static)
+    test = make_batches(splits.test, t["batch_size"], False, t["seed"], device, static)
     epochs = int(t["epochs"])
     if recipe.name == "proposed":
         optimizer = build_optimizer(model, "adamw", lr=t["lr"], weight_decay=t["weight_decay"],
@@ -290,11 +301,17 @@ def build_trainer(
         log.info("original recipe: the original loop never ends on its own; running %d epochs", epochs)
     log.info("model: %s parameters | optimizer: %s | precision: %s | device: %s",
              f"{model.count_parameters():,}", type(optimizer).__name__, amp.precision, device)
+    step_model: Any = model
+    if static:  # the captured step: CUDA graphs on a GPU, plain compilation on CPU
+        step_model = torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
+        log.info("captured step: torch.compile(%s), batches padded to %d", "reduce-overhead" if device.type == "cuda"
+                 else "default", t["batch_size"])
     return Trainer(
-        model, optimizer, loss_fn, train, val, test_loader=test, epochs=epochs, schedule=schedule,
+        step_model, optimizer, loss_fn, train, val, test_loader=test, epochs=epochs, schedule=schedule,
         per_step_schedule=bool(t["per_step_schedule"]), amp=amp, stopper=stopper, running_average=running_average,
         checkpoints=checkpoints, best_name=recipe.best_name, device=device, nonfinite=t["nonfinite"],
-        log_every=int(t["log_every"]), metrics_log=run_dir / "metrics.jsonl", progress=progress,
+        log_every=int(t["log_every"]), metrics_log=run_dir / "metrics.jsonl", step_log=run_dir / "steps.jsonl",
+        tensorboard_dir=run_dir / "tensorboard", progress=progress,
         config={"recipe": recipe.name, **config},
     )
 

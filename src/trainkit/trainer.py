@@ -94,6 +94,10 @@ class Trainer:
         max_skipped: With ``"skip"``, raise after this many skipped steps in a run.
         log_every: Steps between progress-bar updates (each one is a host sync).
         metrics_log: A JSON-lines file receiving one record per epoch.
+        step_log: A JSON-lines file receiving ``{"step", "epoch", "step_train_loss",
+            "step_lr"}`` every ``log_every`` steps.
+        tensorboard_dir: Also write every scalar to TensorBoard there (same names as the
+            JSON-lines keys) when the ``tensorboard`` package is installed.
         progress: Show a tqdm progress bar.
         config: Plain data saved in every checkpoint (e.g. the resolved run config).
         on_epoch_end: Called with each epoch's record after it is logged.
@@ -126,6 +130,8 @@ class Trainer:
         max_skipped: int = 100,
         log_every: int = 50,
         metrics_log: str | Path | None = None,
+        step_log: str | Path | None = None,
+        tensorboard_dir: str | Path | None = None,
         progress: bool = True,
         config: dict[str, Any] | None = None,
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
@@ -161,6 +167,8 @@ class Trainer:
         self.max_skipped = max_skipped
         self.log_every = log_every
         self.metrics_log = None if metrics_log is None else Path(metrics_log)
+        self.step_log = None if step_log is None else Path(step_log)
+        self.tensorboard = _tensorboard_writer(tensorboard_dir)
         self.progress = progress
         self.config = dict(config or {})
         self.on_epoch_end = on_epoch_end
@@ -290,7 +298,9 @@ class Trainer:
             if (step + 1) % self.log_every == 0:
                 self._check_finite(pending, step + 1 - len(pending))
                 pending = []
-                bar.set_postfix(loss=f"{(sums[0] / sums[3].clamp(min=1)).item():.4f}")
+                running = (sums[0] / sums[3].clamp(min=1)).item()
+                bar.set_postfix(loss=f"{running:.4f}")
+                self._write_step(running)
             if self.checkpoints is not None and self.checkpoints.due():
                 self.checkpoints.save(f"step-{self.global_step:08d}.pt", self.state_dict())
         bar.close()
@@ -401,11 +411,20 @@ class Trainer:
         return time.perf_counter() - start
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
-        if self.metrics_log is None:
-            return
-        self.metrics_log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.metrics_log, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, allow_nan=True) + "\n")
+        _append_json(self.metrics_log, record)
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(key, float(value), self.epoch)
+            self.tensorboard.flush()
+
+    def _write_step(self, running_loss: float) -> None:
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        record = {"step": self.global_step, "epoch": self.epoch + 1, "step_train_loss": running_loss, "step_lr": lr}
+        _append_json(self.step_log, record)
+        if self.tensorboard is not None:
+            self.tensorboard.add_scalar("step_train_loss", running_loss, self.global_step)
+            self.tensorboard.add_scalar("step_lr", lr, self.global_step)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -482,6 +501,26 @@ class Trainer:
         self.load_state_dict(state)
         logger.info("Resumed from %s (epoch %d, step %d)", chosen, self.epoch, self.global_step)
         return chosen
+
+
+def _append_json(path: Path | None, record: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, allow_nan=True) + "\n")
+
+
+def _tensorboard_writer(directory: str | Path | None) -> Any:
+    """A SummaryWriter when a directory is given and tensorboard is installed, else None."""
+    if directory is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        logger.info("tensorboard is not installed: scalars go to the JSON-lines logs only")
+        return None
+    return SummaryWriter(log_dir=str(directory))
 
 
 def _set_loader_epoch(loader: Any, epoch: int) -> None:
