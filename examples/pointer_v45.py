@@ -19,6 +19,7 @@ import difflib
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ from trainkit import (  # noqa: E402
     masked_nll,
     recipes,
 )
+from trainkit import distributed  # noqa: E402
 from trainkit.batching import TensorBatches  # noqa: E402
 from trainkit.checkpoint import CheckpointError  # noqa: E402
 from trainkit.rng import seed_everything  # noqa: E402
@@ -318,20 +320,27 @@ def build_trainer(
 
 # ------------------------------------------------------------------------------- main
 def pick_device(name: str) -> torch.device:
+    """cpu, cuda or auto; under torchrun each process takes the GPU of its local rank."""
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and distributed.launched_by_torchrun():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
 
 
-def setup_logging(run_dir: Path) -> None:
+def setup_logging(run_dir: Path, main_process: bool = True) -> None:
+    """Log to stdout and run_dir/train.log; other ranks of a torchrun job log warnings only."""
     root = logging.getLogger()
-    root.setLevel(logging.INFO)
+    root.setLevel(logging.INFO if main_process else logging.WARNING)
     for handler in list(root.handlers):
         root.removeHandler(handler)
     formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "train.log")):
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if main_process:
+        handlers.append(logging.FileHandler(run_dir / "train.log"))
+    for handler in handlers:
         handler.setFormatter(formatter)
         root.addHandler(handler)
 
@@ -339,11 +348,17 @@ def setup_logging(run_dir: Path) -> None:
 def run_one(recipe_name: str, config: dict[str, dict[str, Any]], run_dir: Path, resume: bool, progress: bool) -> dict[str, Any]:
     """Train one recipe in ``run_dir`` and write its ``results.json``."""
     start = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(run_dir)
-    (run_dir / "config.json").write_text(json.dumps({"recipe": recipe_name, **config}, indent=2))
     device = pick_device(config["training"]["device"])
-    splits = load_data(config, run_dir.parent)
+    dist = distributed.init_from_env(device.type)  # a no-op without torchrun
+    run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's name (its timestamp) for all
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps({"recipe": recipe_name, **config}, indent=2))
+        splits = load_data(config, run_dir.parent)  # rank 0 writes the data cache ...
+    distributed.barrier()
+    setup_logging(run_dir, dist.is_main)
+    if not dist.is_main:
+        splits = load_data(config, run_dir.parent)  # ... the others read it
     counts = {name: len(splits.split(name)["y"]) for name in geolife_data.SPLITS}
     baseline = geolife_data.most_frequent_baseline(splits)
     log.info("data: %s samples | %d locations (with padding and unseen) | %d users",
@@ -366,14 +381,15 @@ def run_one(recipe_name: str, config: dict[str, dict[str, Any]], run_dir: Path, 
         "epochs_run": outcome["epochs_run"],
         "stopped_early": outcome["stopped_early"],
         "skipped_steps": outcome["skipped_steps"],
-        "world_size": 1,
+        "world_size": dist.world_size,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": trainer.amp.precision,
         "train_seconds": outcome["train_seconds"],
         "wall_time_s": time.perf_counter() - start,
         "data": config["data"]["path"] or "synthetic",
     }
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    if dist.is_main:
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     test = outcome["test"]
     log.info("test: Acc@1 %.2f%% (seen targets %.2f%%) | Acc@5 %.2f%% | Acc@10 %.2f%% | MRR %.2f%% | NDCG %.2f%% | "
              "baseline Acc@1 %.2f%%", test["acc@1"], test["acc@1_seen"], test["acc@5"], test["acc@10"], test["mrr"],
@@ -382,11 +398,44 @@ def run_one(recipe_name: str, config: dict[str, dict[str, Any]], run_dir: Path, 
     return results
 
 
+def run_compare(config: dict[str, dict[str, Any]], run_dir: Path, resume: bool, progress: bool) -> Path:
+    """Train both recipes on the same data, seed and model inside ``run_dir``; write ``report.md``.
+
+    ``resume``: continue each recipe's run that has a ``config.json`` (one whose
+    ``results.json`` already covers the epochs is left as it is), start the others.
+    """
+    try:
+        import compare_report
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("matplotlib"):
+            raise
+        raise UsageError("--recipe compare needs matplotlib: pip install 'trainkit[examples]'") from None
+    run_dirs = {name: run_dir / name for name in recipes.NAMES}
+    for name, recipe_dir in run_dirs.items():
+        results_path = recipe_dir / "results.json"
+        if resume and results_path.is_file():
+            done = json.loads(results_path.read_text())
+            if done.get("stopped_early") or done.get("epochs_run", 0) >= config["training"]["epochs"]:
+                setup_logging(recipe_dir)
+                log.info("%s: finished already (%s), not run again", name, results_path)
+                continue
+        run_one(name, copy.deepcopy(config), recipe_dir, resume=resume and (recipe_dir / "config.json").is_file(),
+                progress=progress)
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return run_dir / "report.md"  # under torchrun, rank 0 writes the report
+    report = compare_report.write_report(run_dir, run_dirs)
+    log.info("comparison report: %s", report)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.resume is not None:
             config_path = args.resume / "config.json"
+            compare = not config_path.is_file() and (args.resume / recipes.NAMES[0] / "config.json").is_file()
+            if compare:  # a --recipe compare directory: its first recipe's config is the shared one
+                config_path = args.resume / recipes.NAMES[0] / "config.json"
             if not config_path.is_file():
                 raise UsageError(f"--resume {args.resume}: no config.json there (not a run directory?)")
             saved = json.loads(config_path.read_text())
@@ -396,13 +445,17 @@ def main(argv: list[str] | None = None) -> int:
             if args.epochs is not None:
                 config["training"]["epochs"] = args.epochs
             check_config(config, warmup_fits=False)
+            if compare:
+                run_compare(config, args.resume, resume=True, progress=not args.no_progress)
+                return 0
             run_one(recipe_name, config, args.resume, resume=True, progress=not args.no_progress)
             return 0
         config = resolve_config(args)
-        if args.recipe == "compare":
-            raise UsageError("--recipe compare is not available yet (see issue 'recipes')")
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = args.out / f"pointer_v45-{args.recipe}-seed{config['training']['seed']}-{stamp}"
+        if args.recipe == "compare":
+            run_compare(config, run_dir, resume=False, progress=not args.no_progress)
+            return 0
         run_one(args.recipe, config, run_dir, resume=False, progress=not args.no_progress)
         return 0
     except (UsageError, ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError) as exc:
@@ -411,4 +464,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    sys.exit(status)

@@ -73,6 +73,29 @@ class TensorBatches:
         self.pad_values = dict(pad_values or {})
         self.transform = transform
         self.epoch = 0
+        self.rank, self.world_size, self.even_shards = 0, 1, True
+
+    def shard(self, rank: int, world_size: int, even: bool = True) -> None:
+        """Iterate over this process's share only (data parallelism).
+
+        Every process draws the same epoch order and takes positions ``rank::world_size``.
+        ``even=True`` (training) first repeats the order's head so all shares have the same
+        length, as ``DistributedSampler`` does; ``even=False`` (evaluation) counts every
+        sample exactly once, so sums reduced over processes equal a single-process pass.
+
+        Raises:
+            ValueError: ``rank`` outside ``[0, world_size)``.
+        """
+        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+        self.rank, self.world_size, self.even_shards = rank, world_size, even
+
+    def _shard_size(self) -> int:
+        if self.world_size == 1:
+            return self.num_samples
+        if self.even_shards:
+            return -(-self.num_samples // self.world_size)
+        return len(range(self.rank, self.num_samples, self.world_size))
 
     @property
     def device(self) -> torch.device:
@@ -93,12 +116,17 @@ class TensorBatches:
         return torch.randperm(self.num_samples, generator=generator).to(self.device)
 
     def __len__(self) -> int:
-        full, rest = divmod(self.num_samples, self.batch_size)
+        full, rest = divmod(self._shard_size(), self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
     def __iter__(self) -> Iterator[Any]:
         order = self.order()
-        for start in range(0, self.num_samples, self.batch_size):
+        if self.world_size > 1:
+            if self.even_shards:
+                total = self._shard_size() * self.world_size
+                order = torch.cat([order, order[: total - self.num_samples]])
+            order = order[self.rank :: self.world_size]
+        for start in range(0, order.shape[0], self.batch_size):
             index = order[start : start + self.batch_size]
             short = index.shape[0] < self.batch_size
             if short and self.drop_last:

@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from trainkit.amp import AMPStep
+from trainkit import distributed
 from trainkit.checkpoint import CheckpointManager
 from trainkit.metrics import RankingMetrics
 from trainkit.rng import get_rng_state, set_rng_state
@@ -60,8 +61,11 @@ def seed_forward(model: nn.Module, batch: Any, device: torch.device) -> tuple[to
 
 def _unwrap(model: nn.Module) -> nn.Module:
     """The module whose ``state_dict`` to save (undoes ``torch.compile`` and DDP wrappers)."""
-    model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model)
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 class Trainer:
@@ -144,6 +148,17 @@ class Trainer:
             raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
         if isinstance(max_skipped, bool) or not isinstance(max_skipped, int) or max_skipped < 0:
             raise ValueError(f"max_skipped must be an int >= 0, got {max_skipped!r}")
+        self.device = torch.device(device)
+        # torchrun: join the process group, wrap the model in DDP, give each rank its shard
+        self.dist = distributed.init_from_env(self.device.type)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.device.index if self.device.index is not None else self.dist.local_rank]
+            model = DistributedDataParallel(model, device_ids=device_ids if self.device.type == "cuda" else None)
+            for loader, even in ((train_loader, True), (val_loader, False), (test_loader, False)):
+                if loader is not None and hasattr(loader, "shard"):
+                    loader.shard(self.dist.rank, self.dist.world_size, even=even)
         self.model = model
         self.optimizer = optimizer
         self.loss_fn = loss_fn
@@ -161,15 +176,15 @@ class Trainer:
         if checkpoints is not None and best_name not in checkpoints.pinned:
             checkpoints.pinned = checkpoints.pinned | {best_name}  # never rotate the best model away
         self.forward = forward
-        self.device = torch.device(device)
         self.ignore_index = ignore_index
         self.nonfinite = nonfinite
         self.max_skipped = max_skipped
         self.log_every = log_every
-        self.metrics_log = None if metrics_log is None else Path(metrics_log)
-        self.step_log = None if step_log is None else Path(step_log)
-        self.tensorboard = _tensorboard_writer(tensorboard_dir)
-        self.progress = progress
+        main = self.dist.is_main  # only rank 0 logs and writes files
+        self.metrics_log = None if metrics_log is None or not main else Path(metrics_log)
+        self.step_log = None if step_log is None or not main else Path(step_log)
+        self.tensorboard = _tensorboard_writer(tensorboard_dir) if main else None
+        self.progress = progress and main
         self.config = dict(config or {})
         self.on_epoch_end = on_epoch_end
         # progress through the run (all saved in checkpoints)
@@ -207,7 +222,7 @@ class Trainer:
             train = self.train_epoch()
             val = self.evaluate(self.val_loader)
             self.epoch += 1
-            improved = self._select(val["loss"])
+            improved = distributed.broadcast_object(self._select(val["loss"]))  # decided once, on rank 0
             record = {
                 "epoch": self.epoch,
                 "lr": lr,
@@ -225,7 +240,7 @@ class Trainer:
                 self.epoch, self.epochs, lr, train["loss"], val["loss"], val.get("acc@1", float("nan")),
                 "  * new best" if improved else "",
             )
-            self.stopped_early = bool(self.stopper is not None and self.stopper.should_stop)
+            self.stopped_early = distributed.broadcast_object(bool(self.stopper is not None and self.stopper.should_stop))
             self.history.append(record)  # before saving, so the checkpoint's history includes this epoch
             record["checkpoint_seconds"] = self._save_epoch_checkpoints(improved)
             self._write_metrics(record)
@@ -277,7 +292,7 @@ class Trainer:
                 loss = self.loss_fn(log_probs, targets)
             detached = loss.detach().float()
             finite = torch.isfinite(detached)
-            if self.nonfinite == "skip" and not bool(finite):  # host sync, by the user's choice
+            if self.nonfinite == "skip" and not self._all_ranks_finite(finite):  # host sync, by the user's choice
                 self.nonfinite_steps += 1
                 self._step_in_epoch = step + 1
                 self.optimizer.zero_grad(set_to_none=True)
@@ -301,13 +316,13 @@ class Trainer:
                 running = (sums[0] / sums[3].clamp(min=1)).item()
                 bar.set_postfix(loss=f"{running:.4f}")
                 self._write_step(running)
-            if self.checkpoints is not None and self.checkpoints.due():
+            if self.checkpoints is not None and self.dist.is_main and self.checkpoints.due():
                 self.checkpoints.save(f"step-{self.global_step:08d}.pt", self.state_dict())
         bar.close()
         self._check_finite(pending, step + 1 - len(pending))
         self._step_in_epoch = 0
         self._epoch_sums = None
-        loss_sum, grad_norm_sum, skipped, count = sums.tolist()
+        loss_sum, grad_norm_sum, skipped, count = distributed.all_reduce_sum(sums.clone()).tolist()
         self.skipped_steps += int(skipped)
         return {
             "loss": loss_sum / count if count else float("nan"),
@@ -316,11 +331,21 @@ class Trainer:
             "nonfinite_steps": self.nonfinite_steps - nonfinite_before,
         }
 
+    def _all_ranks_finite(self, finite: torch.Tensor) -> bool:
+        """Whether the step's loss is finite on every rank (one host sync, plus a collective)."""
+        bad = (~finite).float().reshape(1)
+        return not bool(distributed.all_reduce_sum(bad).item())
+
     def _check_finite(self, pending: list[torch.Tensor], first_step: int) -> None:
         """Raise if any pending step had a non-finite loss (one host sync for all of them)."""
+        flags = torch.stack(pending) if pending else torch.ones(0, dtype=torch.bool, device=self.device)
+        if self.dist.enabled:  # every rank must take the same decision
+            bad_here = (~flags).sum().reshape(1).float()
+            if distributed.all_reduce_sum(bad_here).item() and not (~flags).any():
+                raise NonFiniteLossError(f"Loss is not finite. Stopping. (epoch {self.epoch + 1}, on another rank)")
         if not pending:
             return
-        bad = (~torch.stack(pending)).nonzero()
+        bad = (~flags).nonzero()
         if bad.numel():
             step = first_step + int(bad[0, 0]) + 1
             last_good = None if self.checkpoints is None else self.checkpoints.latest()
@@ -351,13 +376,19 @@ class Trainer:
             loss_sum += loss.double() * n
             count += n
             metrics.update(log_probs, targets, valid=valid)
-        result = metrics.compute()
+        if self.dist.enabled:  # exact: sums and counts over every rank's disjoint shard
+            totals = distributed.all_reduce_sum(torch.stack([loss_sum, count]))
+            loss_sum, count = totals[0], totals[1]
+            result = RankingMetrics.compute_from_sums(distributed.all_reduce_sum(metrics.sums()))
+        else:
+            result = metrics.compute()
         total = count.item()
         result["loss"] = (loss_sum / total).item() if total else float("nan")
         return result
 
     def final_evaluation(self, train_seconds: float = 0.0) -> dict[str, Any]:
         """Load ``best.pt`` (when saved) and evaluate it on validation and test."""
+        distributed.barrier()  # rank 0 has finished writing best.pt
         best_path = None if self.checkpoints is None else self.checkpoints.directory / self.best_name
         if best_path is not None and best_path.is_file():
             state = self.checkpoints.load(self.best_name, map_location=self.device)  # type: ignore[union-attr]
@@ -401,6 +432,9 @@ class Trainer:
     def _save_epoch_checkpoints(self, improved: bool) -> float:
         if self.checkpoints is None:
             return 0.0
+        if not self.dist.is_main:
+            distributed.barrier()  # wait until rank 0 has written
+            return 0.0
         start = time.perf_counter()
         state = self.state_dict()
         if improved and _weights_finite(self.model):
@@ -408,7 +442,9 @@ class Trainer:
         elif improved:
             logger.warning("epoch %d improved but the weights are not finite: %s not written", self.epoch, self.best_name)
         self.checkpoints.save("last.pt", state)
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        distributed.barrier()
+        return seconds
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
         _append_json(self.metrics_log, record)
@@ -489,15 +525,19 @@ class Trainer:
         Raises:
             FileNotFoundError: no loadable checkpoint.
         """
-        if path is not None:
-            from trainkit.checkpoint import load_checkpoint
+        from trainkit.checkpoint import load_checkpoint
 
-            chosen, state = Path(path), load_checkpoint(path, map_location=self.device)
-        else:
-            found = None if self.checkpoints is None else self.checkpoints.load_latest(map_location=self.device)
-            if found is None:
+        if path is None:  # rank 0 picks the file, every rank loads that same file
+            found = None
+            if self.dist.is_main and self.checkpoints is not None:
+                found = self.checkpoints.load_latest(map_location=self.device)
+            path = distributed.broadcast_object(None if found is None else str(found[0]))
+            if path is None:
                 raise FileNotFoundError("no loadable checkpoint to resume from")
-            chosen, state = found
+            state = found[1] if found is not None else load_checkpoint(path, map_location=self.device)
+        else:
+            state = load_checkpoint(path, map_location=self.device)
+        chosen = Path(path)
         self.load_state_dict(state)
         logger.info("Resumed from %s (epoch %d, step %d)", chosen, self.epoch, self.global_step)
         return chosen

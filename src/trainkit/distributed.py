@@ -1,0 +1,113 @@
+"""Data-parallel helpers for a ``torchrun`` launch: one process per device.
+
+Everything here is a no-op in a single process, so code written against it runs unchanged
+with or without ``torchrun``. The rules it enforces (design section 7): decisions that end
+loops are made once (on rank 0) and broadcast, metrics are reduced as sums and counts,
+only rank 0 writes files and logs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "DistributedContext",
+    "init_from_env",
+    "context",
+    "launched_by_torchrun",
+    "all_reduce_sum",
+    "broadcast_object",
+    "barrier",
+]
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands in a data-parallel job.
+
+    Attributes:
+        rank: Global rank (0 in a single process).
+        world_size: Number of processes (1 in a single process).
+        local_rank: Rank on this host; the CUDA device index to use.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        """True when more than one process takes part."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the process that writes files and logs."""
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    """Whether the environment variables of a multi-process ``torchrun`` launch are set."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def init_from_env(device_type: str = "cpu", timeout_s: float = 600.0) -> DistributedContext:
+    """Join the process group of a ``torchrun`` launch (NCCL on CUDA, gloo on CPU).
+
+    Args:
+        device_type: ``"cuda"`` or ``"cpu"``.
+        timeout_s: Collective timeout; a rank that never arrives fails the job after this.
+
+    Returns:
+        The context; a single-process one when not launched by ``torchrun``.
+
+    Raises:
+        ValueError: ``device_type`` is ``"cuda"`` but there are fewer devices than local ranks.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return context()
+    if not launched_by_torchrun():
+        return DistributedContext()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK {local_rank} has no CUDA device ({torch.cuda.device_count()} visible)")
+        torch.cuda.set_device(local_rank)
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return context()
+
+
+def context() -> DistributedContext:
+    """The current process's context (single-process when no group is initialised)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistributedContext()
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all processes in place (identity in a single process); returns it."""
+    if context().enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_object(value: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``value`` on every process (``value`` itself in a single process)."""
+    if not context().enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait for every process (no-op in a single process)."""
+    if context().enabled:
+        dist.barrier()
