@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -220,10 +221,12 @@ def load_data(config: dict[str, dict[str, Any]], out: Path) -> geolife_data.GeoL
             f"{geolife_data.SYNTHETIC_VERSION}-u{data['synthetic_users']}-d{data['synthetic_days']}"
             f"-s{data['synthetic_seed']}.csv"
         )
-        if not csv_path.is_file():
+        if not csv_path.is_file():  # written under a temporary name: a kill never leaves half a CSV
+            partial = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
             geolife_data.generate_synthetic_staypoints(
-                csv_path, num_users=data["synthetic_users"], num_days=data["synthetic_days"], seed=data["synthetic_seed"]
+                partial, num_users=data["synthetic_users"], num_days=data["synthetic_days"], seed=data["synthetic_seed"]
             )
+            os.replace(partial, csv_path)
     splits = geolife_data.load_or_build_splits(csv_path, cache_dir, max_len=data["max_len"])
     for line in splits.warnings:
         log.warning("data: %s", line)
@@ -311,7 +314,8 @@ def build_trainer(
     return Trainer(
         step_model, optimizer, loss_fn, train, val, test_loader=test, epochs=epochs, schedule=schedule,
         per_step_schedule=bool(t["per_step_schedule"]), amp=amp, stopper=stopper, running_average=running_average,
-        checkpoints=checkpoints, best_name=recipe.best_name, device=device, nonfinite=t["nonfinite"],
+        checkpoints=checkpoints, best_name=recipe.best_name, epoch_checkpoints=True, device=device,
+        nonfinite=t["nonfinite"],
         log_every=int(t["log_every"]), metrics_log=run_dir / "metrics.jsonl", step_log=run_dir / "steps.jsonl",
         tensorboard_dir=run_dir / "tensorboard", progress=progress,
         config={"recipe": recipe.name, **config},
@@ -353,7 +357,7 @@ def run_one(recipe_name: str, config: dict[str, dict[str, Any]], run_dir: Path, 
     run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's name (its timestamp) for all
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps({"recipe": recipe_name, **config}, indent=2))
+        write_json(run_dir / "config.json", {"recipe": recipe_name, **config})
         splits = load_data(config, run_dir.parent)  # rank 0 writes the data cache ...
     distributed.barrier()
     setup_logging(run_dir, dist.is_main)
@@ -367,7 +371,7 @@ def run_one(recipe_name: str, config: dict[str, dict[str, Any]], run_dir: Path, 
     recipe = recipes.by_name(recipe_name)
     trainer = build_trainer(recipe, config, splits, run_dir, device, progress)
     if resume:
-        trainer.resume()
+        resume_run(trainer, run_dir)
     outcome = trainer.fit()
     results = {
         "recipe": recipe_name,
@@ -389,13 +393,52 @@ def run_one(recipe_name: str, config: dict[str, dict[str, Any]], run_dir: Path, 
         "data": config["data"]["path"] or "synthetic",
     }
     if dist.is_main:
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        write_json(run_dir / "results.json", results)
     test = outcome["test"]
     log.info("test: Acc@1 %.2f%% (seen targets %.2f%%) | Acc@5 %.2f%% | Acc@10 %.2f%% | MRR %.2f%% | NDCG %.2f%% | "
              "baseline Acc@1 %.2f%%", test["acc@1"], test["acc@1_seen"], test["acc@5"], test["acc@10"], test["mrr"],
              test["ndcg"], baseline)
     log.info("results: %s", run_dir / "results.json")
     return results
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write ``path`` atomically (temporary file + ``os.replace``): a kill never truncates it."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(value, indent=2))
+    os.replace(partial, path)
+
+
+def resume_run(trainer: Trainer, run_dir: Path) -> None:
+    """Continue from the newest loadable checkpoint, or start over if none was written yet.
+
+    Unloadable checkpoints that are skipped are logged (one line each, naming the file).
+    """
+    manager = trainer.checkpoints
+    if manager is not None and not manager.checkpoints():  # killed before its first save
+        log.warning("resume: no checkpoint in %s yet: starting the run from the beginning", manager.directory)
+        for name in ("metrics.jsonl", "steps.jsonl"):
+            (run_dir / name).unlink(missing_ok=True)
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            trainer.resume()
+        finally:
+            for warning in caught:
+                log.warning("resume: %s", warning.message)
+
+
+def read_run_config(path: Path) -> tuple[str, dict[str, Any]]:
+    """A run directory's ``config.json``: ``(recipe name, the other sections)``."""
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as exc:
+        raise UsageError(f"{path} is not valid JSON ({exc}): not a run directory?") from None
+    if not isinstance(saved, dict) or saved.get("recipe") not in recipes.NAMES:
+        raise UsageError(f"{path} names no recipe ({' or '.join(recipes.NAMES)}): not a run directory?")
+    recipe_name = saved.pop("recipe")
+    return recipe_name, saved
 
 
 def run_compare(config: dict[str, dict[str, Any]], run_dir: Path, resume: bool, progress: bool) -> Path:
@@ -438,8 +481,7 @@ def main(argv: list[str] | None = None) -> int:
                 config_path = args.resume / recipes.NAMES[0] / "config.json"
             if not config_path.is_file():
                 raise UsageError(f"--resume {args.resume}: no config.json there (not a run directory?)")
-            saved = json.loads(config_path.read_text())
-            recipe_name = saved.pop("recipe")
+            recipe_name, saved = read_run_config(config_path)
             config = copy.deepcopy(DEFAULT_CONFIG)
             merge_config(config, saved, str(config_path))
             if args.epochs is not None:
@@ -458,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         run_one(args.recipe, config, run_dir, resume=False, progress=not args.no_progress)
         return 0
-    except (UsageError, ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError) as exc:
+    except (UsageError, ValueError, OSError, CheckpointError, NonFiniteLossError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

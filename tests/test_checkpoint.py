@@ -384,3 +384,10 @@ def test_stray_temp_files_of_dead_processes_are_removed_but_live_ones_kept(tmp_p
     CheckpointManager(tmp_path).save("last.pt", _state(1))
     assert not stale.exists()
     assert in_flight.exists()  # another live process may still be writing it
+
+
+def test_latest_skips_pinned_best_model_files(tmp_path):
+    mgr = CheckpointManager(tmp_path, pinned=("bestmodel.pt",))
+    mgr.save("step-1.pt", _state(1))
+    mgr.save("bestmodel.pt", _state(2))  # newer, but a best-model file, not a resume point
+    assert mgr.latest() == tmp_path / "step-1.pt"

@@ -6,7 +6,7 @@ Each component is usable on its own; :class:`Trainer` wires them into the seed's
 from trainkit import recipes
 from trainkit.amp import AMPStep, StepInfo
 from trainkit.batching import TensorBatches
-from trainkit.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
+from trainkit.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, load_model_state
 from trainkit.losses import LabelSmoothedNLLLoss, coverage_loss, mask_and_avg, masked_nll
 from trainkit.metrics import RankingMetrics
 from trainkit.optim import build_optimizer
@@ -23,6 +23,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointManager",
     "load_checkpoint",
+    "load_model_state",
     "EarlyStopper",
     "RunningAverage",
     "LabelSmoothedNLLLoss",

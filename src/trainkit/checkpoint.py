@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-__all__ = ["CheckpointManager", "CheckpointError"]
+__all__ = ["CheckpointManager", "CheckpointError", "load_checkpoint", "load_model_state"]
 
 _TMP_PREFIX = ".trainkit-tmp-"
 _PINNED = ("best.pt", "last.pt")
@@ -190,16 +191,21 @@ class CheckpointManager:
         return load_checkpoint(path, map_location=map_location)
 
     def checkpoints(self) -> list[Path]:
-        """All checkpoint files except ``best.pt``, newest first."""
+        """Resumable checkpoints, newest first: ``last.pt`` and the rotating ones.
+
+        Best-model files (``best.pt`` and the other ``pinned`` names) are left out: resuming
+        from them would go back in time.
+        """
+        skip = self.pinned - {"last.pt"}
         files = [
             p
             for p in self.directory.iterdir()
-            if p.is_file() and not p.name.startswith(".") and p.suffix == ".pt" and p.name != "best.pt"
+            if p.is_file() and not p.name.startswith(".") and p.suffix == ".pt" and p.name not in skip
         ]
         return sorted(files, key=_age_key, reverse=True)
 
     def load_latest(self, map_location: Any = None) -> tuple[Path, dict[str, Any]] | None:
-        """Load the newest loadable checkpoint (``best.pt`` excluded).
+        """Load the newest loadable checkpoint of :meth:`checkpoints` (best-model files excluded).
 
         A newest file that is truncated or corrupt is reported with one warning naming it,
         and the previous one is tried.
@@ -218,7 +224,7 @@ class CheckpointManager:
         return None
 
     def latest(self) -> Path | None:
-        """The newest loadable checkpoint's path (``best.pt`` excluded), or None.
+        """The newest loadable checkpoint's path (best-model files excluded), or None.
 
         Corrupt newer files are reported (one warning each) and skipped.
         """
@@ -274,3 +280,42 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = None) -> d
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state
+
+
+def _names(keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_model_state(model: nn.Module, state: Mapping[str, Any]) -> None:
+    """Load ``state`` into ``model`` strictly, after checking that it fits.
+
+    torch's own mismatch error is a long multi-line message; this one is a single line
+    listing the missing, unexpected and mis-shaped keys (the first few of each).
+
+    Args:
+        model: The module to load into.
+        state: A ``state_dict`` (e.g. a checkpoint's ``"model"`` entry).
+
+    Raises:
+        ValueError: ``state`` is not a mapping, or its keys or shapes differ from the model's.
+    """
+    if not isinstance(state, Mapping):
+        raise ValueError(f"state must be a model state_dict (a mapping), got {type(state).__name__}")
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    misshaped = [
+        f"{key} {list(state[key].shape)} vs {list(value.shape)}"
+        for key, value in expected.items()
+        if key in state and isinstance(state[key], torch.Tensor) and state[key].shape != value.shape
+    ]
+    problems = [
+        f"{label} {_names(keys)}"
+        for label, keys in (("missing keys:", missing), ("unexpected keys:", unexpected),
+                            ("mis-shaped (checkpoint vs model):", misshaped))
+        if keys
+    ]
+    if problems:
+        raise ValueError(f"checkpoint does not match the model ({type(model).__name__}): {'; '.join(problems)}")
+    model.load_state_dict(state)

@@ -109,16 +109,19 @@ class WarmupCosineSchedule:
     ) -> torch.optim.lr_scheduler.LRScheduler:
         """Wrap the schedule as a standard ``torch.optim.lr_scheduler.LRScheduler``.
 
-        After ``k`` calls to ``.step()`` the learning rate equals ``self(k)`` (epoch mode) or
-        ``self(k / steps_per_epoch)`` (step mode), so it plugs into any loop or framework
-        that steps a torch scheduler.
+        After ``k`` calls to ``.step()`` every param group's ``lr`` is exactly ``self(k)``
+        (epoch mode) or ``self(k / steps_per_epoch)`` (step mode), so the schedule plugs
+        into any loop or framework that steps a torch scheduler. Like :meth:`apply`, every
+        param group gets the same value (the groups' own ``lr`` are not used as ratios).
 
         Args:
             optimizer: The optimizer whose param groups are driven.
             steps_per_epoch: ``None`` for one ``.step()`` per epoch, else steps per epoch.
 
         Returns:
-            An ``LRScheduler`` with the usual ``state_dict()``/``load_state_dict()``.
+            An ``LRScheduler`` whose ``state_dict()`` holds only plain values (it loads
+            with ``torch.load(weights_only=True)``); ``load_state_dict`` raises
+            ``ValueError`` for a state saved with a different ``steps_per_epoch``.
 
         Raises:
             ValueError: ``steps_per_epoch`` is given and not a positive integer.
@@ -127,9 +130,7 @@ class WarmupCosineSchedule:
             not isinstance(steps_per_epoch, int) or isinstance(steps_per_epoch, bool) or steps_per_epoch < 1
         ):
             raise ValueError(f"steps_per_epoch must be a positive int or None, got {steps_per_epoch!r}")
-        per = steps_per_epoch or 1
-        schedule = self
-        return _ScheduleLR(optimizer, lambda k: schedule(k / per))
+        return _ScheduleLR(optimizer, self, steps_per_epoch)
 
     def state_dict(self) -> dict[str, Any]:
         """Return the schedule's settings (it has no other state)."""
@@ -147,15 +148,46 @@ class WarmupCosineSchedule:
 
 
 class _ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
-    """An ``LRScheduler`` that sets ``lr = fn(k)`` exactly (not ``initial_lr * factor``)."""
+    """An ``LRScheduler`` that sets ``lr = schedule(position)`` exactly.
 
-    def __init__(self, optimizer: torch.optim.Optimizer, fn: Any, last_epoch: int = -1) -> None:
-        self._fn = fn
-        super().__init__(optimizer, last_epoch)
+    The position is ``last_epoch`` (epoch mode) or ``last_epoch / steps_per_epoch`` (step
+    mode). Unlike ``LambdaLR`` nothing is multiplied by ``initial_lr``, so the value is the
+    schedule's float, bit for bit. The schedule object is not part of ``state_dict()``.
+    """
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, schedule: WarmupCosineSchedule, steps_per_epoch: int | None
+    ) -> None:
+        self.schedule = schedule
+        self.steps_per_epoch = steps_per_epoch
+        super().__init__(optimizer)
+
+    def _position(self) -> float:
+        k = self.last_epoch
+        return k if self.steps_per_epoch is None else k / self.steps_per_epoch
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
-        lr = self._fn(self.last_epoch)
+        lr = self.schedule(self._position())
         return [lr for _ in self.optimizer.param_groups]
 
+    _get_closed_form_lr = get_lr  # step(epoch) (deprecated in torch) is exact too
+
     def state_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in self.__dict__.items() if key not in ("optimizer", "_fn")}
+        """The counters torch keeps plus ``steps_per_epoch``; no optimizer, no schedule."""
+        return {key: value for key, value in self.__dict__.items() if key not in ("optimizer", "schedule")}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the step count; the next ``.step()`` continues the saved run.
+
+        Raises:
+            ValueError: the state was saved with a different ``steps_per_epoch`` (the same
+                step count would then mean another position in the schedule).
+        """
+        saved = state_dict.get("steps_per_epoch", self.steps_per_epoch)
+        if saved != self.steps_per_epoch:
+            raise ValueError(
+                f"state_dict was saved with steps_per_epoch={saved!r}, this scheduler has "
+                f"steps_per_epoch={self.steps_per_epoch!r}"
+            )
+        state = {key: value for key, value in state_dict.items() if key not in ("optimizer", "schedule")}
+        self.__dict__.update(state)

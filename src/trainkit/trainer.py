@@ -10,6 +10,7 @@ validation and test. Differences from the seed, each deliberate:
 - a non-finite loss stops the run (``nonfinite="raise"``, the original pipeline's rule)
   or skips the step (``"skip"``, with a cap) instead of silently training on NaN;
 - ``last.pt`` holds every piece of state (RNG included), so ``resume()`` continues exactly;
+  rotating ``epoch-NNNN.pt`` copies give it a predecessor to fall back on if it is damaged;
 - the final evaluation always uses ``best.pt``, whether or not the run stopped early.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sized
 from pathlib import Path
@@ -29,7 +31,7 @@ from tqdm.auto import tqdm
 
 from trainkit.amp import AMPStep
 from trainkit import distributed
-from trainkit.checkpoint import CheckpointManager
+from trainkit.checkpoint import CheckpointManager, load_checkpoint, load_model_state
 from trainkit.metrics import RankingMetrics
 from trainkit.rng import get_rng_state, set_rng_state
 from trainkit.schedule import WarmupCosineSchedule
@@ -89,6 +91,10 @@ class Trainer:
         checkpoints: Where ``best.pt``/``last.pt`` go; None saves nothing. If its
             ``every_seconds`` is set, time-based step checkpoints are written too.
         best_name: File name of the best model (``"bestmodel.pt"`` in the original recipe).
+        epoch_checkpoints: Also save a rotating ``epoch-NNNN.pt`` (subject to ``keep_last``)
+            at the end of each epoch, so that a damaged ``last.pt`` has a predecessor to fall
+            back on. None: on unless ``checkpoints.every_seconds`` is set (its time-based
+            step checkpoints are that history).
         forward: ``forward(model, batch, device) -> (log_probs, targets)``; the default
             handles the seed's ``(x, y, x_dict)`` batches.
         device: Where the model runs.
@@ -127,6 +133,7 @@ class Trainer:
         running_average: RunningAverage | None = None,
         checkpoints: CheckpointManager | None = None,
         best_name: str = "best.pt",
+        epoch_checkpoints: bool | None = None,
         forward: ForwardFn = seed_forward,
         device: str | torch.device = "cpu",
         ignore_index: int | None = 0,
@@ -175,6 +182,9 @@ class Trainer:
         self.best_name = best_name
         if checkpoints is not None and best_name not in checkpoints.pinned:
             checkpoints.pinned = checkpoints.pinned | {best_name}  # never rotate the best model away
+        if epoch_checkpoints is None:
+            epoch_checkpoints = checkpoints is not None and checkpoints.every_seconds is None
+        self.epoch_checkpoints = bool(epoch_checkpoints)
         self.forward = forward
         self.ignore_index = ignore_index
         self.nonfinite = nonfinite
@@ -235,9 +245,14 @@ class Trainer:
                 "improved": improved,
                 "epoch_seconds": time.perf_counter() - epoch_start,
             }
+            skipped = "".join(
+                f" | {train[key]} steps skipped ({why})"
+                for key, why in (("skipped_steps", "fp16 overflow"), ("nonfinite_steps", "non-finite loss"))
+                if train[key]
+            )
             logger.info(
-                "Epoch %d/%d | LR: %.2e | Train: %.4f | Val: %.4f | Acc@1: %.2f%%%s",
-                self.epoch, self.epochs, lr, train["loss"], val["loss"], val.get("acc@1", float("nan")),
+                "Epoch %d/%d | LR: %.2e | Train: %.4f | Val: %.4f | Acc@1: %.2f%%%s%s",
+                self.epoch, self.epochs, lr, train["loss"], val["loss"], val.get("acc@1", float("nan")), skipped,
                 "  * new best" if improved else "",
             )
             self.stopped_early = distributed.broadcast_object(bool(self.stopper is not None and self.stopper.should_stop))
@@ -392,7 +407,7 @@ class Trainer:
         best_path = None if self.checkpoints is None else self.checkpoints.directory / self.best_name
         if best_path is not None and best_path.is_file():
             state = self.checkpoints.load(self.best_name, map_location=self.device)  # type: ignore[union-attr]
-            _unwrap(self.model).load_state_dict(state["model"])
+            load_model_state(_unwrap(self.model), state["model"])
             logger.info("Loaded %s (epoch %d) for the final evaluation", best_path, state.get("epoch", -1))
         else:
             logger.warning("no %s was saved; evaluating the final weights", self.best_name)
@@ -441,6 +456,8 @@ class Trainer:
             self.checkpoints.save(self.best_name, state)
         elif improved:
             logger.warning("epoch %d improved but the weights are not finite: %s not written", self.epoch, self.best_name)
+        if self.epoch_checkpoints:
+            self.checkpoints.save(f"epoch-{self.epoch:04d}.pt", state)
         self.checkpoints.save("last.pt", state)
         seconds = time.perf_counter() - start
         distributed.barrier()
@@ -488,12 +505,20 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state saved by :meth:`state_dict` (RNG included)."""
-        _unwrap(self.model).load_state_dict(state["model"])
+        """Restore a state saved by :meth:`state_dict` (RNG included).
+
+        Raises:
+            ValueError: ``state`` lacks entries of :meth:`state_dict`, or its model weights
+                do not fit this model (the message lists missing/unexpected/mis-shaped keys).
+        """
+        missing = [key for key in _REQUIRED_STATE if key not in state]
+        if missing:
+            raise ValueError(f"not a Trainer checkpoint: it lacks {', '.join(missing)}")
+        load_model_state(_unwrap(self.model), state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.amp.load_state_dict(state["amp"])
-        if self.schedule is not None and state.get("schedule"):
-            self.schedule.load_state_dict(state["schedule"])
+        # The schedule is not restored: it is a pure function of the epoch, built from the
+        # (possibly extended) run's settings; state["schedule"] records what the run used.
         if self.stopper is not None and state.get("stopper"):
             self.stopper.load_state_dict(state["stopper"])
         if self.running_average is not None and state.get("running_average"):
@@ -524,23 +549,52 @@ class Trainer:
 
         Raises:
             FileNotFoundError: no loadable checkpoint.
+            CheckpointError: ``path`` cannot be loaded safely.
+            ValueError: the checkpoint does not fit this model or Trainer.
         """
-        from trainkit.checkpoint import load_checkpoint
-
         if path is None:  # rank 0 picks the file, every rank loads that same file
             found = None
             if self.dist.is_main and self.checkpoints is not None:
                 found = self.checkpoints.load_latest(map_location=self.device)
             path = distributed.broadcast_object(None if found is None else str(found[0]))
             if path is None:
-                raise FileNotFoundError("no loadable checkpoint to resume from")
+                where = "" if self.checkpoints is None else f" in {self.checkpoints.directory}"
+                raise FileNotFoundError(f"no loadable checkpoint to resume from{where}")
             state = found[1] if found is not None else load_checkpoint(path, map_location=self.device)
         else:
             state = load_checkpoint(path, map_location=self.device)
         chosen = Path(path)
         self.load_state_dict(state)
+        self._trim_logs()
         logger.info("Resumed from %s (epoch %d, step %d)", chosen, self.epoch, self.global_step)
         return chosen
+
+    def _trim_logs(self) -> None:
+        """After a resume, make the JSON-lines logs end where the checkpoint does: a crash
+        can leave a partial line, or records of steps/epochs the resumed run does again."""
+        if self.metrics_log is not None and (self.history or self.metrics_log.is_file()):
+            _rewrite_json_lines(self.metrics_log, self.history)  # the checkpoint's history is the record
+        if self.step_log is not None and self.step_log.is_file():
+            kept = []
+            for line in self.step_log.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and int(record.get("step", 0)) <= self.global_step:
+                    kept.append(record)
+            _rewrite_json_lines(self.step_log, kept)
+
+
+def _rewrite_json_lines(path: Path, records: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(json.dumps(record, allow_nan=True) + "\n" for record in records), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+_REQUIRED_STATE = ("model", "optimizer", "amp", "epoch", "global_step", "best_value", "best_epoch", "skipped_steps",
+                   "nonfinite_steps", "stopped_early", "step_in_epoch", "history", "rng")
 
 
 def _append_json(path: Path | None, record: dict[str, Any]) -> None:
