@@ -21,7 +21,6 @@ import sys
 import textwrap
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,6 @@ sys.path.insert(0, str(EXAMPLES))
 
 import geolife_data  # noqa: E402
 import pointer_v45  # noqa: E402
-
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +107,7 @@ def build(directory: Path, epochs: int = 4, *, loss_fn: Any = None, precision: s
         epochs=epochs, schedule=WarmupCosineSchedule(3e-2, 1, epochs, 1e-4),
         amp=AMPStep(optimizer, precision, max_grad_norm=0.8, device_type="cpu"),
         stopper=EarlyStopper(patience=50), checkpoints=CheckpointManager(directory / "ckpt", keep_last=3),
-        progress=False, log_every=2, metrics_log=directory / "metrics.jsonl", **kwargs,
+        epoch_checkpoints=True, progress=False, log_every=2, metrics_log=directory / "metrics.jsonl", **kwargs,
     )
 
 
@@ -340,8 +338,9 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(recipe: str, ref
     kills = [  # (mode, kind, epoch, index), delay after the marker
         (("pause", "step", 1, rng.randint(2, STEPS_PER_EPOCH)), 0.0),  # mid-epoch, before any epoch checkpoint
         (("pause", "val", 2, 1), 0.0),  # mid-validation
-        (("pause", "save", 3, rng.choice(["epoch-0003.pt", "last.pt"])), 0.0),  # mid-save, before the rename
-        (("mark", "step", 4, rng.randint(1, STEPS_PER_EPOCH)), rng.uniform(0.0, 0.2)),  # mid-epoch, any instant
+        # any instant shortly after a random step of epoch 3 (its steps, validation or saves):
+        (("mark", "step", 3, rng.randint(1, STEPS_PER_EPOCH)), rng.uniform(0.0, 0.05)),
+        (("pause", "save", 4, "last.pt"), 0.0),  # mid-save: epoch-0004.pt written, last.pt not yet replaced
         (("pause", "final", "end", rng.randint(1, 2)), 0.0),  # during the final evaluation of the best model
     ]
     driver = Driver(tmp_path, recipe)
@@ -354,9 +353,11 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(recipe: str, ref
         assert killed, f"expected a kill at {kind} {epoch} {index}:\n{output}"
         run_dir = run_dir_in(out)
         args = ["--resume", str(run_dir)]
-        if kind == "save":  # the kill left the new file's temporary copy and the old file
-            names = os.listdir(run_dir / "checkpoints")
-            assert any(n.startswith(".trainkit-tmp-") for n in names), names
+        if kind == "save":  # the kill left the new file's temporary copy, and last.pt one epoch behind
+            checkpoints = run_dir / "checkpoints"
+            assert any(n.startswith(".trainkit-tmp-last.pt") for n in os.listdir(checkpoints))
+            assert torch.load(checkpoints / "last.pt", weights_only=True)["epoch"] == 3
+            assert torch.load(checkpoints / "epoch-0004.pt", weights_only=True)["epoch"] == 4
     killed, output = Driver.run(driver.start(args))
     assert not killed, output
     outputs.append(output)
@@ -382,6 +383,8 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(recipe: str, ref
         return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
 
     assert metrics(run_dir) == metrics(expected_dir)  # one record per epoch, none repeated
+    steps = [(run_dir / "steps.jsonl").read_text(), (expected_dir / "steps.jsonl").read_text()]
+    assert steps[0] == steps[1] and steps[0].count("\n") == 12  # 4 epochs x 12 steps, one record per 4
     names = sorted(os.listdir(run_dir / "checkpoints"))
     assert not [n for n in names if n.startswith(".")], names  # no temporary file survives
     assert len([n for n in names if n not in ("best.pt", "bestmodel.pt", "last.pt")]) == 3, names  # keep_last=3
@@ -426,6 +429,7 @@ def test_damaged_newest_checkpoints_fall_back_and_resume_stays_exact(tmp_path: P
     reported = [str(w.message) for w in caught]
     assert len(reported) == 2 and "last.pt" in reported[0] and "epoch-0003.pt" in reported[1], reported
     assert chosen.name == "epoch-0002.pt" and second.epoch == 2
+    assert torch.load(ckpt / "last.pt", weights_only=True)["epoch"] == 2  # renewed from the fallback
     assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 2  # epoch 3 is redone
     second.fit()
     actual = torch.load(ckpt / "last.pt", weights_only=True)
@@ -442,6 +446,7 @@ def test_cli_resume_skips_a_truncated_last_pt_with_one_warning(reference: Refere
     warned = [line for line in out.splitlines() if "unloadable" in line]
     assert len(warned) == 1 and str(last) in warned[0], out
     assert f"Resumed from {run_dir / 'checkpoints' / 'epoch-0004.pt'}" in out
+    assert torch.load(last, weights_only=True)["epoch"] == 4  # renewed
 
 
 def test_best_pt_never_holds_non_finite_weights(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -519,7 +524,7 @@ def test_nonfinite_skip_is_counted_in_the_log_and_capped(tmp_path: Path, caplog:
     trainer = build(tmp_path / "counted", epochs=2, loss_fn=nan_every(4), nonfinite="skip")
     with caplog.at_level(logging.INFO, logger="trainkit.trainer"):
         trainer.fit()
-    assert "Epoch 1/2" in caplog.text and "1 steps skipped (non-finite loss)" in caplog.text
+    assert "Epoch 1/2" in caplog.text and "| skipped: 1 (non-finite loss)" in caplog.text
     records = [json.loads(line) for line in (tmp_path / "counted" / "metrics.jsonl").read_text().splitlines()]
     assert [r["nonfinite_steps"] for r in records] == [1, 2]  # steps 4, 8 and 12 of 12
 
@@ -532,14 +537,14 @@ def test_fp16_overflow_skips_the_step_counts_it_and_leaves_the_schedule_alone(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     epochs = 3
-    # one step's loss is huge but finite: the scaled gradients overflow and the scaler skips
+    # every 8th step's loss is huge but finite: the scaled gradients overflow, the scaler skips
     trainer = build(tmp_path, epochs=epochs, precision="fp16", loss_fn=nan_every(8, factor=1e36))
     assert trainer.amp.scaler is not None
     with caplog.at_level(logging.INFO, logger="trainkit.trainer"):
         result = trainer.fit()
     assert result["skipped_steps"] == 2  # steps 8 and 16 of 18 (6 per epoch)
     assert [r["skipped_steps"] for r in result["history"]] == [0, 1, 1]
-    assert "1 steps skipped (fp16 overflow)" in caplog.text
+    assert "| skipped: 1 (fp16 overflow)" in caplog.text
     schedule = WarmupCosineSchedule(3e-2, 1, epochs, 1e-4)
     assert [r["lr"] for r in result["history"]] == [schedule(e) for e in range(epochs)]
     assert trainer.global_step == 18  # skipped updates still count as steps of the epoch
@@ -554,9 +559,8 @@ def test_fp16_resume_restores_the_grad_scaler_exactly(tmp_path: Path) -> None:
                   on_epoch_end=kill_after(1))
     with pytest.raises(Killed):
         first.fit()
-    calls_done = 6  # the loss function's own counter restarts in the new process; keep its phase
-    second = build(tmp_path / "split", epochs=3, precision="fp16", loss_fn=nan_every(5, factor=1e36))
-    second.loss_fn = _shifted(nan_every(5, factor=1e36), calls_done)
+    # a new process: the loss function's call counter continues from epoch 1's 6 steps
+    second = build(tmp_path / "split", epochs=3, precision="fp16", loss_fn=_shifted(nan_every(5, factor=1e36), 6))
     second.resume()
     second.fit()
     assert second.amp.scaler.get_scale() == full.amp.scaler.get_scale() < 2.0**16

@@ -10,7 +10,8 @@ validation and test. Differences from the seed, each deliberate:
 - a non-finite loss stops the run (``nonfinite="raise"``, the original pipeline's rule)
   or skips the step (``"skip"``, with a cap) instead of silently training on NaN;
 - ``last.pt`` holds every piece of state (RNG included), so ``resume()`` continues exactly;
-  rotating ``epoch-NNNN.pt`` copies give it a predecessor to fall back on if it is damaged;
+  rotating ``epoch-NNNN.pt`` copies (``epoch_checkpoints=True``) give it a predecessor to
+  fall back on if it is damaged;
 - the final evaluation always uses ``best.pt``, whether or not the run stopped early.
 """
 
@@ -93,8 +94,7 @@ class Trainer:
         best_name: File name of the best model (``"bestmodel.pt"`` in the original recipe).
         epoch_checkpoints: Also save a rotating ``epoch-NNNN.pt`` (subject to ``keep_last``)
             at the end of each epoch, so that a damaged ``last.pt`` has a predecessor to fall
-            back on. None: on unless ``checkpoints.every_seconds`` is set (its time-based
-            step checkpoints are that history).
+            back on (time-based step checkpoints, when configured, are such history too).
         forward: ``forward(model, batch, device) -> (log_probs, targets)``; the default
             handles the seed's ``(x, y, x_dict)`` batches.
         device: Where the model runs.
@@ -133,7 +133,7 @@ class Trainer:
         running_average: RunningAverage | None = None,
         checkpoints: CheckpointManager | None = None,
         best_name: str = "best.pt",
-        epoch_checkpoints: bool | None = None,
+        epoch_checkpoints: bool = False,
         forward: ForwardFn = seed_forward,
         device: str | torch.device = "cpu",
         ignore_index: int | None = 0,
@@ -182,8 +182,6 @@ class Trainer:
         self.best_name = best_name
         if checkpoints is not None and best_name not in checkpoints.pinned:
             checkpoints.pinned = checkpoints.pinned | {best_name}  # never rotate the best model away
-        if epoch_checkpoints is None:
-            epoch_checkpoints = checkpoints is not None and checkpoints.every_seconds is None
         self.epoch_checkpoints = bool(epoch_checkpoints)
         self.forward = forward
         self.ignore_index = ignore_index
@@ -246,7 +244,7 @@ class Trainer:
                 "epoch_seconds": time.perf_counter() - epoch_start,
             }
             skipped = "".join(
-                f" | {train[key]} steps skipped ({why})"
+                f" | skipped: {train[key]} ({why})"
                 for key, why in (("skipped_steps", "fp16 overflow"), ("nonfinite_steps", "non-finite loss"))
                 if train[key]
             )
@@ -542,7 +540,9 @@ class Trainer:
         """Continue from a checkpoint: ``path``, or the newest loadable one.
 
         A truncated or corrupt newest checkpoint is reported (one warning naming it) and
-        the previous one is used.
+        the previous one is used. When that is not ``last.pt`` (damaged, or older than a
+        rotating checkpoint), ``last.pt`` is rewritten from it, so it always names the
+        newest state.
 
         Returns:
             The checkpoint file resumed from.
@@ -561,6 +561,8 @@ class Trainer:
                 where = "" if self.checkpoints is None else f" in {self.checkpoints.directory}"
                 raise FileNotFoundError(f"no loadable checkpoint to resume from{where}")
             state = found[1] if found is not None else load_checkpoint(path, map_location=self.device)
+            if found is not None and found[0].name != "last.pt":  # last.pt is damaged or older: renew it
+                self.checkpoints.save("last.pt", state)  # type: ignore[union-attr]
         else:
             state = load_checkpoint(path, map_location=self.device)
         chosen = Path(path)
