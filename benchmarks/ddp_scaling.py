@@ -64,9 +64,9 @@ def main() -> None:
             "world_size": ctx.world_size, "dataset": len(tensors["y"]), "samples_per_epoch": samples,
             "epoch_seconds": statistics.median(times), "samples_per_s": round(samples / statistics.median(times), 1),
         }))
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    distributed.shutdown()
 
 
 if __name__ == "__main__":
     main()
+    distributed.exit_process(0)

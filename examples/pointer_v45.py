@@ -507,6 +507,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     status = main()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    sys.exit(status)
+    distributed.shutdown()  # no-op without torchrun
+    logging.shutdown()
+    distributed.exit_process(status)

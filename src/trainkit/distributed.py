@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,8 @@ __all__ = [
     "all_reduce_sum",
     "broadcast_object",
     "barrier",
+    "shutdown",
+    "exit_process",
 ]
 
 
@@ -111,3 +114,25 @@ def barrier() -> None:
     """Wait for every process (no-op in a single process)."""
     if context().enabled:
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Wait for every process, then leave the process group (no-op without one)."""
+    if dist.is_available() and dist.is_initialized():
+        if context().enabled:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def exit_process(status: int) -> None:
+    """End a process of a torchrun job with ``status``, skipping interpreter finalisation.
+
+    gloo's worker threads can abort the interpreter's teardown (``terminate called without
+    an active exception``, SIGABRT) even after ``destroy_process_group``; output is flushed
+    first. In a single process this is ``sys.exit(status)``.
+    """
+    if not launched_by_torchrun():
+        sys.exit(status)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -74,8 +74,9 @@ def main() -> None:
         "single_process_validation": metrics.compute(), "train_batches": len(train), "val_batches": len(val),
     }
     (out / f"rank{ctx.rank}.json").write_text(json.dumps(record))
-    torch.distributed.destroy_process_group()
+    distributed.shutdown()
 
 
 if __name__ == "__main__":
     main()
+    distributed.exit_process(0)
