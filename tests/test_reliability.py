@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import torch
+from test_trainer import poisoned_loss
 from torch import nn
 
 import trainkit.checkpoint as checkpoint_module
@@ -506,18 +507,7 @@ def test_cli_resume_refuses_a_malicious_last_pt_and_falls_back(reference: Refere
 
 
 def nan_every(period: int, factor: float = float("nan")):
-    criterion = LabelSmoothedNLLLoss(0.03)
-    calls = {"n": 0}
-
-    def loss_fn(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = criterion(log_probs, targets)
-        if torch.is_grad_enabled():
-            calls["n"] += 1
-            if calls["n"] % period == 0:
-                return loss * factor
-        return loss
-
-    return loss_fn
+    return poisoned_loss(lambda n: n % period == 0, factor)
 
 
 def test_nonfinite_skip_is_counted_in_the_log_and_capped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -182,7 +183,9 @@ def test_keep_last_rotates_step_checkpoints(tmp_path: Path) -> None:
     assert (tmp_path / "ckpt" / "best.pt").is_file() and (tmp_path / "ckpt" / "last.pt").is_file()
 
 
-def nan_after(steps: int):
+def poisoned_loss(is_bad: Callable[[int], bool], factor: float = float("nan")):
+    """The label-smoothed loss, multiplied by ``factor`` on the training steps n (1-based) where
+    ``is_bad(n)``: NaN/inf for non-finite losses, a huge finite factor for fp16 overflow."""
     criterion = LabelSmoothedNLLLoss(0.03)
     calls = {"n": 0}
 
@@ -190,11 +193,15 @@ def nan_after(steps: int):
         loss = criterion(log_probs, targets)
         if torch.is_grad_enabled():
             calls["n"] += 1
-            if calls["n"] > steps:
-                return loss * float("nan")
+            if is_bad(calls["n"]):
+                return loss * factor
         return loss
 
     return loss_fn
+
+
+def nan_after(steps: int):
+    return poisoned_loss(lambda n: n > steps)
 
 
 def test_nonfinite_loss_raises_with_epoch_and_step(tmp_path: Path) -> None:
@@ -206,18 +213,8 @@ def test_nonfinite_loss_raises_with_epoch_and_step(tmp_path: Path) -> None:
 
 
 def test_nonfinite_skip_policy_skips_and_counts(tmp_path: Path) -> None:
-    criterion = LabelSmoothedNLLLoss(0.03)
-    calls = {"n": 0}
-
-    def every_fifth_nan(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = criterion(log_probs, targets)
-        if torch.is_grad_enabled():
-            calls["n"] += 1
-            if calls["n"] % 5 == 0:
-                return loss * float("inf")
-        return loss
-
-    trainer = build(tmp_path, epochs=2, loss_fn=every_fifth_nan, nonfinite="skip")
+    every_fifth_inf = poisoned_loss(lambda n: n % 5 == 0, float("inf"))
+    trainer = build(tmp_path, epochs=2, loss_fn=every_fifth_inf, nonfinite="skip")
     result = trainer.fit()
     assert trainer.nonfinite_steps == 2  # 12 steps, the 5th and 10th are dropped
     assert all(math.isfinite(r["train_loss"]) for r in result["history"])
