@@ -51,6 +51,14 @@ def test_validation_metrics_are_exact_across_ranks(tmp_path: Path) -> None:
     assert len(list((tmp_path / "ckpt").glob("*.pt"))) == 2  # best.pt and last.pt, written once
 
 
+def test_a_failed_save_on_rank_0_ends_every_rank(tmp_path: Path) -> None:
+    proc = torchrun(str(DRIVER), str(tmp_path), "-1", "fail-save", timeout=180)  # a hang would time out
+    assert proc.returncode != 0
+    assert "No space left" in proc.stderr
+    assert "rank 0 could not save" in proc.stderr  # rank 1 raised too, instead of waiting
+    assert not list(tmp_path.glob("rank*.json"))
+
+
 def test_example_under_torchrun_writes_one_run(tmp_path: Path) -> None:
     proc = torchrun(str(ROOT / "examples" / "pointer_v45.py"), "--device", "cpu", "--epochs", "2",
                     "--out", str(tmp_path), "--no-progress", timeout=600)

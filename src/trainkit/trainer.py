@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from trainkit.amp import AMPStep
 from trainkit import distributed
-from trainkit.checkpoint import CheckpointManager, load_checkpoint, load_model_state
+from trainkit.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, load_model_state
 from trainkit.metrics import RankingMetrics
 from trainkit.rng import get_rng_state, set_rng_state
 from trainkit.schedule import WarmupCosineSchedule
@@ -443,22 +443,34 @@ class Trainer:
         return improved
 
     def _save_epoch_checkpoints(self, improved: bool) -> float:
+        """Rank 0 writes best/epoch/last checkpoints; every rank learns whether that worked.
+
+        Under torchrun a failed save (disk full, ...) raises on every rank, not only on rank
+        0, so no rank is left waiting at a barrier.
+        """
         if self.checkpoints is None:
             return 0.0
-        if not self.dist.is_main:
-            distributed.barrier()  # wait until rank 0 has written
-            return 0.0
-        start = time.perf_counter()
-        state = self.state_dict()
-        if improved and _weights_finite(self.model):
-            self.checkpoints.save(self.best_name, state)
-        elif improved:
-            logger.warning("epoch %d improved but the weights are not finite: %s not written", self.epoch, self.best_name)
-        if self.epoch_checkpoints:
-            self.checkpoints.save(f"epoch-{self.epoch:04d}.pt", state)
-        self.checkpoints.save("last.pt", state)
-        seconds = time.perf_counter() - start
-        distributed.barrier()
+        error, seconds = None, 0.0
+        if self.dist.is_main:
+            start = time.perf_counter()
+            try:
+                state = self.state_dict()
+                if improved and _weights_finite(self.model):
+                    self.checkpoints.save(self.best_name, state)
+                elif improved:
+                    logger.warning("epoch %d improved but the weights are not finite: %s not written",
+                                   self.epoch, self.best_name)
+                if self.epoch_checkpoints:
+                    self.checkpoints.save(f"epoch-{self.epoch:04d}.pt", state)
+                self.checkpoints.save("last.pt", state)
+            except CheckpointError as exc:
+                if not self.dist.enabled:
+                    raise
+                error = str(exc)
+            seconds = time.perf_counter() - start
+        error = distributed.broadcast_object(error)  # also the barrier: rank 0 has written
+        if error is not None:
+            raise CheckpointError(error if self.dist.is_main else f"rank 0 could not save: {error}")
         return seconds
 
     def _write_metrics(self, record: dict[str, Any]) -> None:

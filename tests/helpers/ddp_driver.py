@@ -1,7 +1,8 @@
 """Run under torchrun by tests/test_distributed.py: a tiny Trainer job on gloo.
 
-Usage: torchrun --standalone --nproc_per_node=2 ddp_driver.py OUT_DIR STOP_RANK
+Usage: torchrun --standalone --nproc_per_node=2 ddp_driver.py OUT_DIR STOP_RANK [fail-save]
 STOP_RANK (-1 for none) is the rank whose own stopper claims "stop" after the first epoch.
+"fail-save": rank 0's checkpoint writes fail from the second epoch on (a full disk).
 Each rank writes OUT_DIR/rank{r}.json with what it saw.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainkit import CheckpointManager, EarlyStopper, LabelSmoothedNLLLoss, RankingMetrics, TensorBatches, Trainer
+from trainkit import CheckpointError, CheckpointManager, EarlyStopper, LabelSmoothedNLLLoss, RankingMetrics, TensorBatches, Trainer
 from trainkit import build_optimizer, distributed
 
 NUM_CLASSES = 9
@@ -28,6 +29,15 @@ class Tiny(nn.Module):
 
     def forward(self, x: torch.Tensor, x_dict: dict) -> torch.Tensor:
         return torch.log_softmax(self.head(self.emb(x[:, -1])), dim=-1)
+
+
+class FailingCheckpoints(CheckpointManager):
+    """Saves fail once a second epoch has been trained, as on a disk that filled up."""
+
+    def save(self, name, state):  # type: ignore[override]
+        if state["epoch"] >= 2:
+            raise CheckpointError(f"could not save checkpoint {self.directory / name}: [Errno 28] No space left")
+        return super().save(name, state)
 
 
 class StopsAfterFirst(EarlyStopper):
@@ -51,6 +61,7 @@ def to_seed(batch: dict[str, torch.Tensor]):
 
 def main() -> None:
     out, stop_rank = Path(sys.argv[1]), int(sys.argv[2])
+    fail_save = sys.argv[3:] == ["fail-save"]
     ctx = distributed.init_from_env("cpu")
     torch.manual_seed(0)
     model = Tiny()
@@ -59,7 +70,8 @@ def main() -> None:
     val = TensorBatches(data(37, 2), 8, shuffle=False, transform=to_seed)  # odd size: shards differ
     stopper = StopsAfterFirst(patience=100) if ctx.rank == stop_rank else EarlyStopper(patience=100)
     trainer = Trainer(model, optimizer, LabelSmoothedNLLLoss(), train, val, test_loader=val, epochs=3,
-                      stopper=stopper, checkpoints=CheckpointManager(out / "ckpt"), progress=False)
+                      stopper=stopper, progress=False,
+                      checkpoints=(FailingCheckpoints if fail_save else CheckpointManager)(out / "ckpt"))
     result = trainer.fit()
     # single-process evaluation of the same weights over the whole validation set
     weights = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
