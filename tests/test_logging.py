@@ -30,7 +30,8 @@ def test_tensorboard_scalars_use_the_jsonl_names(tmp_path: Path) -> None:
     from trainkit.trainer import _tensorboard_writer
 
     trainer = build(tmp_path, epochs=2)
-    trainer.tensorboard = _tensorboard_writer(tmp_path / "tb")
+    trainer.tensorboard_dir = tmp_path / "tb"
+    trainer.tensorboard = _tensorboard_writer(trainer.tensorboard_dir)
     trainer.fit()
     trainer.tensorboard.close()
     events = EventAccumulator(str(tmp_path / "tb"))
@@ -42,3 +43,27 @@ def test_tensorboard_scalars_use_the_jsonl_names(tmp_path: Path) -> None:
     assert {"step_train_loss", "step_lr"} <= tags
     val_loss = [e.value for e in events.Scalars("val_loss")]
     assert val_loss == pytest.approx([r["val_loss"] for r in epochs], rel=1e-6)
+
+
+def test_tensorboard_resume_hides_events_after_the_checkpoint(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="the optional 'tensorboard' extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from trainkit.trainer import _tensorboard_writer
+
+    def with_tensorboard(trainer):
+        trainer.epoch_checkpoints = True
+        trainer.tensorboard_dir = tmp_path / "tb"
+        trainer.tensorboard = _tensorboard_writer(trainer.tensorboard_dir)
+        return trainer
+
+    first = with_tensorboard(build(tmp_path, epochs=3))
+    first.fit()  # epochs 1-3 logged; now pretend the run died after epoch 2 and resume there
+    first.tensorboard.close()
+    second = with_tensorboard(build(tmp_path, epochs=3))
+    second.resume(tmp_path / "ckpt" / "epoch-0002.pt")
+    second.fit()
+    second.tensorboard.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val_loss")] == [6, 12, 18]  # epoch 3 once, not twice

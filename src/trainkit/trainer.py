@@ -107,7 +107,8 @@ class Trainer:
         step_log: A JSON-lines file receiving ``{"step", "epoch", "step_train_loss",
             "step_lr"}`` every ``log_every`` steps.
         tensorboard_dir: Also write every scalar to TensorBoard there (same names as the
-            JSON-lines keys) when the ``tensorboard`` package is installed.
+            JSON-lines keys, x-axis the global step) when ``tensorboard`` is installed; a
+            resume hides the events logged after its checkpoint.
         progress: Show a tqdm progress bar.
         config: Plain data saved in every checkpoint (e.g. the resolved run config).
         on_epoch_end: Called with each epoch's record after it is logged.
@@ -191,7 +192,8 @@ class Trainer:
         main = self.dist.is_main  # only rank 0 logs and writes files
         self.metrics_log = None if metrics_log is None or not main else Path(metrics_log)
         self.step_log = None if step_log is None or not main else Path(step_log)
-        self.tensorboard = _tensorboard_writer(tensorboard_dir) if main else None
+        self.tensorboard_dir = None if tensorboard_dir is None or not main else Path(tensorboard_dir)
+        self.tensorboard = _tensorboard_writer(self.tensorboard_dir)
         self.progress = progress and main
         self.config = dict(config or {})
         self.on_epoch_end = on_epoch_end
@@ -477,8 +479,8 @@ class Trainer:
         _append_json(self.metrics_log, record)
         if self.tensorboard is not None:
             for key, value in record.items():
-                if key != "epoch" and isinstance(value, (int, float)):
-                    self.tensorboard.add_scalar(key, float(value), self.epoch)
+                if key != "epoch" and isinstance(value, (int, float)):  # x-axis: the global step
+                    self.tensorboard.add_scalar(key, float(value), self.global_step)
             self.tensorboard.flush()
 
     def _write_step(self, running_loss: float) -> None:
@@ -598,6 +600,9 @@ class Trainer:
                 if isinstance(record, dict) and int(record.get("step", 0)) <= self.global_step:
                     kept.append(record)
             _rewrite_json_lines(self.step_log, kept)
+        if self.tensorboard is not None:  # hide events logged after the checkpoint
+            self.tensorboard.close()
+            self.tensorboard = _tensorboard_writer(self.tensorboard_dir, purge_step=self.global_step + 1)
 
 
 def _rewrite_json_lines(path: Path, records: list[dict[str, Any]]) -> None:
@@ -619,8 +624,11 @@ def _append_json(path: Path | None, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record, allow_nan=True) + "\n")
 
 
-def _tensorboard_writer(directory: str | Path | None) -> Any:
-    """A SummaryWriter when a directory is given and tensorboard is installed, else None."""
+def _tensorboard_writer(directory: str | Path | None, purge_step: int | None = None) -> Any:
+    """A SummaryWriter when a directory is given and tensorboard is installed, else None.
+
+    ``purge_step``: events at this global step and later, written before a crash, are
+    hidden (TensorBoard's own mechanism for resumed runs)."""
     if directory is None:
         return None
     try:
@@ -628,7 +636,7 @@ def _tensorboard_writer(directory: str | Path | None) -> Any:
     except ImportError:
         logger.info("tensorboard is not installed: scalars go to the JSON-lines logs only")
         return None
-    return SummaryWriter(log_dir=str(directory))
+    return SummaryWriter(log_dir=str(directory), purge_step=purge_step)
 
 
 def _set_loader_epoch(loader: Any, epoch: int) -> None:
