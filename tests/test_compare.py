@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from test_cli import run_cli
+
 from trainkit import recipes
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "examples" / "pointer_v45.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PICTURES = ("lr.png", "loss.png", "acc1.png")
 METRIC_ROWS = {"Acc@1": "acc@1", "Acc@5": "acc@5", "Acc@10": "acc@10", "MRR": "mrr", "NDCG": "ndcg", "F1": "f1",
@@ -33,11 +31,6 @@ training:
   lr: 5.0e-4
 """
 USED_LR = 5.0e-4
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")
