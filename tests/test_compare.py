@@ -13,7 +13,6 @@ from test_cli import run_cli
 
 from trainkit import recipes
 
-ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PICTURES = ("lr.png", "loss.png", "acc1.png")
 METRIC_ROWS = {"Acc@1": "acc@1", "Acc@5": "acc@5", "Acc@10": "acc@10", "MRR": "mrr", "NDCG": "ndcg", "F1": "f1",
