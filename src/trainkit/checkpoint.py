@@ -145,16 +145,17 @@ class CheckpointManager:
             return False
         return self._clock() - self._last_rotating_save >= self.every_seconds
 
-    def _rotating_files(self) -> list[Path]:
+    def _checkpoint_files(self, skip: frozenset[str]) -> list[Path]:
+        """``*.pt`` files of the directory (temp files and ``skip`` left out), oldest first."""
         files = [
             p
             for p in self.directory.iterdir()
-            if p.is_file() and not p.name.startswith(".") and p.name not in self.pinned and p.suffix == ".pt"
+            if p.is_file() and not p.name.startswith(".") and p.suffix == ".pt" and p.name not in skip
         ]
         return sorted(files, key=_age_key)
 
     def _rotate(self) -> None:
-        files = self._rotating_files()
+        files = self._checkpoint_files(self.pinned)
         for old in files[: max(0, len(files) - self.keep_last)]:
             old.unlink(missing_ok=True)
 
@@ -196,13 +197,7 @@ class CheckpointManager:
         Best-model files (``best.pt`` and the other ``pinned`` names) are left out: resuming
         from them would go back in time.
         """
-        skip = self.pinned - {"last.pt"}
-        files = [
-            p
-            for p in self.directory.iterdir()
-            if p.is_file() and not p.name.startswith(".") and p.suffix == ".pt" and p.name not in skip
-        ]
-        return sorted(files, key=_age_key, reverse=True)
+        return self._checkpoint_files(self.pinned - {"last.pt"})[::-1]
 
     def load_latest(self, map_location: Any = None) -> tuple[Path, dict[str, Any]] | None:
         """Load the newest loadable checkpoint of :meth:`checkpoints` (best-model files excluded).
