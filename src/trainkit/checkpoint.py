@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,9 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainkit.atomic import TMP_PREFIX, atomic_write
+
 __all__ = ["CheckpointManager", "CheckpointError", "load_checkpoint", "load_model_state"]
 
-_TMP_PREFIX = ".trainkit-tmp-"
 _PINNED = ("best.pt", "last.pt")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -46,14 +46,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class CheckpointManager:
@@ -114,26 +106,14 @@ class CheckpointManager:
             CheckpointError: writing failed (disk full, permissions, ...); the previous
                 file of that name is left intact and no temporary file remains.
         """
-        if not isinstance(name, str) or not _NAME_RE.match(name) or name.startswith(_TMP_PREFIX):
+        if not isinstance(name, str) or not _NAME_RE.match(name) or name.startswith(TMP_PREFIX):
             raise ValueError(f"name must be a plain file name like 'last.pt', got {name!r}")
         self._remove_stray_temp_files()
         target = self.directory / name
-        tmp = self.directory / f"{_TMP_PREFIX}{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         try:
-            with open(tmp, "wb") as handle:
-                torch.save(dict(state), handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-            _fsync_directory(self.directory)
-        except BaseException as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-            if isinstance(exc, (OSError, RuntimeError)):
-                raise CheckpointError(f"could not save checkpoint {target}: {exc}") from exc
-            raise
+            atomic_write(target, lambda handle: torch.save(dict(state), handle))
+        except (OSError, RuntimeError) as exc:
+            raise CheckpointError(f"could not save checkpoint {target}: {exc}") from exc
         if name not in self.pinned:
             self._last_rotating_save = self._clock()
             self._rotate()
@@ -161,7 +141,7 @@ class CheckpointManager:
 
     def _remove_stray_temp_files(self) -> None:
         """Delete temp files left by a crashed save (its process is gone, or it was ours)."""
-        for stray in self.directory.glob(f"{_TMP_PREFIX}*"):
+        for stray in self.directory.glob(f"{TMP_PREFIX}*"):
             pid_text = stray.name.rsplit(".", 2)[-2] if stray.name.count(".") >= 2 else ""
             pid = int(pid_text) if pid_text.isdigit() else -1
             if pid == os.getpid() or pid < 0 or not _pid_alive(pid):
