@@ -6,6 +6,7 @@ Each component is usable on its own; :class:`Trainer` wires them into the seed's
 from trainkit import recipes
 from trainkit.amp import AMPStep, StepInfo
 from trainkit.batching import TensorBatches
+from trainkit.captured import CapturedEval, CapturedStep
 from trainkit.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, load_model_state
 from trainkit.losses import LabelSmoothedNLLLoss, coverage_loss, mask_and_avg, masked_nll
 from trainkit.metrics import RankingMetrics
@@ -34,6 +35,8 @@ __all__ = [
     "build_optimizer",
     "RankingMetrics",
     "TensorBatches",
+    "CapturedStep",
+    "CapturedEval",
     "Trainer",
     "NonFiniteLossError",
     "seed_forward",

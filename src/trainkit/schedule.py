@@ -92,6 +92,9 @@ class WarmupCosineSchedule:
     def apply(self, optimizer: torch.optim.Optimizer, t: float) -> float:
         """Set ``lr`` on every param group of ``optimizer`` to ``self(t)``.
 
+        A group whose ``lr`` is a tensor (a captured optimizer's, docs/captured.md) is
+        written in place with ``fill_``, so a CUDA graph that reads it sees the new value.
+
         Args:
             optimizer: Any torch optimizer.
             t: Position in epochs.
@@ -101,7 +104,10 @@ class WarmupCosineSchedule:
         """
         lr = self(t)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
         return lr
 
     def as_lr_scheduler(

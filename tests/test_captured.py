@@ -1,0 +1,339 @@
+"""CapturedStep / CapturedEval: the reasons, the eager twin on CPU, and capture on CUDA."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from trainkit import CapturedEval, CapturedStep, LabelSmoothedNLLLoss, RankingMetrics, TensorBatches, WarmupCosineSchedule
+from trainkit.amp import AMPStep
+from trainkit.captured import CaptureError, _StaticInputs, make_capturable
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+V, L, B = 23, 6, 8
+
+
+class Tiny(nn.Module):
+    """Embedding bag over a history + one float feature -> log-probabilities over V."""
+
+    def __init__(self, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(V, 16)
+        self.feat = nn.Linear(1, 16)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(16, V)
+
+    def forward(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        h = self.emb(x).mean(dim=1) + self.feat(f.unsqueeze(1))
+        return torch.log_softmax(self.out(self.drop(torch.tanh(h))).float(), dim=-1)
+
+
+def forward(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device):
+    return model(batch["x"].to(device), batch["f"].to(device)), batch["y"].to(device)
+
+
+def tensors(n: int = 40, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"x": torch.randint(1, V, (n, L), generator=g), "f": torch.randn(n, generator=g),
+            "y": torch.randint(1, V, (n,), generator=g)}
+
+
+def setup(device: str = "cpu", dropout: float = 0.0, **opt):
+    torch.manual_seed(0)
+    model = Tiny(dropout).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01, **opt)
+    return model, optimizer
+
+
+LOSS = LabelSmoothedNLLLoss(0.03)
+
+
+# ------------------------------------------------------------------ why_not (any device)
+def test_why_not_names_the_reason() -> None:
+    model, adamw = setup()
+    adagrad = torch.optim.Adagrad(model.parameters(), lr=0.1)
+    assert "Adagrad" in CapturedStep.why_not(model, adagrad)
+    assert "fp16 needs fused=True" in CapturedStep.why_not(model, adamw, precision="fp16")
+    assert "skip" in CapturedStep.why_not(model, adamw, nonfinite="skip")
+    assert "precision" in CapturedStep.why_not(model, adamw, precision="fp8")
+    sparse = nn.Embedding(5, 3, sparse=True)
+    assert "sparse" in CapturedStep.why_not(sparse, torch.optim.Adam(sparse.parameters()))
+    short = TensorBatches(tensors(40), 16, device="cpu")
+    padded = TensorBatches(tensors(40), 16, pad_to_full_batch=True, pad_values={"y": 0})
+    if not CUDA:
+        assert "CUDA" in CapturedStep.why_not(model, adamw)
+        assert "CUDA" in CapturedEval.why_not(model)
+    else:
+        cuda_model, cuda_opt = setup("cuda")
+        assert CapturedStep.why_not(cuda_model, cuda_opt, loader=padded) is None
+        assert "last batch is short (8 of 16)" in CapturedStep.why_not(cuda_model, cuda_opt, loader=short)
+    for reason in (CapturedStep.why_not(model, adagrad), CapturedStep.why_not(model, adamw, precision="fp16")):
+        assert "\n" not in reason
+
+
+def test_capture_refused_leaves_optimizer_untouched() -> None:
+    model, optimizer = setup(foreach=False)
+    batch = next(iter(TensorBatches(tensors(), B)))
+    step, reason = CapturedStep.try_create(model, optimizer, LOSS, forward, batch, precision="fp32")
+    if CUDA:
+        pytest.skip("on CUDA the CPU model is refused for its device; covered above")
+    assert step is None and "CUDA" in reason
+    with pytest.raises(CaptureError, match="CUDA"):
+        CapturedStep(model, optimizer, LOSS, forward, batch, precision="fp32")
+    assert optimizer.param_groups[0]["lr"] == 1e-2 and not optimizer.param_groups[0]["capturable"]
+
+
+def test_bad_arguments_raise_value_error() -> None:
+    model, optimizer = setup()
+    batch = next(iter(TensorBatches(tensors(), B)))
+    for kwargs, match in (({"precision": "fp8"}, "precision"), ({"max_grad_norm": 0.0}, "max_grad_norm"),
+                          ({"nonfinite": "ignore"}, "nonfinite"), ({"warmup_steps": 0}, "warmup_steps")):
+        with pytest.raises(ValueError, match=match):
+            CapturedStep(model, optimizer, LOSS, forward, batch, capture=False, **kwargs)
+
+
+# ------------------------------------------------------------ the eager twin on CPU
+def test_eager_twin_equals_ampstep_and_sums_match() -> None:
+    batches = list(TensorBatches(tensors(), B, seed=1))
+    model_a, opt_a = setup()
+    amp = AMPStep(opt_a, precision="fp32", max_grad_norm=0.5)
+    losses, norms = [], []
+    for batch in batches:
+        log_probs, y = forward(model_a, batch, torch.device("cpu"))
+        loss = LOSS(log_probs, y)
+        losses.append(loss.item())
+        norms.append(amp.step(loss).grad_norm.item())
+    model_b, opt_b = setup()
+    step = CapturedStep(model_b, opt_b, LOSS, forward, batches[0], precision="fp32", max_grad_norm=0.5, capture=False)
+    for batch in batches:
+        step.run(batch)
+    for a, b in zip(model_a.parameters(), model_b.parameters()):
+        torch.testing.assert_close(a, b)
+    loss_sum, norm_sum, overflow, finite = step.sums.tolist()
+    assert finite == len(batches) and overflow == 0
+    assert loss_sum == pytest.approx(sum(losses), rel=1e-5)
+    assert norm_sum == pytest.approx(sum(norms), rel=1e-5)
+    assert step.pop_nonfinite() == (0, None, len(batches))
+    step.reset_sums()
+    assert step.sums.abs().sum().item() == 0
+
+
+def test_nonfinite_step_is_recorded_and_fused_skips_it() -> None:
+    batches = list(TensorBatches(tensors(), B, shuffle=False))
+    bad = {k: v.clone() for k, v in batches[1].items()}
+    bad["f"][0] = float("nan")
+    for fused in (False, True):
+        model, optimizer = setup(fused=True) if fused else setup()
+        step = CapturedStep(model, optimizer, LOSS, forward, batches[0], precision="fp32", capture=False)
+        step.run(batches[0])
+        before = [p.detach().clone() for p in model.parameters()]
+        step.run(bad)
+        after = [p.detach().clone() for p in model.parameters()]
+        step.run(batches[2])
+        if fused:  # the fused kernel's found_inf drops the update: the next step is fine again
+            assert step.pop_nonfinite() == (1, 1, 3)
+            assert step.sums[3].item() == 2  # finite steps
+            assert all(torch.equal(a, b) for a, b in zip(before, after))
+            assert all(torch.isfinite(p).all() for p in model.parameters())
+        else:  # the NaN update reached the weights, so every later step is non-finite too
+            assert step.pop_nonfinite() == (2, 1, 3)
+            assert step.sums[3].item() == 1
+            assert not all(torch.isfinite(p).all() for p in model.parameters())
+        assert step.pop_nonfinite() == (0, None, 0)
+
+
+def test_static_padding_changes_no_update() -> None:
+    data = tensors(20)
+    short = list(TensorBatches(data, 8, shuffle=False))[-1]
+    padded = list(TensorBatches(data, 8, shuffle=False, pad_to_full_batch=True, pad_values={"y": 0}))[-1]
+    assert short["y"].shape[0] == 4 and padded["y"].shape[0] == 8 and (padded["y"][4:] == 0).all()
+    results = []
+    for batch in (short, padded):
+        model, optimizer = setup()
+        step = CapturedStep(model, optimizer, LOSS, forward, batch, precision="fp32", max_grad_norm=1.0, capture=False)
+        step.run(batch)
+        results.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+
+
+def test_static_inputs_refuse_other_shapes() -> None:
+    batches = list(TensorBatches(tensors(20), 8, shuffle=False))
+    static = _StaticInputs(batches[0], torch.device("cpu"))
+    assert static.load(batches[1]) and torch.equal(static.batch["x"], batches[1]["x"])
+    assert not static.load(batches[2])  # the short last batch
+    assert not static.load({"x": batches[0]["x"]})  # another structure
+    assert torch.equal(static.batch["x"], batches[1]["x"])  # nothing copied
+
+
+def test_schedule_apply_fills_a_tensor_lr_in_place() -> None:
+    model, _ = setup()
+    lr = torch.tensor(0.5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, foreach=False)
+    schedule = WarmupCosineSchedule(1e-3, warmup=2, total=10, min_lr=1e-5)
+    value = schedule.apply(optimizer, 3.25)
+    assert optimizer.param_groups[0]["lr"] is lr and lr.item() == pytest.approx(value) and value == schedule(3.25)
+    plain = torch.optim.AdamW(model.parameters(), lr=0.5)
+    schedule.apply(plain, 3.25)
+    assert plain.param_groups[0]["lr"] == schedule(3.25)
+
+
+def test_make_capturable_converts_in_place() -> None:
+    model, optimizer = setup(foreach=False)
+    LOSS(*forward(model, next(iter(TensorBatches(tensors(), B))), torch.device("cpu"))).backward()
+    optimizer.step()
+    make_capturable(optimizer, torch.device("cpu"))
+    group = optimizer.param_groups[0]
+    assert group["capturable"] and isinstance(group["lr"], torch.Tensor) and group["lr"].item() == pytest.approx(1e-2)
+    with pytest.raises(ValueError, match="Adagrad"):
+        make_capturable(torch.optim.Adagrad(model.parameters()), torch.device("cpu"))
+
+
+def test_eager_eval_matches_manual_evaluation() -> None:
+    model, _ = setup()
+    loader = TensorBatches(tensors(30), 8, shuffle=False, pad_to_full_batch=True, pad_values={"y": 0})
+    ev = CapturedEval(model, forward, LOSS, next(iter(loader)), metrics=RankingMetrics(V), precision="fp32",
+                      capture=False)
+    result = ev.evaluate(loader)
+    metrics, loss_sum, count, losses = RankingMetrics(V), 0.0, 0, []
+    with torch.no_grad():
+        for batch in TensorBatches(tensors(30), 8, shuffle=False):
+            log_probs, y = forward(model, batch, torch.device("cpu"))
+            loss = LOSS(log_probs, y).item()
+            losses.append(loss)
+            loss_sum += loss * len(y)
+            count += len(y)
+            metrics.update(log_probs, y)
+    expected = metrics.compute()
+    assert result["count"] == 30 == count
+    assert result["loss"] == pytest.approx(loss_sum / count, rel=1e-6)
+    assert result["acc@1"] == pytest.approx(expected["acc@1"]) and result["mrr"] == pytest.approx(expected["mrr"])
+    assert ev.batch_losses() == pytest.approx(losses, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- CUDA
+def cuda_loader(n: int = 64, seed: int = 0) -> TensorBatches:
+    return TensorBatches(tensors(n, seed), B, seed=seed, device="cuda", pad_to_full_batch=True, pad_values={"y": 0})
+
+
+@needs_cuda
+def test_captured_step_matches_its_eager_twin() -> None:
+    loader = cuda_loader()
+    params = []
+    for capture in (False, True):
+        model, optimizer = setup("cuda", fused=True)
+        step = CapturedStep(model, optimizer, LOSS, forward, next(iter(loader)), precision="fp32", max_grad_norm=0.5,
+                            capture=capture)
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            for batch in loader:
+                step.run(batch)
+        params.append([p.detach().clone() for p in model.parameters()])
+        assert step.eager_steps == 0
+        assert step.pop_nonfinite() == (0, None, 16)
+    for a, b in zip(*params):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert optimizer.state[model.out.weight]["step"].item() == 16  # warm-up left no trace
+
+
+@needs_cuda
+def test_dropout_is_fresh_on_every_replay_and_lr_tensor_is_read() -> None:
+    loader = cuda_loader()
+    batch = next(iter(loader))
+    model, optimizer = setup("cuda", dropout=0.5, fused=True)
+    step = CapturedStep(model, optimizer, LOSS, forward, batch, precision="bf16")
+    step.set_lr(0.0)
+    optimizer.param_groups[0]["weight_decay"] = 0.0  # baked in at capture: lr 0 still means no change
+    weights = [p.detach().clone() for p in model.parameters()]
+    losses = []
+    for _ in range(3):
+        step.reset_sums()
+        step.run(batch)
+        losses.append(step.sums[0].item())
+    assert len(set(losses)) == 3  # a new dropout mask each replay
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))  # lr 0 read from the tensor
+    WarmupCosineSchedule(1e-2, warmup=0, total=10).apply(optimizer, 0)
+    step.run(batch)
+    assert not all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+
+
+@needs_cuda
+def test_nonfinite_under_capture_is_skipped_and_located() -> None:
+    loader = cuda_loader()
+    batches = list(loader)
+    model, optimizer = setup("cuda", fused=True)
+    step = CapturedStep(model, optimizer, LOSS, forward, batches[0], precision="bf16", nonfinite="skip")
+    step.run(batches[0])
+    bad = {k: v.clone() for k, v in batches[1].items()}
+    bad["f"][3] = float("inf") * 0
+    before = [p.detach().clone() for p in model.parameters()]
+    step.run(bad)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    step.run(batches[2])
+    assert step.pop_nonfinite() == (1, 1, 3)
+
+
+@needs_cuda
+def test_fp16_is_captured_with_a_fused_optimizer() -> None:
+    loader = cuda_loader()
+    model, optimizer = setup("cuda", fused=True)
+    step = CapturedStep(model, optimizer, LOSS, forward, next(iter(loader)), precision="fp16", max_grad_norm=1.0)
+    for batch in loader:
+        step.run(batch)
+    loss_sum, _, overflow, finite = step.sums.tolist()
+    assert finite == len(loader) and overflow <= 1 and loss_sum > 0
+    assert step.scaler is not None and step.scaler.get_scale() > 0
+
+
+@needs_cuda
+def test_resume_continues_from_the_restored_optimizer_state() -> None:
+    loader = cuda_loader()
+    batches = list(loader)
+    model, optimizer = setup("cuda", fused=True)
+    step = CapturedStep(model, optimizer, LOSS, forward, batches[0], precision="fp32")
+    for batch in batches[:4]:
+        step.run(batch)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    for batch in batches[4:]:
+        step.run(batch)
+    uninterrupted = [p.detach().clone() for p in model.parameters()]
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    # (a) a new step built after loading; (b) the old step, state loaded after its capture
+    model_a, opt_a = setup("cuda", fused=True)
+    model_a.load_state_dict(saved["model"])
+    opt_a.load_state_dict(saved["optimizer"])
+    resumed = CapturedStep(model_a, opt_a, LOSS, forward, batches[0], precision="fp32")
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    for batch in batches[4:]:
+        resumed.run(batch)
+        step.run(batch)
+    for m in (model_a, model):
+        for a, b in zip(uninterrupted, m.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for opt in (opt_a, optimizer):
+        steps = opt.state[opt.param_groups[0]["params"][0]]["step"]
+        assert steps.is_cuda and steps.item() == len(batches)
+
+
+@needs_cuda
+def test_captured_eval_matches_eager_eval() -> None:
+    loader = TensorBatches(tensors(30), 8, shuffle=False, device="cuda", pad_to_full_batch=True, pad_values={"y": 0})
+    model, _ = setup("cuda", dropout=0.3)
+    results = []
+    for capture in (False, True):
+        ev = CapturedEval(model, forward, LOSS, next(iter(loader)), metrics=RankingMetrics(V, device="cuda"),
+                          precision="fp32", capture=capture)
+        results.append((ev.evaluate(loader), ev.batch_losses()))
+        assert ev.eager_batches == 0
+    (eager, eager_losses), (captured, captured_losses) = results
+    assert captured["count"] == 30
+    for key in ("loss", "acc@1", "acc@5", "mrr", "f1"):
+        assert captured[key] == pytest.approx(eager[key], rel=1e-5, abs=1e-6)
+    assert captured_losses == pytest.approx(eager_losses, rel=1e-5)
