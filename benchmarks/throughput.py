@@ -13,12 +13,18 @@ process, and reports training samples/s (median over timed epochs, after warm-up
 - ``minimal``: a lean hand-written loop over device-resident tensors, no host syncs;
 - ``trainkit``: ``Trainer.train_epoch`` with its defaults for the device
   (``TensorBatches`` on the device, ``AMPStep(precision="auto")``, fused AdamW on CUDA);
-- ``trainkit_compiled`` (CUDA, unless ``--no-compile``): the same with
-  ``torch.compile(mode="reduce-overhead")`` (CUDA graphs) and static shapes (the last
-  batch padded with ignored targets);
+- ``trainkit_step_eager``: ``CapturedStep(..., capture=False)``: the captured step's own
+  code run eagerly (what the graph saves is the difference to ``trainkit_captured``);
+- ``trainkit_captured`` (CUDA): ``CapturedStep``, the whole step in one CUDA graph, driven
+  the way the Trainer drives it (static shapes: the last batch padded with ignored
+  targets; LR set per epoch through the optimizer's LR tensor; one host sync per 50 steps);
+- ``trainkit_compiled`` (CUDA, unless ``--no-compile``): the same with the model
+  ``torch.compile(dynamic=False)``-d, so inductor's kernels run inside the captured step;
 - ``lightning``: a LightningModule with the same model and loss, when importable.
 
-Also measured: the cost of writing a full checkpoint (``last.pt``) relative to an epoch.
+Also measured: warm-up + capture seconds (compile included) of the captured variants,
+``--profile``: kernels and kernel time per step by torch.profiler (the floor under the
+step time), and the cost of writing a full checkpoint (``last.pt``) relative to an epoch.
 The last line printed is JSON: ``{"device": ..., "samples_per_s": {...}, ...}``.
 """
 
@@ -44,7 +50,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from pointer_v45_model import PointerV45  # noqa: E402
 
-from trainkit import AMPStep, CheckpointManager, LabelSmoothedNLLLoss, build_optimizer  # noqa: E402
+from trainkit import AMPStep, CapturedStep, CheckpointManager, LabelSmoothedNLLLoss, WarmupCosineSchedule, build_optimizer  # noqa: E402
 from trainkit.batching import TensorBatches  # noqa: E402
 from trainkit.trainer import Trainer  # noqa: E402
 
@@ -156,6 +162,7 @@ class _Null:
 
 
 _NULL = _Null()
+PROFILE = False
 
 
 # ----------------------------------------------------------------------------- minimal
@@ -186,22 +193,20 @@ def bench_minimal(tensors, device, warmup, timed) -> list[float]:
 
 
 # ---------------------------------------------------------------------------- trainkit
-def make_trainer(tensors, device, compiled: bool, checkpoint_dir: Path | None = None) -> Trainer:
+def make_trainer(tensors, device, checkpoint_dir: Path | None = None) -> Trainer:
     model = new_model(device)
     optimizer = build_optimizer(model, "adamw", lr=6.5e-4)
-    forward_model = torch.compile(model, mode="reduce-overhead") if compiled else model
-    train = TensorBatches(tensors, BATCH, shuffle=True, seed=0, device=device, transform=to_seed,
-                          pad_to_full_batch=compiled, pad_values={"y": 0})
+    train = TensorBatches(tensors, BATCH, shuffle=True, seed=0, device=device, transform=to_seed)
     return Trainer(
-        forward_model, optimizer, LabelSmoothedNLLLoss(0.03), train, [], epochs=10**6,
+        model, optimizer, LabelSmoothedNLLLoss(0.03), train, [], epochs=10**6,
         amp=AMPStep(optimizer, precision="auto", max_grad_norm=0.8, device_type=device.type),
         checkpoints=None if checkpoint_dir is None else CheckpointManager(checkpoint_dir),
         device=device, progress=False, log_every=50,
     )
 
 
-def bench_trainkit(tensors, device, warmup, timed, compiled: bool = False) -> list[float]:
-    trainer = make_trainer(tensors, device, compiled)
+def bench_trainkit(tensors, device, warmup, timed) -> list[float]:
+    trainer = make_trainer(tensors, device)
 
     def run_epoch(epoch: int) -> None:
         trainer.epoch = epoch
@@ -210,10 +215,96 @@ def bench_trainkit(tensors, device, warmup, timed, compiled: bool = False) -> li
     return time_epochs(run_epoch, device, warmup, timed)
 
 
+# ------------------------------------------------------------------- the captured step
+def forward_seed_batch(model: torch.nn.Module, batch, device: torch.device):
+    x, y, x_dict = batch
+    return model(x, x_dict), y
+
+
+EXTRA: dict[str, dict] = {"capture_seconds": {}, "final_train_loss": {}, "profile": {}}
+
+
+def make_captured(tensors, device, capture: bool, compiled: bool = False):
+    model = new_model(device)
+    optimizer = build_optimizer(model, "adamw", lr=6.5e-4)
+    train = TensorBatches(tensors, BATCH, shuffle=True, seed=0, device=device, transform=to_seed,
+                          pad_to_full_batch=True, pad_values={"y": 0})
+    if capture:
+        reason = CapturedStep.why_not(model, optimizer, precision="auto", loader=train)
+        if reason is not None:
+            return None, reason, train, optimizer
+    forward_model = torch.compile(model, dynamic=False) if compiled else model
+    sync(device)
+    start = time.perf_counter()
+    step, reason = CapturedStep.try_create(forward_model, optimizer, LabelSmoothedNLLLoss(0.03), forward_seed_batch,
+                                           next(iter(train)), precision="auto", max_grad_norm=0.8, capture=capture)
+    sync(device)
+    if step is not None and capture:
+        print(f"  captured in {time.perf_counter() - start:.2f} s (warm-up + capture"
+              f"{' + compile' if compiled else ''})", flush=True)
+    return step, reason, train, optimizer
+
+
+def bench_captured(tensors, device, warmup, timed, name: str, capture: bool = True, compiled: bool = False):
+    start = time.perf_counter()
+    step, reason, train, optimizer = make_captured(tensors, device, capture, compiled)
+    if step is None:
+        return reason
+    if capture:
+        EXTRA["capture_seconds"][name] = round(time.perf_counter() - start, 3)
+    schedule = WarmupCosineSchedule(6.5e-4, warmup=5, total=50, min_lr=1e-6)
+
+    def run_epoch(epoch: int) -> None:  # what the Trainer does around the step
+        train.set_epoch(epoch)
+        schedule.apply(optimizer, epoch)
+        step.reset_sums()
+        for i, batch in enumerate(train):
+            step.run(batch)
+            if (i + 1) % 50 == 0:
+                count, first, _ = step.pop_nonfinite()
+                assert count == 0, f"non-finite step {first}"
+                (step.sums[0] / step.sums[3].clamp(min=1)).item()  # the progress bar's running loss
+        step.pop_nonfinite()
+        loss_sum, _, _, finite = step.sums.tolist()
+        EXTRA["final_train_loss"][name] = round(loss_sum / max(finite, 1), 4)
+
+    times = time_epochs(run_epoch, device, warmup, timed)
+    if capture and step.eager_steps:
+        print(f"  {step.eager_steps} batches ran eagerly", flush=True)
+    if PROFILE and device.type == "cuda":
+        EXTRA["profile"][name] = profile_steps(step, list(train), device)
+    return times
+
+
+def profile_steps(step, batches, device, steps: int = 20) -> dict[str, float]:
+    """Kernels and summed kernel time per step (torch.profiler), and wall ms per step."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    batches = (batches * (steps // len(batches) + 1))[:steps]
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for batch in batches:
+            step.run(batch)
+        sync(device)
+        wall = time.perf_counter() - start
+    device_events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    kernels = [e for e in device_events if not e.name.startswith(("Memcpy", "Memset"))]
+    result = {
+        "kernels_per_step": round(len(kernels) / steps, 1),
+        "kernel_ms_per_step": round(sum(e.time_range.elapsed_us() for e in kernels) / steps / 1000, 3),
+        "copies_per_step": round((len(device_events) - len(kernels)) / steps, 1),
+        "profiled_wall_ms_per_step": round(wall / steps * 1000, 3),
+    }
+    print(f"  profile: {result}", flush=True)
+    return result
+
+
 def bench_checkpoint(tensors, device, repeats: int = 5) -> float:
     """Median seconds to write last.pt (model + optimizer + RNG + ...) atomically and durably."""
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = make_trainer(tensors, device, compiled=False, checkpoint_dir=Path(tmp))
+        trainer = make_trainer(tensors, device, checkpoint_dir=Path(tmp))
         trainer.train_epoch()  # optimizer state exists
         times = []
         for _ in range(repeats):
@@ -277,9 +368,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="fewer samples and epochs (CPU: under a minute)")
     parser.add_argument("--epochs", type=int, default=None, help="timed epochs per variant")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
-    parser.add_argument("--variants", default="seed_loop,minimal,trainkit,trainkit_compiled,lightning")
+    parser.add_argument("--variants", default="seed_loop,minimal,trainkit,trainkit_step_eager,trainkit_captured,"
+                        "trainkit_compiled,lightning")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler: kernels and kernel time per step")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
+    global PROFILE
+    PROFILE = args.profile
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -294,15 +389,20 @@ def main(argv: list[str] | None = None) -> dict:
         "seed_loop": lambda: bench_seed_loop(tensors, device, warmup, timed),
         "minimal": lambda: bench_minimal(tensors, device, warmup, timed),
         "trainkit": lambda: bench_trainkit(tensors, device, warmup, timed),
-        "trainkit_compiled": lambda: bench_trainkit(tensors, device, warmup + 1, timed, compiled=True),
+        "trainkit_step_eager": lambda: bench_captured(tensors, device, warmup, timed, "trainkit_step_eager", capture=False),
+        "trainkit_captured": lambda: bench_captured(tensors, device, warmup, timed, "trainkit_captured"),
+        "trainkit_compiled": lambda: bench_captured(tensors, device, warmup, timed, "trainkit_compiled", compiled=True),
         "lightning": lambda: bench_lightning(tensors, device, warmup, timed),
     }
     samples_per_s: dict[str, float] = {}
     epoch_seconds: dict[str, list[float]] = {}
     for name in wanted:
-        times = runners[name]()
-        if times is None:
-            print(f"{name:18s} skipped (not importable)", flush=True)
+        try:
+            times = runners[name]()
+        except Exception as exc:  # one broken variant must not hide the others' figures
+            times = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if times is None or isinstance(times, str):
+            print(f"{name:18s} skipped ({times or 'not importable'})", flush=True)
             continue
         epoch_seconds[name] = [round(t, 4) for t in times]
         samples_per_s[name] = round(n / statistics.median(times), 1)
@@ -321,6 +421,8 @@ def main(argv: list[str] | None = None) -> dict:
         "epoch_seconds": epoch_seconds,
         "checkpoint_seconds": round(ckpt, 4),
         "checkpoint_fraction_of_trainkit_epoch": round(ckpt / epoch_s, 4),
+        "step_ms": {k: round(1000 * statistics.median(v) / -(-n // BATCH), 3) for k, v in epoch_seconds.items()},
+        **EXTRA,
     }
     print(json.dumps(result))
     return result

@@ -346,8 +346,10 @@ class CapturedStep:
         Takes the constructor's arguments, plus ``loader`` (checked by :meth:`why_not`).
         Invalid arguments still raise ``ValueError``.
         """
-        reason = cls.why_not(model, optimizer, precision=kwargs.get("precision", "auto"),
-                             nonfinite=kwargs.get("nonfinite", "raise"), example_batch=example_batch, loader=loader)
+        reason = None
+        if kwargs.get("capture", True):
+            reason = cls.why_not(model, optimizer, precision=kwargs.get("precision", "auto"),
+                                 nonfinite=kwargs.get("nonfinite", "raise"), example_batch=example_batch, loader=loader)
         if reason is not None:
             return None, reason
         try:
