@@ -302,13 +302,18 @@ def test_resume_continues_from_the_restored_optimizer_state() -> None:
     for batch in batches[4:]:
         step.run(batch)
     uninterrupted = [p.detach().clone() for p in model.parameters()]
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
+
+    def load() -> dict:  # one load per optimizer: load_state_dict adopts the loaded tensors themselves
+        buffer.seek(0)
+        return torch.load(buffer, weights_only=True)
+
     # (a) a new step built after loading; (b) the old step, state loaded after its capture
     model_a, opt_a = setup("cuda", fused=True)
+    saved = load()
     model_a.load_state_dict(saved["model"])
     opt_a.load_state_dict(saved["optimizer"])
     resumed = CapturedStep(model_a, opt_a, LOSS, forward, batches[0], precision="fp32")
+    saved = load()
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     for batch in batches[4:]:
