@@ -1,8 +1,8 @@
 """The whole training step (and an evaluation batch) in one CUDA graph, replayed per batch.
 
-``CapturedStep`` runs gather-free static inputs -> forward under autocast -> loss ->
-backward -> (fp16: unscale) -> ``clip_grad_norm_`` -> optimizer step -> ``zero_grad`` ->
-device-side sums, warmed up on a side stream and captured once with ``torch.cuda.graph``
+``CapturedStep`` runs forward under autocast -> loss -> backward -> (fp16: unscale) ->
+``clip_grad_norm_`` -> optimizer step -> ``zero_grad`` -> device-side sums on static input
+buffers, warmed up on a side stream and captured once with ``torch.cuda.graph``
 (the recipe of PyTorch's "CUDA Graphs" notes: static inputs, capturable optimizer, warmup on
 a side stream). Each :meth:`CapturedStep.run` copies the batch into the static buffers and
 replays the graph: one launch instead of hundreds, no host sync. ``CapturedEval`` does the
@@ -372,7 +372,7 @@ class CapturedStep:
             inner.restore(self.scaler)
             self.optimizer.zero_grad(set_to_none=False)
             self.reset_sums()
-            self.pop_nonfinite_reset()
+            self._clear_nonfinite()
         except Exception as exc:
             self._graph = None
             snapshot.restore(keep_optimizer_objects=False)
@@ -499,11 +499,10 @@ class CapturedStep:
             non-finite when its loss is (fp16), or its loss or gradient norm is (bf16/fp32).
         """
         count, first, steps = torch.stack([self._nonfinite, self._first_bad, self._counter]).tolist()
-        self.pop_nonfinite_reset()
+        self._clear_nonfinite()
         return int(count), (None if first < 0 else int(first)), int(steps)
 
-    def pop_nonfinite_reset(self) -> None:
-        """Clear the non-finite record without reading it."""
+    def _clear_nonfinite(self) -> None:
         self._nonfinite.zero_()
         self._first_bad.fill_(-1)
         self._counter.zero_()
