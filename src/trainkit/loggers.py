@@ -161,8 +161,9 @@ class CSVLogger:
 class TensorBoardLogger:
     """Every numeric value as a scalar of the same name, on the global-step axis.
 
-    Needs the optional ``tensorboard`` package; without it one line says so and the
-    logger does nothing.
+    Needs the optional ``tensorboard`` package; without it one line says so and the logger
+    does nothing. The event file is opened at the first record (so a logger that never logs,
+    as on the other ranks of a torchrun job, writes nothing).
 
     Args:
         directory: The TensorBoard log directory.
@@ -170,21 +171,22 @@ class TensorBoardLogger:
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        self.writer: Any = self._open(None)
-
-    def _open(self, purge_step: int | None) -> Any:
+        self.writer: Any = None
+        self._purge_step: int | None = None
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            log.info("tensorboard is not installed (pip install 'trainkit[tensorboard]'): %s not written",
-                        self.directory)
-            return None
-        return SummaryWriter(log_dir=str(self.directory), purge_step=purge_step)
+            log.info("tensorboard is not installed (pip install 'trainkit[tensorboard]'): %s not written", self.directory)
+            self._writer_class: Any = None
+        else:
+            self._writer_class = SummaryWriter
 
     def log(self, record: Mapping[str, Any], step: int) -> None:
         """Add each int/float value of ``record`` (except ``epoch`` and ``step``) at ``step``."""
-        if self.writer is None:
+        if self._writer_class is None:
             return
+        if self.writer is None:
+            self.writer = self._writer_class(log_dir=str(self.directory), purge_step=self._purge_step)
         for key, value in record.items():
             if key not in ("epoch", "step") and isinstance(value, (int, float)):
                 self.writer.add_scalar(key, float(value), step)
@@ -192,12 +194,12 @@ class TensorBoardLogger:
             self.writer.flush()
 
     def truncate(self, step: int) -> None:
-        """Hide events logged after ``step`` (TensorBoard's ``purge_step``)."""
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = self._open(step + 1)
+        """Hide events logged after ``step`` (TensorBoard's ``purge_step``, applied by the next writer)."""
+        self.close()
+        self._purge_step = step + 1
 
     def close(self) -> None:
-        """Flush and close the event file."""
+        """Flush and close the event file (a later record opens a new one)."""
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
