@@ -308,6 +308,7 @@ def reference(references: Any) -> ReferenceRun:
     return references("proposed")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["proposed", "original"])
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(recipe: str, references: Any, tmp_path: Path) -> None:
     reference = references(recipe)  # runs alongside the killed one
@@ -413,6 +414,7 @@ def test_damaged_newest_checkpoints_fall_back_and_resume_stays_exact(tmp_path: P
     assert_same_tensors(comparable(actual), comparable(expected))
 
 
+@pytest.mark.slow
 def test_cli_resume_skips_a_truncated_last_pt_with_one_warning(reference: ReferenceRun, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = reference.copy(tmp_path / "runs")
@@ -467,6 +469,7 @@ def test_malicious_checkpoint_is_refused_by_resume(tmp_path: Path, build: Any) -
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_cli_resume_refuses_a_malicious_last_pt_and_falls_back(reference: ReferenceRun, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = reference.copy(tmp_path / "runs")
@@ -576,6 +579,7 @@ def test_unwritable_checkpoint_directory_is_a_clear_error(tmp_path: Path, monkey
         CheckpointManager(tmp_path / "metrics.jsonl" / "ckpt")  # a file where a directory should be
 
 
+@pytest.mark.slow
 def test_cli_disk_full_is_one_line_and_the_previous_checkpoint_survives(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -622,6 +626,7 @@ def test_checkpoint_of_another_model_is_refused_with_the_keys_listed(tmp_path: P
         other.load_state_dict({"model": other.model.state_dict()})
 
 
+@pytest.mark.slow
 def test_cli_resume_with_a_checkpoint_of_another_model(reference: ReferenceRun, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = reference.copy(tmp_path / "runs")
@@ -649,6 +654,7 @@ def _write_csv(tmp_path: Path, text: str) -> list[str]:
 HEADER = "id,user_id,location_id,duration,start_day,end_day,start_min,end_min,weekday\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make_args, message",
     [
@@ -803,6 +809,7 @@ def test_a_signal_finishes_the_step_writes_last_pt_and_resume_is_bit_identical(
     assert_same_tensors(comparable(actual), comparable(expected))
 
 
+@pytest.mark.slow
 def test_a_second_signal_ends_the_process_at_once(tmp_path: Path) -> None:
     script = tmp_path / "twice.py"
     script.write_text(textwrap.dedent(f"""
