@@ -166,7 +166,7 @@ DRIVER = textwrap.dedent(
         setattr(cls, name, wrapper)
 
     def start_epoch(self):
-        where.update(phase="train", epoch=self.epoch + 1, count=0)
+        where.update(phase="train", epoch=self.progress.epoch + 1, count=0)
     def end_epoch(self):
         where.update(phase="val", count=0)
     def step_done(*_):

@@ -113,7 +113,7 @@ class Trainer:
                 train = self.train_epoch()
                 val = self.evaluate(self.val_loader)
                 p.epoch += 1
-                improved = distributed.broadcast_object(feed(self.selector, val["loss"], val["batch_losses"]))  # decided once, on rank 0
+                improved = distributed.broadcast_object(feed(self.selector, val["loss"], val["batch_losses"]))  # on rank 0
                 p.stopped_early = distributed.broadcast_object(bool(self.selector.should_stop))
                 record = self._epoch_record(lr, train, val, improved, time.perf_counter() - epoch_start)
                 p.history.append(record)  # before saving: the checkpoint's history includes this epoch
@@ -204,7 +204,7 @@ class Trainer:
         p = self.progress
         evaluated = load_best(self.checkpoints, self.best_name, self.selector.best_epoch, self._load_weights, p.epoch,
                               self.device)
-        validation, test = (None if loader is None else {k: v for k, v in self.evaluate(loader).items() if k != "batch_losses"}
+        validation, test = ({k: v for k, v in self.evaluate(loader).items() if k != "batch_losses"} if loader is not None else None
                             for loader in (self.val_loader, self.test_loader))
         acc = ["-" if r is None or "acc@1" not in r else f"{r['acc@1']:.2f}%" for r in (validation, test)]
         logger.info("Best model (%s) | Val Acc@1: %s | Test Acc@1: %s", evaluated, *acc)
@@ -238,7 +238,8 @@ class Trainer:
         if improved and all(bool(torch.isfinite(t).all()) for t in weights.parameters()):
             names.insert(0, self.best_name)
         elif improved:
-            logger.warning("epoch %d improved but the weights are not finite: %s not written", self.progress.epoch, self.best_name)
+            logger.warning("epoch %d improved but the weights are not finite: %s not written", self.progress.epoch,
+                           self.best_name)
         return self._save(names)
 
     def _save(self, names: Sequence[str]) -> float:
@@ -256,7 +257,7 @@ class Trainer:
         self.nonfinite.check(self.progress.epoch + 1, self._last_good, self.device)
         if not saved:
             self._save(["last.pt"])
-        where = "nothing saved (no checkpoints)" if self.checkpoints is None else f"saved {self.checkpoints.directory / 'last.pt'}"
+        where = f"saved {self.checkpoints.directory / 'last.pt'}" if self.checkpoints else "nothing saved (no checkpoints)"
         raise TrainingInterrupted(f"interrupted by {requested} at epoch {self.progress.epoch + (not saved)}, "
                                   f"step {self.progress.global_step}: {where}; resume to continue")
 
@@ -294,3 +295,4 @@ class Trainer:
             sink.truncate(self.progress.global_step)
         logger.info("Resumed from %s (epoch %d, step %d)", chosen, self.progress.epoch, self.progress.global_step)
         return chosen
+
