@@ -22,7 +22,7 @@ def test_jsonl_and_csv_logs_per_epoch_and_per_step(tmp_path: Path, build_trainer
     epochs = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["epoch"] for r in epochs] == [1, 2]
     for key in ("step", "lr", "train_loss", "val_loss", "val_acc@1", "grad_norm", "fp16_overflow_steps",
-                "nonfinite_steps", "checkpoint_seconds"):
+                "nonfinite_steps", "epoch_seconds"):
         assert key in epochs[0], key
     steps = read_jsonl(tmp_path / "steps.jsonl")
     assert [r["step"] for r in steps] == [2, 4, 6, 8, 10, 12]  # log_every=2, 6 steps per epoch

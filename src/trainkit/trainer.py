@@ -117,8 +117,8 @@ class Trainer:
                 p.stopped_early = distributed.broadcast_object(bool(self.selector.should_stop))
                 record = self._epoch_record(lr, train, val, improved, time.perf_counter() - epoch_start)
                 p.history.append(record)  # before saving: the checkpoint's history includes this epoch
+                self._log(record)  # before saving too: a resume from this epoch's checkpoint keeps it once
                 record["checkpoint_seconds"] = self._save_epoch_checkpoints(improved)
-                self._log(record)
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(record)
                 self._stop_if_interrupted(saved=True)

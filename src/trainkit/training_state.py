@@ -65,19 +65,30 @@ def load_training_state(parts: Mapping[str, Any], progress: TrainingProgress, st
     restored = {name: part for name, part in parts.items() if name not in _RECORD_ONLY}
     require_keys(state, [*(name for name in restored if name not in _OPTIONAL), "rng"], "Trainer checkpoint")
     TrainingProgress.check_state(state)
+    if not _fits(parts["model"], state["model"]):
+        load_model_state(parts["model"], state["model"])  # raises its one-line message, loads nothing
+    check_optimizer_state(parts["optimizer"], state["optimizer"])  # another recipe's checkpoint fails here
     loaded = {name: part for name, part in restored.items() if name != "model" and name in state}
     for name, part in loaded.items():
         require_keys(state[name], part.state_dict().keys(), f"{type(part).__name__} ({name!r})")
     require_keys(state["rng"], ("python", "numpy", "torch"), "RNG state ('rng')")
-    check_optimizer_state(parts["optimizer"], state["optimizer"])
     amp = parts.get("amp")
     if amp is not None and state["amp"]["precision"] != amp.precision:
         raise ValueError(f"checkpoint precision {state['amp']['precision']!r} differs from this run's {amp.precision!r}")
-    load_model_state(parts["model"], state["model"])  # checks keys and shapes before it loads
+    load_model_state(parts["model"], state["model"])
     for name, part in loaded.items():
         part.load_state_dict(state[name])
     progress.load_state_dict(state, device)
     set_rng_state(state["rng"])
+
+
+def _fits(model: torch.nn.Module, state: Any) -> bool:
+    """Whether ``state`` has exactly ``model``'s keys and shapes (what ``load_model_state`` checks)."""
+    if not isinstance(state, Mapping):
+        return False
+    expected = model.state_dict()
+    return set(state) == set(expected) and all(
+        not isinstance(state[key], torch.Tensor) or state[key].shape == value.shape for key, value in expected.items())
 
 
 def load_resume_state(manager: CheckpointManager | None, path: str | Path | None,
