@@ -41,7 +41,7 @@ from torch import nn
 
 from trainkit import AMPStep, CheckpointManager, RunningAverage, build_optimizer, coverage_loss, masked_nll, recipes
 from trainkit.rng import seed_everything
-from trainkit.trainer import NonFiniteLossError
+from trainkit.nonfinite import NonFiniteLossError
 
 # ------------------------------------------------------------------ vocabulary and task
 PAD, UNK, START, STOP = 0, 1, 2, 3

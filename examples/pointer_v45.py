@@ -48,7 +48,8 @@ from trainkit import distributed  # noqa: E402
 from trainkit.batching import TensorBatches  # noqa: E402
 from trainkit.checkpoint import CheckpointError  # noqa: E402
 from trainkit.rng import seed_everything  # noqa: E402
-from trainkit.trainer import NonFiniteLossError, Trainer  # noqa: E402
+from trainkit.loggers import JSONLinesLogger, TensorBoardLogger  # noqa: E402
+from trainkit.trainer import NonFiniteLossError, Trainer, TrainingInterrupted  # noqa: E402
 
 log = logging.getLogger("pointer_v45")
 
@@ -293,7 +294,8 @@ def build_trainer(
         loss_fn: Any = LabelSmoothedNLLLoss(t["label_smoothing"], ignore_index=0)
         amp = AMPStep(optimizer, precision=t["precision"], max_grad_norm=t["grad_clip"], device_type=device.type)
         stopper, running_average = EarlyStopper(patience=t["patience"], min_epochs=t["min_epochs"]), None
-        checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=recipe.checkpoint_keep)
+        checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=recipe.checkpoint_keep,
+                                        pinned=(recipe.best_name,))
     else:  # original: Adagrad, fixed LR, clip 2.0, masked NLL, fp32, running-average selection
         optimizer = build_optimizer(model, "adagrad", **recipe.optimizer_kwargs())
         schedule = None
@@ -313,11 +315,11 @@ def build_trainer(
                  else "default", t["batch_size"])
     return Trainer(
         step_model, optimizer, loss_fn, train, val, test_loader=test, epochs=epochs, schedule=schedule,
-        per_step_schedule=bool(t["per_step_schedule"]), amp=amp, stopper=stopper, running_average=running_average,
+        per_step_schedule=bool(t["per_step_schedule"]), amp=amp, selector=stopper or running_average,
         checkpoints=checkpoints, best_name=recipe.best_name, epoch_checkpoints=True, device=device,
-        nonfinite=t["nonfinite"],
-        log_every=int(t["log_every"]), metrics_log=run_dir / "metrics.jsonl", step_log=run_dir / "steps.jsonl",
-        tensorboard_dir=run_dir / "tensorboard", progress=progress,
+        nonfinite=t["nonfinite"], log_every=int(t["log_every"]),
+        loggers=[JSONLinesLogger(run_dir / "metrics.jsonl"), JSONLinesLogger(run_dir / "steps.jsonl", kind="step"),
+                 TensorBoardLogger(run_dir / "tensorboard")], progress=progress,
         config={"recipe": recipe.name, **config},
     )
 
@@ -384,7 +386,9 @@ def run_one(recipe_name: str, config: dict[str, dict[str, Any]], run_dir: Path, 
         "best_epoch": outcome["best_epoch"],
         "epochs_run": outcome["epochs_run"],
         "stopped_early": outcome["stopped_early"],
-        "skipped_steps": outcome["skipped_steps"],
+        "fp16_overflow_steps": outcome["fp16_overflow_steps"],
+        "nonfinite_steps": outcome["nonfinite_steps"],
+        "evaluated": outcome["evaluated"],
         "world_size": dist.world_size,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": trainer.amp.precision,
@@ -503,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError, OSError, CheckpointError, NonFiniteLossError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:  # SIGINT/SIGTERM: last.pt is written, --resume continues
+        print(f"{exc}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER = ROOT / "tests" / "helpers" / "ddp_driver.py"
 
-pytestmark = pytest.mark.skipif(not __import__("torch").distributed.is_available(), reason="torch.distributed missing")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not __import__("torch").distributed.is_available(), reason="torch.distributed missing")]
 
 
 def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:

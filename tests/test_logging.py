@@ -1,69 +1,136 @@
-"""Trainer logging: JSON-lines per epoch and every N steps; TensorBoard with the same names."""
+"""Loggers: JSON lines and CSV per epoch and every N steps, truncation on resume, TensorBoard names."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
 
-from test_trainer import build
+from trainkit import CSVLogger, JSONLinesLogger, TensorBoardLogger
 
 
-def test_jsonl_logs_per_epoch_and_per_step(tmp_path: Path) -> None:
-    trainer = build(tmp_path, epochs=2)
-    trainer.step_log = tmp_path / "steps.jsonl"
-    trainer.fit()
-    epochs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_jsonl_and_csv_logs_per_epoch_and_per_step(tmp_path: Path, build_trainer) -> None:
+    loggers = [JSONLinesLogger(tmp_path / "metrics.jsonl"), JSONLinesLogger(tmp_path / "steps.jsonl", kind="step"),
+               CSVLogger(tmp_path / "metrics.csv"), CSVLogger(tmp_path / "steps.csv", kind="step")]
+    build_trainer(tmp_path, epochs=2, loggers=loggers).fit()
+    epochs = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["epoch"] for r in epochs] == [1, 2]
-    for key in ("lr", "train_loss", "val_loss", "val_acc@1", "grad_norm", "skipped_steps", "checkpoint_seconds"):
+    for key in ("step", "lr", "train_loss", "val_loss", "val_acc@1", "grad_norm", "fp16_overflow_steps",
+                "nonfinite_steps", "epoch_seconds"):
         assert key in epochs[0], key
-    steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    steps = read_jsonl(tmp_path / "steps.jsonl")
     assert [r["step"] for r in steps] == [2, 4, 6, 8, 10, 12]  # log_every=2, 6 steps per epoch
     assert all({"step_train_loss", "step_lr", "epoch"} <= set(r) for r in steps)
+    with open(tmp_path / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(r["val_loss"]) for r in rows] == [r["val_loss"] for r in epochs]
+    with open(tmp_path / "steps.csv", newline="") as handle:
+        assert [int(r["step"]) for r in csv.DictReader(handle)] == [2, 4, 6, 8, 10, 12]
 
 
-def test_tensorboard_scalars_use_the_jsonl_names(tmp_path: Path) -> None:
+@pytest.mark.parametrize("make", [lambda p: JSONLinesLogger(p / "log.jsonl"), lambda p: CSVLogger(p / "log.csv")],
+                         ids=["jsonl", "csv"])
+def test_truncate_drops_later_records_and_a_torn_line(tmp_path: Path, make) -> None:
+    logger = make(tmp_path)
+    for step in (6, 12, 18):
+        logger.log({"epoch": step // 6, "val_loss": 1.0 / step}, step)
+    path = logger.path
+    path.write_text(path.read_text() + ('{"step": 24, "epo' if path.suffix == ".jsonl" else "24,4"))  # a crash mid-write
+    logger.truncate(12)
+    text = path.read_text()
+    assert "18" not in text and "24" not in text and text.endswith("\n")
+    logger.log({"epoch": 3, "val_loss": 0.5}, 18)
+    if path.suffix == ".jsonl":
+        assert [r["step"] for r in read_jsonl(path)] == [6, 12, 18]
+    else:
+        with open(path, newline="") as handle:
+            assert [int(r["step"]) for r in csv.DictReader(handle)] == [6, 12, 18]
+
+
+def test_csv_logger_adds_a_column_for_a_new_key(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path / "m.csv")
+    logger.log({"epoch": 1, "val_loss": 2.0}, 6)
+    logger.log({"epoch": 2, "val_loss": 1.5, "running_avg_loss": 1.9}, 12)
+    with open(tmp_path / "m.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[0]["running_avg_loss"] == "" and rows[1]["running_avg_loss"] == "1.9"
+
+
+def test_a_logger_of_an_unknown_kind_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="kind must be 'epoch' or 'step', got 'epochs'"):
+        JSONLinesLogger(tmp_path / "x.jsonl", kind="epochs")
+
+
+def test_resume_truncates_every_logger_to_the_checkpoint(tmp_path: Path, build_trainer) -> None:
+    def loggers():
+        return [JSONLinesLogger(tmp_path / "metrics.jsonl"), JSONLinesLogger(tmp_path / "steps.jsonl", kind="step")]
+
+    build_trainer(tmp_path, epochs=3, epoch_checkpoints=True, loggers=loggers()).fit()
+    second = build_trainer(tmp_path, epochs=3, epoch_checkpoints=True, loggers=loggers())
+    second.resume(tmp_path / "ckpt" / "epoch-0002.pt")
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
+    assert read_jsonl(tmp_path / "steps.jsonl")[-1]["step"] == 12
+    second.fit()
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]  # epoch 3 once, not twice
+    assert [r["step"] for r in read_jsonl(tmp_path / "steps.jsonl")] == list(range(2, 19, 2))
+
+
+def test_tensorboard_scalars_use_the_jsonl_names(tmp_path: Path, build_trainer) -> None:
     pytest.importorskip("tensorboard", reason="the optional 'tensorboard' extra is not installed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from trainkit.trainer import _tensorboard_writer
-
-    trainer = build(tmp_path, epochs=2)
-    trainer.tensorboard_dir = tmp_path / "tb"
-    trainer.tensorboard = _tensorboard_writer(trainer.tensorboard_dir)
-    trainer.fit()
-    trainer.tensorboard.close()
+    board = TensorBoardLogger(tmp_path / "tb")
+    build_trainer(tmp_path, epochs=2, loggers=[JSONLinesLogger(tmp_path / "metrics.jsonl"), board]).fit()
+    board.close()
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    epochs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    numeric = {k for k, v in epochs[0].items() if isinstance(v, (int, float)) and k != "epoch"}
+    epochs = read_jsonl(tmp_path / "metrics.jsonl")
+    numeric = {k for k, v in epochs[0].items() if isinstance(v, (int, float)) and k not in ("epoch", "step")}
     assert numeric <= tags
     assert {"step_train_loss", "step_lr"} <= tags
     val_loss = [e.value for e in events.Scalars("val_loss")]
     assert val_loss == pytest.approx([r["val_loss"] for r in epochs], rel=1e-6)
 
 
-def test_tensorboard_resume_hides_events_after_the_checkpoint(tmp_path: Path) -> None:
+def test_tensorboard_resume_hides_events_after_the_checkpoint(tmp_path: Path, build_trainer) -> None:
     pytest.importorskip("tensorboard", reason="the optional 'tensorboard' extra is not installed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from trainkit.trainer import _tensorboard_writer
-
-    def with_tensorboard(trainer):
-        trainer.epoch_checkpoints = True
-        trainer.tensorboard_dir = tmp_path / "tb"
-        trainer.tensorboard = _tensorboard_writer(trainer.tensorboard_dir)
-        return trainer
-
-    first = with_tensorboard(build(tmp_path, epochs=3))
-    first.fit()  # epochs 1-3 logged; now pretend the run died after epoch 2 and resume there
-    first.tensorboard.close()
-    second = with_tensorboard(build(tmp_path, epochs=3))
-    second.resume(tmp_path / "ckpt" / "epoch-0002.pt")
-    second.fit()
-    second.tensorboard.close()
+    first = TensorBoardLogger(tmp_path / "tb")
+    build_trainer(tmp_path, epochs=3, epoch_checkpoints=True, loggers=[first]).fit()  # then "die" after epoch 2
+    first.close()
+    second = TensorBoardLogger(tmp_path / "tb")
+    trainer = build_trainer(tmp_path, epochs=3, epoch_checkpoints=True, loggers=[second])
+    trainer.resume(tmp_path / "ckpt" / "epoch-0002.pt")
+    trainer.fit()
+    second.close()
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     assert [e.step for e in events.Scalars("val_loss")] == [6, 12, 18]  # epoch 3 once, not twice
+
+
+def test_tensorboard_without_the_package_is_one_line_and_a_no_op(tmp_path: Path, monkeypatch, caplog) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with caplog.at_level("INFO", logger="trainkit.loggers"):
+        board = TensorBoardLogger(tmp_path / "tb")
+    assert len(caplog.records) == 1 and "tensorboard is not installed" in caplog.text
+    board.log({"val_loss": 1.0}, 1)
+    board.truncate(0)
+    board.close()
+    assert not (tmp_path / "tb").exists()

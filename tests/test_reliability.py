@@ -26,10 +26,9 @@ from typing import Any
 
 import pytest
 import torch
-from test_trainer import poisoned_loss
 from torch import nn
 
-import trainkit.checkpoint as checkpoint_module
+import trainkit.atomic as atomic_module
 from trainkit import (
     AMPStep,
     CheckpointError,
@@ -41,7 +40,7 @@ from trainkit import (
     load_model_state,
 )
 from trainkit.batching import TensorBatches
-from trainkit.trainer import NonFiniteLossError, Trainer
+from trainkit.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -65,51 +64,23 @@ def _restore_root_logging():
 
 
 # --------------------------------------------------------------------------- a tiny Trainer
-
-NUM_CLASSES = 7
-
-
-class TinyModel(nn.Module):
-    """model(x, x_dict) -> log-probabilities, with dropout (resume must restore the RNG)."""
-
-    def __init__(self, hidden: int = 8) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(NUM_CLASSES, hidden)
-        self.drop = nn.Dropout(0.2)
-        self.head = nn.Linear(hidden, NUM_CLASSES)
-        self.unused = nn.Parameter(torch.zeros(3))  # takes no part in the loss
-
-    def forward(self, x: torch.Tensor, x_dict: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.log_softmax(self.head(self.drop(self.emb(x[:, -1]) + 0.1 * self.emb(x).mean(1))), dim=-1)
+NUM_CLASSES = 7  # the classes of conftest's tiny job
 
 
-def make_data(n: int, seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(1, NUM_CLASSES, (n, 4), generator=g)
-    y = x[:, -1].clone()
-    y[torch.rand(n, generator=g) < 0.2] = 0
-    return {"x": x, "y": y}
+@pytest.fixture
+def build(build_trainer: Any) -> Any:
+    """conftest's tiny seeded job (6 steps an epoch), with rotating epoch checkpoints."""
+
+    def make(directory: Path, epochs: int = 4, **kwargs: Any) -> Trainer:
+        return build_trainer(directory, epochs, epoch_checkpoints=True, **kwargs)
+
+    return make
 
 
-def to_seed(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    return batch["x"], batch["y"], {}
-
-
-def build(directory: Path, epochs: int = 4, *, loss_fn: Any = None, precision: str = "fp32", hidden: int = 8,
-          **kwargs: Any) -> Trainer:
-    """A seeded 96-sample, 6-steps-per-epoch run writing checkpoints to ``directory/ckpt``."""
-    torch.manual_seed(0)
-    model = TinyModel(hidden)
-    optimizer = build_optimizer(model, "adamw", lr=3e-2)
-    return Trainer(
-        model, optimizer, loss_fn or LabelSmoothedNLLLoss(0.03),
-        TensorBatches(make_data(96, 1), 16, shuffle=True, seed=3, transform=to_seed),
-        TensorBatches(make_data(40, 2), 16, shuffle=False, transform=to_seed),
-        epochs=epochs, schedule=WarmupCosineSchedule(3e-2, 1, epochs, 1e-4),
-        amp=AMPStep(optimizer, precision, max_grad_norm=0.8, device_type="cpu"),
-        stopper=EarlyStopper(patience=50), checkpoints=CheckpointManager(directory / "ckpt", keep_last=3),
-        epoch_checkpoints=True, progress=False, log_every=2, metrics_log=directory / "metrics.jsonl", **kwargs,
-    )
+@pytest.fixture
+def nan_every(poisoned_loss: Any) -> Any:
+    """``nan_every(period, factor=nan)``: the loss times ``factor`` on every ``period``-th training step."""
+    return lambda period, factor=float("nan"): poisoned_loss(lambda n: n % period == 0, factor)
 
 
 class Killed(Exception):
@@ -195,7 +166,7 @@ DRIVER = textwrap.dedent(
         setattr(cls, name, wrapper)
 
     def start_epoch(self):
-        where.update(phase="train", epoch=self.epoch + 1, count=0)
+        where.update(phase="train", epoch=self.progress.epoch + 1, count=0)
     def end_epoch(self):
         where.update(phase="val", count=0)
     def step_done(*_):
@@ -249,10 +220,12 @@ class Driver:
         return ["--config", str(self.config), "--out", str(out), "--recipe", self.recipe]
 
     @staticmethod
-    def run(proc: subprocess.Popen[str], delay: float = 0.0, timeout: float = 240.0) -> tuple[bool, str]:
-        """Read output until a marker line (then SIGKILL after ``delay``) or the end.
+    def run(proc: subprocess.Popen[str], delay: float = 0.0, timeout: float = 240.0,
+            signum: int = signal.SIGKILL) -> tuple[bool, str]:
+        """Read output until a marker line (then send ``signum`` after ``delay``) or the end.
 
-        Returns ``(killed, output)``.
+        Returns ``(killed, output)``: killed when the process died of SIGKILL. With another
+        signal, the output is read on to the end.
         """
         lines: queue.Queue[str | None] = queue.Queue()
 
@@ -271,7 +244,10 @@ class Driver:
                     proc.wait(timeout=60)
                     return False, "".join(output)
                 output.append(line)
-                if line.startswith("@"):
+                if line.startswith("@") and signum != signal.SIGKILL:
+                    time.sleep(delay)
+                    os.kill(proc.pid, signum)
+                elif line.startswith("@"):
                     time.sleep(delay)
                     os.kill(proc.pid, signal.SIGKILL)
                     proc.wait(timeout=60)
@@ -332,6 +308,7 @@ def reference(references: Any) -> ReferenceRun:
     return references("proposed")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["proposed", "original"])
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(recipe: str, references: Any, tmp_path: Path) -> None:
     reference = references(recipe)  # runs alongside the killed one
@@ -376,7 +353,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(recipe: str, ref
         assert_same_tensors(comparable(actual), comparable(expected), name)
     expected = json.loads((expected_dir / "results.json").read_text())
     actual = json.loads((run_dir / "results.json").read_text())
-    for key in ("validation", "test", "best_epoch", "epochs_run", "skipped_steps"):
+    for key in ("validation", "test", "best_epoch", "epochs_run", "fp16_overflow_steps", "evaluated"):
         assert actual[key] == expected[key], key
 
     def metrics(directory: Path) -> list[dict[str, Any]]:
@@ -392,22 +369,22 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(recipe: str, ref
     assert "epoch-0004.pt" in names
 
 
-def test_checkpoint_holds_the_whole_state_and_loads_weights_only(tmp_path: Path) -> None:
+def test_checkpoint_holds_the_whole_state_and_loads_weights_only(tmp_path: Path, build: Any) -> None:
     trainer = build(tmp_path, epochs=2, precision="fp16")
     trainer.fit()
     state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
-    for key in ("model", "optimizer", "amp", "schedule", "stopper", "running_average", "epoch", "global_step",
-                "step_in_epoch", "epoch_sums", "history", "config", "best_value", "skipped_steps"):
+    for key in ("model", "optimizer", "amp", "schedule", "selector", "checkpoints", "epoch", "global_step",
+                "step_in_epoch", "epoch_sums", "history", "config", "fp16_overflow_steps", "nonfinite_steps"):
         assert key in state, key
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
     assert state["amp"]["scaler"]["scale"] > 0  # the GradScaler
-    assert state["stopper"]["epoch"] == 2 and state["epoch"] == 2
+    assert state["selector"]["epoch"] == 2 and state["epoch"] == 2
 
 
 # =========================================================================== 2. fallback
 
 
-def test_damaged_newest_checkpoints_fall_back_and_resume_stays_exact(tmp_path: Path) -> None:
+def test_damaged_newest_checkpoints_fall_back_and_resume_stays_exact(tmp_path: Path, build: Any) -> None:
     full = build(tmp_path / "full")
     full.fit()
     expected = torch.load(tmp_path / "full" / "ckpt" / "last.pt", weights_only=True)
@@ -429,7 +406,7 @@ def test_damaged_newest_checkpoints_fall_back_and_resume_stays_exact(tmp_path: P
         chosen = second.resume()
     reported = [str(w.message) for w in caught]
     assert len(reported) == 2 and "last.pt" in reported[0] and "epoch-0003.pt" in reported[1], reported
-    assert chosen.name == "epoch-0002.pt" and second.epoch == 2
+    assert chosen.name == "epoch-0002.pt" and second.progress.epoch == 2
     assert torch.load(ckpt / "last.pt", weights_only=True)["epoch"] == 2  # renewed from the fallback
     assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 2  # epoch 3 is redone
     second.fit()
@@ -437,6 +414,7 @@ def test_damaged_newest_checkpoints_fall_back_and_resume_stays_exact(tmp_path: P
     assert_same_tensors(comparable(actual), comparable(expected))
 
 
+@pytest.mark.slow
 def test_cli_resume_skips_a_truncated_last_pt_with_one_warning(reference: ReferenceRun, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = reference.copy(tmp_path / "runs")
@@ -450,7 +428,7 @@ def test_cli_resume_skips_a_truncated_last_pt_with_one_warning(reference: Refere
     assert torch.load(last, weights_only=True)["epoch"] == 4  # renewed
 
 
-def test_best_pt_never_holds_non_finite_weights(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_best_pt_never_holds_non_finite_weights(tmp_path: Path, caplog: pytest.LogCaptureFixture, build: Any) -> None:
     trainer = build(tmp_path, epochs=3)
 
     def poison(record: dict[str, Any]) -> None:  # a parameter outside the loss turns NaN
@@ -461,7 +439,7 @@ def test_best_pt_never_holds_non_finite_weights(tmp_path: Path, caplog: pytest.L
     trainer.on_epoch_end = poison
     with caplog.at_level(logging.WARNING, logger="trainkit.trainer"):
         trainer.fit()
-    assert any(r["improved"] for r in trainer.history[1:])  # later epochs did improve ...
+    assert any(r["improved"] for r in trainer.progress.history[1:])  # later epochs did improve ...
     assert "weights are not finite: best.pt not written" in caplog.text
     best = torch.load(tmp_path / "ckpt" / "best.pt", weights_only=True)
     assert best["epoch"] == 1  # ... but best.pt kept the last finite best model
@@ -481,7 +459,7 @@ class Evil:
         return (os.system, (f"touch '{self.marker}'",))
 
 
-def test_malicious_checkpoint_is_refused_by_resume(tmp_path: Path) -> None:
+def test_malicious_checkpoint_is_refused_by_resume(tmp_path: Path, build: Any) -> None:
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({"model": {}, "payload": Evil(marker)}, evil)
@@ -491,6 +469,7 @@ def test_malicious_checkpoint_is_refused_by_resume(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_cli_resume_refuses_a_malicious_last_pt_and_falls_back(reference: ReferenceRun, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = reference.copy(tmp_path / "runs")
@@ -506,11 +485,7 @@ def test_cli_resume_refuses_a_malicious_last_pt_and_falls_back(reference: Refere
 # =========================================================================== 3. faults as policy
 
 
-def nan_every(period: int, factor: float = float("nan")):
-    return poisoned_loss(lambda n: n % period == 0, factor)
-
-
-def test_nonfinite_skip_is_counted_in_the_log_and_capped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_nonfinite_skip_is_counted_in_the_log_and_capped(tmp_path: Path, caplog: pytest.LogCaptureFixture, build: Any, nan_every: Any) -> None:
     trainer = build(tmp_path / "counted", epochs=2, loss_fn=nan_every(4), nonfinite="skip")
     with caplog.at_level(logging.INFO, logger="trainkit.trainer"):
         trainer.fit()
@@ -518,31 +493,30 @@ def test_nonfinite_skip_is_counted_in_the_log_and_capped(tmp_path: Path, caplog:
     records = [json.loads(line) for line in (tmp_path / "counted" / "metrics.jsonl").read_text().splitlines()]
     assert [r["nonfinite_steps"] for r in records] == [1, 2]  # steps 4, 8 and 12 of 12
 
-    capped = build(tmp_path / "capped", epochs=3, loss_fn=nan_every(4), nonfinite="skip", max_skipped=2)
-    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 6: 3 steps skipped, more than max_skipped=2"):
+    capped = build(tmp_path / "capped", epochs=3, loss_fn=nan_every(4), nonfinite="skip", max_nonfinite_steps=2)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 6: 3 steps skipped, more than max_nonfinite_steps=2"):
         capped.fit()
 
 
 def test_fp16_overflow_skips_the_step_counts_it_and_leaves_the_schedule_alone(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, build: Any, nan_every: Any) -> None:
     epochs = 3
     # every 8th step's loss is huge but finite: the scaled gradients overflow, the scaler skips
     trainer = build(tmp_path, epochs=epochs, precision="fp16", loss_fn=nan_every(8, factor=1e36))
     assert trainer.amp.scaler is not None
     with caplog.at_level(logging.INFO, logger="trainkit.trainer"):
         result = trainer.fit()
-    assert result["skipped_steps"] == 2  # steps 8 and 16 of 18 (6 per epoch)
-    assert [r["skipped_steps"] for r in result["history"]] == [0, 1, 1]
+    assert result["fp16_overflow_steps"] == 2  # steps 8 and 16 of 18 (6 per epoch)
+    assert [r["fp16_overflow_steps"] for r in result["history"]] == [0, 1, 1]
     assert "| skipped: 1 (fp16 overflow)" in caplog.text
     schedule = WarmupCosineSchedule(3e-2, 1, epochs, 1e-4)
     assert [r["lr"] for r in result["history"]] == [schedule(e) for e in range(epochs)]
-    assert trainer.global_step == 18  # skipped updates still count as steps of the epoch
+    assert trainer.progress.global_step == 18  # skipped updates still count as steps of the epoch
     assert trainer.amp.scaler.get_scale() == 2.0**16 / 4  # halved once per overflow
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
-def test_fp16_resume_restores_the_grad_scaler_exactly(tmp_path: Path) -> None:
+def test_fp16_resume_restores_the_grad_scaler_exactly(tmp_path: Path, build: Any, nan_every: Any) -> None:
     full = build(tmp_path / "full", epochs=3, precision="fp16", loss_fn=nan_every(5, factor=1e36))
     full.fit()
     first = build(tmp_path / "split", epochs=3, precision="fp16", loss_fn=nan_every(5, factor=1e36),
@@ -554,7 +528,7 @@ def test_fp16_resume_restores_the_grad_scaler_exactly(tmp_path: Path) -> None:
     second.resume()
     second.fit()
     assert second.amp.scaler.get_scale() == full.amp.scaler.get_scale() < 2.0**16
-    assert second.skipped_steps == full.skipped_steps == 3
+    assert second.progress.fp16_overflow_steps == full.progress.fp16_overflow_steps == 3
     assert_same_tensors(comparable(second.state_dict()), comparable(full.state_dict()))
 
 
@@ -587,7 +561,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path: Path, mon
     assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
 
 
-def test_unwritable_checkpoint_directory_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unwritable_checkpoint_directory_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, build: Any) -> None:
     trainer = build(tmp_path, epochs=3, on_epoch_end=kill_after(1))
     with pytest.raises(Killed):
         trainer.fit()
@@ -595,7 +569,7 @@ def test_unwritable_checkpoint_directory_is_a_clear_error(tmp_path: Path, monkey
     def denied(path: Any, *args: Any, **kwargs: Any) -> Any:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
-    monkeypatch.setattr(checkpoint_module, "open", denied, raising=False)  # as a read-only directory would
+    monkeypatch.setattr(atomic_module, "open", denied, raising=False)  # as a read-only directory would
     trainer.on_epoch_end = None
     with pytest.raises(CheckpointError, match="Permission denied"):
         trainer.fit()
@@ -605,6 +579,7 @@ def test_unwritable_checkpoint_directory_is_a_clear_error(tmp_path: Path, monkey
         CheckpointManager(tmp_path / "metrics.jsonl" / "ckpt")  # a file where a directory should be
 
 
+@pytest.mark.slow
 def test_cli_disk_full_is_one_line_and_the_previous_checkpoint_survives(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -634,7 +609,7 @@ def test_cli_disk_full_is_one_line_and_the_previous_checkpoint_survives(
 # =========================================================================== 4. bad input
 
 
-def test_checkpoint_of_another_model_is_refused_with_the_keys_listed(tmp_path: Path) -> None:
+def test_checkpoint_of_another_model_is_refused_with_the_keys_listed(tmp_path: Path, build: Any) -> None:
     small = build(tmp_path / "small", epochs=1)
     small.fit()
     other = build(tmp_path / "other", epochs=1, hidden=6)
@@ -647,10 +622,11 @@ def test_checkpoint_of_another_model_is_refused_with_the_keys_listed(tmp_path: P
     target = nn.Sequential(nn.Linear(2, 2))
     with pytest.raises(ValueError, match=r"missing keys: 0\.weight, 0\.bias; unexpected keys: w"):
         load_model_state(target, {"w": torch.zeros(1)})
-    with pytest.raises(ValueError, match="not a Trainer checkpoint: it lacks optimizer"):
+    with pytest.raises(ValueError, match="not a Trainer checkpoint state: it lacks 'optimizer', 'amp'"):
         other.load_state_dict({"model": other.model.state_dict()})
 
 
+@pytest.mark.slow
 def test_cli_resume_with_a_checkpoint_of_another_model(reference: ReferenceRun, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = reference.copy(tmp_path / "runs")
@@ -678,6 +654,7 @@ def _write_csv(tmp_path: Path, text: str) -> list[str]:
 HEADER = "id,user_id,location_id,duration,start_day,end_day,start_min,end_min,weekday\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make_args, message",
     [
@@ -728,3 +705,152 @@ def test_user_with_too_few_days_is_reported_not_fatal(tmp_path: Path, caplog: py
         splits = pointer_v45.load_data(config, tmp_path)
     assert "data: user 99: no train samples" in caplog.text
     assert 99 in splits.skipped_users and len(splits.train["y"]) > 0
+
+
+# =========================================================================== 5. resume gaps
+
+
+def test_mid_epoch_resume_under_skip_keeps_the_epochs_full_nonfinite_count(tmp_path: Path, build: Any, nan_every: Any,
+                                                                            fake_clock: Any) -> None:
+    # steps 2, 4, 6 of each epoch are dropped; a step checkpoint after every step lands mid-epoch
+    full = build(tmp_path / "full", epochs=2, loss_fn=nan_every(2), nonfinite="skip")
+    full.fit()
+    split = build(tmp_path / "split", epochs=2, loss_fn=nan_every(2), nonfinite="skip", every_seconds=1.0,
+                  clock=fake_clock())
+    split.fit()
+    mid = [p for p in sorted((tmp_path / "split" / "ckpt").glob("step-*.pt"))
+           if torch.load(p, weights_only=True)["epoch"] == 1 and torch.load(p, weights_only=True)["step_in_epoch"] > 2]
+    assert mid, "expected a step checkpoint after a dropped step of epoch 2"
+    state = torch.load(mid[0], weights_only=True)
+    resumed = build(tmp_path / "resumed", epochs=2, loss_fn=_shifted(nan_every(2), 6 + state["step_in_epoch"]),
+                    nonfinite="skip")
+    resumed.resume(mid[0])
+    result = resumed.fit()
+    assert [r["nonfinite_steps"] for r in full.progress.history] == [3, 3]
+    assert [r["nonfinite_steps"] for r in result["history"]] == [3, 3]  # not 3 minus the steps before the checkpoint
+    records = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["epoch"] == 2 and records[-1]["nonfinite_steps"] == 3
+    assert result["nonfinite_steps"] == 6
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_a_damaged_best_model_falls_back_to_the_best_epochs_checkpoint(tmp_path: Path, build: Any, damage: str,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    trainer = build(tmp_path, epochs=3)
+    best = tmp_path / "ckpt" / "best.pt"
+
+    def damage_best(record: dict[str, Any]) -> None:
+        if record["epoch"] == 3:
+            best.unlink() if damage == "deleted" else best.write_bytes(best.read_bytes()[:500])
+
+    trainer.on_epoch_end = damage_best
+    with caplog.at_level(logging.WARNING, logger="trainkit.trainer"):
+        result = trainer.fit()
+    epoch = result["best_epoch"]
+    assert result["evaluated"] == f"epoch-{epoch:04d}.pt (epoch {epoch})"
+    assert f"evaluating epoch-{epoch:04d}.pt, the best epoch's checkpoint" in caplog.text
+    expected = torch.load(tmp_path / "ckpt" / f"epoch-{epoch:04d}.pt", weights_only=True)["model"]
+    assert_same_tensors(trainer.model.state_dict(), expected)
+
+
+def test_without_best_model_or_its_epoch_checkpoint_the_final_weights_are_evaluated_and_said_so(
+        tmp_path: Path, build_trainer: Any, caplog: pytest.LogCaptureFixture) -> None:
+    trainer = build_trainer(tmp_path, epochs=2)  # no epoch checkpoints
+
+    def delete_best(record: dict[str, Any]) -> None:
+        if record["epoch"] == 2:
+            (tmp_path / "ckpt" / "best.pt").unlink(missing_ok=True)
+
+    trainer.on_epoch_end = delete_best
+    with caplog.at_level(logging.WARNING, logger="trainkit.trainer"):
+        result = trainer.fit()
+    assert result["evaluated"] == "final weights (epoch 2): no best.pt"
+    assert "evaluating the final weights" in caplog.text
+    assert result["validation"] == {k: v for k, v in trainer.evaluate(trainer.val_loader).items() if k != "batch_losses"}
+
+
+# =========================================================================== 6. SIGINT / SIGTERM
+
+
+def signal_at_step(loss_fn: Any, step: int, signum: int, times: int = 1) -> Any:
+    """``loss_fn`` that sends ``signum`` to this process ``times`` times during training step ``step``."""
+    calls = {"n": 0}
+
+    def wrapped(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == step:
+                for _ in range(times):
+                    os.kill(os.getpid(), signum)
+        return loss_fn(log_probs, targets)
+
+    return wrapped
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_finishes_the_step_writes_last_pt_and_resume_is_bit_identical(
+        tmp_path: Path, build: Any, signum: int) -> None:
+    full = build(tmp_path / "full", epochs=3)
+    full.fit()
+    previous = signal.getsignal(signum)
+    first = build(tmp_path / "split", epochs=3, loss_fn=signal_at_step(LabelSmoothedNLLLoss(0.03), 9, signum))
+    with pytest.raises(TrainingInterrupted) as info:
+        first.fit()
+    message = str(info.value)
+    assert "\n" not in message and f"interrupted by {signal.Signals(signum).name} at epoch 2, step 9" in message
+    assert "last.pt" in message and signal.getsignal(signum) is previous  # handlers restored
+    state = torch.load(tmp_path / "split" / "ckpt" / "last.pt", weights_only=True)
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 3, 9)  # step 9 finished
+    second = build(tmp_path / "split", epochs=3)
+    second.resume()
+    second.fit()
+    expected = torch.load(tmp_path / "full" / "ckpt" / "last.pt", weights_only=True)
+    actual = torch.load(tmp_path / "split" / "ckpt" / "last.pt", weights_only=True)
+    assert_same_tensors(comparable(actual), comparable(expected))
+
+
+@pytest.mark.slow
+def test_a_second_signal_ends_the_process_at_once(tmp_path: Path) -> None:
+    script = tmp_path / "twice.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(ROOT / "src")!r})
+        import torch
+        from torch import nn
+        from trainkit import CheckpointManager, Trainer
+
+        model = nn.Sequential(nn.Linear(3, 4), nn.LogSoftmax(-1))
+        batches = [(torch.randn(8, 3), torch.randint(1, 4, (8,))) for _ in range(4)]
+        calls = [0]
+        def loss_fn(scores, targets):
+            calls[0] += 1
+            if calls[0] == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+                print("still running", flush=True)
+            return nn.functional.nll_loss(scores, targets)
+        Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), loss_fn, batches, batches, epochs=2,
+                progress=False, checkpoints=CheckpointManager({str(tmp_path / "ckpt")!r})).fit()
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGINT, proc.stderr
+    assert "still running" not in proc.stdout and "Traceback" not in proc.stderr
+    assert not (tmp_path / "ckpt" / "last.pt").exists()  # nothing was saved: it ended at once
+
+
+@pytest.mark.slow
+def test_cli_sigint_is_one_line_exit_130_and_resume_is_bit_identical(reference: ReferenceRun, tmp_path: Path) -> None:
+    driver = Driver(tmp_path, "proposed")
+    out = tmp_path / "runs"
+    proc = driver.start(driver.fresh_args(out), "mark step 2 5")
+    interrupted, output = Driver.run(proc, signum=signal.SIGINT)
+    assert not interrupted and proc.returncode == 130, output
+    lines = [line for line in output.splitlines() if "interrupted by SIGINT" in line]
+    assert len(lines) == 1 and "at epoch 2, step" in lines[0] and "Traceback" not in output, output
+    run_dir = run_dir_in(out)
+    killed, output = Driver.run(driver.start(["--resume", str(run_dir)]))
+    assert not killed and "Resumed from" in output, output
+    for name in ("last.pt", "best.pt"):
+        expected = torch.load(reference.dir() / "checkpoints" / name, weights_only=True)
+        actual = torch.load(run_dir / "checkpoints" / name, weights_only=True)
+        assert_same_tensors(comparable(actual), comparable(expected), name)

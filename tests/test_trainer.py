@@ -2,101 +2,69 @@
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
 from trainkit import (
-    AMPStep,
+    BestValue,
     CheckpointManager,
-    EarlyStopper,
     LabelSmoothedNLLLoss,
     RunningAverage,
+    TensorBatches,
     WarmupCosineSchedule,
     build_optimizer,
 )
-from trainkit.batching import TensorBatches
 from trainkit.trainer import NonFiniteLossError, Trainer
 
-NUM_CLASSES = 7
+
+def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
-class TinyModel(nn.Module):
-    """Seed-style interface: model(x, x_dict) -> log-probabilities."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(NUM_CLASSES, 8)
-        self.drop = nn.Dropout(0.2)  # consumes RNG: resume must restore it
-        self.head = nn.Linear(8, NUM_CLASSES)
-
-    def forward(self, x: torch.Tensor, x_dict: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.drop(self.emb(x[:, -1]) + 0.1 * self.emb(x).mean(1)) * x_dict["scale"].unsqueeze(1)
-        return torch.log_softmax(self.head(hidden), dim=-1)
+class Killed(Exception):
+    pass
 
 
-def make_data(n: int, seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(1, NUM_CLASSES, (n, 4), generator=g)
-    y = x[:, -1].clone()  # learnable: the target is the last input
-    y[torch.rand(n, generator=g) < 0.2] = 0  # some padding targets, ignored
-    return {"x": x, "y": y, "scale": torch.ones(n)}
+def kill_after(epoch: int):
+    def on_epoch_end(record: dict[str, Any]) -> None:
+        if record["epoch"] == epoch:
+            raise Killed
+
+    return on_epoch_end
 
 
-def to_seed(batch: dict[str, torch.Tensor]):
-    return batch["x"], batch["y"], {"scale": batch["scale"]}
-
-
-def build(tmp: Path, epochs: int = 4, *, every_seconds: float | None = None, clock=None, loss_fn=None,
-          nonfinite: str = "raise", patience: int = 50, min_epochs: int = 0, selection: str = "stopper") -> Trainer:
-    torch.manual_seed(0)
-    model = TinyModel()
-    optimizer = build_optimizer(model, "adamw", lr=3e-2)
-    train = TensorBatches(make_data(96, 1), 16, shuffle=True, seed=3, transform=to_seed)
-    val = TensorBatches(make_data(40, 2), 16, shuffle=False, transform=to_seed)
-    test = TensorBatches(make_data(40, 4), 16, shuffle=False, transform=to_seed)
-    kwargs = {} if clock is None else {"clock": clock}
-    checkpoints = CheckpointManager(tmp / "ckpt", keep_last=3, every_seconds=every_seconds, **kwargs)
-    return Trainer(
-        model, optimizer, loss_fn or LabelSmoothedNLLLoss(0.03), train, val, test_loader=test, epochs=epochs,
-        schedule=WarmupCosineSchedule(3e-2, 1, epochs, 1e-4), amp=AMPStep(optimizer, "fp32", max_grad_norm=0.8),
-        stopper=EarlyStopper(patience=patience, min_epochs=min_epochs) if selection == "stopper" else None,
-        running_average=RunningAverage() if selection == "running_average" else None,
-        checkpoints=checkpoints, progress=False, log_every=2, metrics_log=tmp / "metrics.jsonl", nonfinite=nonfinite,
-        config={"name": "tiny"},
-    )
-
-
-def test_fit_learns_and_writes_checkpoints_and_metrics(tmp_path: Path) -> None:
-    trainer = build(tmp_path, epochs=4)
+def test_fit_learns_and_writes_checkpoints_and_metrics(tmp_path: Path, build_trainer, tiny_data) -> None:
+    trainer = build_trainer(tmp_path, epochs=4)
     result = trainer.fit()
     assert result["epochs_run"] == 4
     assert result["test"]["acc@1"] > 60.0  # chance is ~17%
     assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
-    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 4
+    assert result["evaluated"] == f"best.pt (epoch {result['best_epoch']})"
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4] and [r["step"] for r in records] == [6, 12, 18, 24]
     for name in ("best.pt", "last.pt"):
         state = torch.load(tmp_path / "ckpt" / name, weights_only=True)
-        for key in ("model", "optimizer", "epoch", "amp", "schedule", "stopper", "rng", "config", "global_step"):
+        for key in ("model", "optimizer", "epoch", "amp", "schedule", "selector", "rng", "config", "global_step"):
             assert key in state, key
     assert torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)["epoch"] == 4
     # padding targets (id 0) are not counted by the metrics
-    assert result["test"]["count"] == int((make_data(40, 4)["y"] != 0).sum())
+    assert result["test"]["count"] == int((tiny_data(40, 4)["y"] != 0).sum())
 
 
-def test_lr_follows_schedule_per_epoch(tmp_path: Path) -> None:
-    trainer = build(tmp_path, epochs=3)
-    result = trainer.fit()
+def test_lr_follows_schedule_per_epoch(tmp_path: Path, build_trainer) -> None:
+    result = build_trainer(tmp_path, epochs=3).fit()
     schedule = WarmupCosineSchedule(3e-2, 1, 3, 1e-4)
     assert [r["lr"] for r in result["history"]] == [schedule(e) for e in range(3)]
 
 
-def test_final_evaluation_uses_best_checkpoint_without_early_stop(tmp_path: Path) -> None:
-    trainer = build(tmp_path, epochs=4)
+def test_final_evaluation_uses_best_checkpoint_without_early_stop(tmp_path: Path, build_trainer) -> None:
+    trainer = build_trainer(tmp_path, epochs=4)
     result = trainer.fit()
     best = torch.load(tmp_path / "ckpt" / "best.pt", weights_only=True)
     assert best["epoch"] == result["best_epoch"]
@@ -104,138 +72,235 @@ def test_final_evaluation_uses_best_checkpoint_without_early_stop(tmp_path: Path
         assert torch.equal(tensor, best["model"][name]), name
 
 
-def test_early_stopping_stops_the_loop(tmp_path: Path) -> None:
-    trainer = build(tmp_path, epochs=30, patience=0, min_epochs=2)
-    result = trainer.fit()
+def test_early_stopping_stops_the_loop(tmp_path: Path, build_trainer) -> None:
+    result = build_trainer(tmp_path, epochs=30, patience=0, min_epochs=2).fit()
     assert result["stopped_early"]
     assert result["epochs_run"] < 30
 
 
-def test_running_average_selection(tmp_path: Path) -> None:
-    trainer = build(tmp_path, epochs=3, selection="running_average")
+def test_default_selector_is_the_plain_best_loss(tmp_path: Path, build_trainer) -> None:
+    trainer = build_trainer(tmp_path, epochs=3, selector="best")
     result = trainer.fit()
-    assert trainer.running_average is not None and trainer.running_average.count == 3
-    assert result["best_epoch"] >= 1
+    assert isinstance(trainer.selector, BestValue)
+    losses = [r["val_loss"] for r in result["history"]]
+    assert result["best_epoch"] == 1 + losses.index(min(losses))
+    assert [r["improved"] for r in result["history"]] == [losses[i] < min(losses[:i], default=math.inf)
+                                                          for i in range(3)]
 
 
-def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+def test_running_average_is_fed_every_validation_batch_in_order(tmp_path: Path, build_trainer) -> None:
+    """The reference's eval process updates the average once per validation batch (docs/stopping.md)."""
+    trainer = build_trainer(tmp_path, epochs=3, selector="running_average")
+    fed: list[float] = []
+    update = trainer.selector.update
+
+    def spy(value: float) -> float:
+        fed.append(float(value))
+        return update(value)
+
+    trainer.selector.update = spy  # type: ignore[method-assign]
+    result = trainer.fit()
+    batches = len(trainer.val_loader)  # 40 samples in batches of 16: 3 batches a pass
+    assert batches == 3 and trainer.selector.count == 3 * batches == len(fed)
+    # replaying the fed losses with a fresh average gives the logged averages and the decisions
+    replay, averages, improved = RunningAverage(), [], []
+    for epoch in range(3):
+        pass_improved = False
+        for value in fed[epoch * batches:(epoch + 1) * batches]:
+            replay.update(value)
+            pass_improved = pass_improved or replay.is_best
+        averages.append(replay.avg)
+        improved.append(pass_improved)
+    assert [r["running_avg_loss"] for r in result["history"]] == averages
+    assert [r["improved"] for r in result["history"]] == improved
+    # the per-epoch mean would give other averages: this is what the old port did
+    per_epoch = RunningAverage()
+    assert [per_epoch.update(r["val_loss"]) for r in result["history"]] != averages
+    best = torch.load(tmp_path / "ckpt" / "best.pt", weights_only=True)
+    assert best["epoch"] == result["best_epoch"] == max(i + 1 for i, flag in enumerate(improved) if flag)
 
 
-def test_resume_after_epoch_is_bit_identical(tmp_path: Path) -> None:
-    full = build(tmp_path / "full", epochs=4)
+def test_running_average_step_reports_a_dip_inside_the_pass() -> None:
+    average = RunningAverage(decay=0.5)
+    assert average.step([4.0])  # the first value is the first best
+    assert average.step([5.0, 1.0, 9.0])  # avg 4.5, 2.75 (< 4: a new best), 5.875
+    assert average.best == 2.75 and average.best_epoch == 2 and average.avg == 5.875
+    assert not average.step([9.0]) and average.best_epoch == 2
+    assert average.should_stop is False and average.feeds == "batch_losses"
+
+
+def test_resume_after_epoch_is_bit_identical(tmp_path: Path, build_trainer) -> None:
+    full = build_trainer(tmp_path / "full", epochs=4)
     full.fit()
     expected = _weights(full)
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_epoch_2(record: dict) -> None:
-        if record["epoch"] == 2:
-            raise Killed
-
-    first = build(tmp_path / "split", epochs=4)
-    first.on_epoch_end = kill_after_epoch_2
+    first = build_trainer(tmp_path / "split", epochs=4, on_epoch_end=kill_after(2))
     with pytest.raises(Killed):
         first.fit()
     torch.manual_seed(1234)  # a different global RNG state: resume must restore the saved one
-    second = build(tmp_path / "split", epochs=4)
+    second = build_trainer(tmp_path / "split", epochs=4)
     second.resume()
-    assert second.epoch == 2
+    assert second.progress.epoch == 2
     second.fit()
     for name, tensor in _weights(second).items():
         assert torch.equal(tensor, expected[name]), name
-    assert [r["val_loss"] for r in second.history] == [r["val_loss"] for r in full.history]
+    assert [r["val_loss"] for r in second.progress.history] == [r["val_loss"] for r in full.progress.history]
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        self.now += 1.0  # every call advances one "second"
-        return self.now
-
-
-def test_resume_from_mid_epoch_step_checkpoint_is_bit_identical(tmp_path: Path) -> None:
-    full = build(tmp_path / "full", epochs=3)
+def test_resume_from_mid_epoch_step_checkpoint_is_bit_identical(tmp_path: Path, build_trainer, fake_clock) -> None:
+    full = build_trainer(tmp_path / "full", epochs=3)
     full.fit()
     expected = _weights(full)
-
     # time-based step checkpoints (the original pipeline's rule) land mid-epoch
-    clocked = build(tmp_path / "split", epochs=3, every_seconds=5.0, clock=FakeClock())
-    clocked.fit()
+    build_trainer(tmp_path / "split", epochs=3, every_seconds=5.0, clock=fake_clock()).fit()
     step_files = sorted((tmp_path / "split" / "ckpt").glob("step-*.pt"))
-    assert step_files, "expected time-based step checkpoints"
     mid = [p for p in step_files if torch.load(p, weights_only=True)["step_in_epoch"] > 0]
     assert mid, "expected a checkpoint taken mid-epoch"
-    resumed = build(tmp_path / "resumed", epochs=3)
+    resumed = build_trainer(tmp_path / "resumed", epochs=3)
     resumed.resume(mid[0])
     resumed.fit()
     for name, tensor in _weights(resumed).items():
         assert torch.equal(tensor, expected[name]), name
 
 
-def test_keep_last_rotates_step_checkpoints(tmp_path: Path) -> None:
-    trainer = build(tmp_path, epochs=3, every_seconds=2.0, clock=FakeClock())
-    trainer.fit()
+def test_keep_last_rotates_step_checkpoints(tmp_path: Path, build_trainer, fake_clock) -> None:
+    build_trainer(tmp_path, epochs=3, every_seconds=2.0, clock=fake_clock()).fit()
     assert len(list((tmp_path / "ckpt").glob("step-*.pt"))) == 3
     assert (tmp_path / "ckpt" / "best.pt").is_file() and (tmp_path / "ckpt" / "last.pt").is_file()
 
 
-def poisoned_loss(is_bad: Callable[[int], bool], factor: float = float("nan")):
-    """The label-smoothed loss, multiplied by ``factor`` on the training steps n (1-based) where
-    ``is_bad(n)``: NaN/inf for non-finite losses, a huge finite factor for fp16 overflow."""
-    criterion = LabelSmoothedNLLLoss(0.03)
-    calls = {"n": 0}
-
-    def loss_fn(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = criterion(log_probs, targets)
-        if torch.is_grad_enabled():
-            calls["n"] += 1
-            if is_bad(calls["n"]):
-                return loss * factor
-        return loss
-
-    return loss_fn
-
-
-def nan_after(steps: int):
-    return poisoned_loss(lambda n: n > steps)
-
-
-def test_nonfinite_loss_raises_with_epoch_and_step(tmp_path: Path) -> None:
-    trainer = build(tmp_path, epochs=3, loss_fn=nan_after(8))  # 6 steps per epoch: epoch 2, step 3
+def test_nonfinite_loss_raises_with_epoch_and_step(tmp_path: Path, build_trainer, poisoned_loss) -> None:
+    trainer = build_trainer(tmp_path, epochs=3, loss_fn=poisoned_loss(lambda n: n > 8))  # epoch 2, step 3
     with pytest.raises(NonFiniteLossError, match=r"Loss is not finite.*epoch 2, step 3.*last\.pt"):
         trainer.fit()
     best = torch.load(tmp_path / "ckpt" / "best.pt", weights_only=True)
     assert all(torch.isfinite(t).all() for t in best["model"].values())
 
 
-def test_nonfinite_skip_policy_skips_and_counts(tmp_path: Path) -> None:
+def test_nonfinite_skip_policy_skips_and_counts(tmp_path: Path, build_trainer, poisoned_loss) -> None:
     every_fifth_inf = poisoned_loss(lambda n: n % 5 == 0, float("inf"))
-    trainer = build(tmp_path, epochs=2, loss_fn=every_fifth_inf, nonfinite="skip")
+    trainer = build_trainer(tmp_path, epochs=2, loss_fn=every_fifth_inf, nonfinite="skip")
     result = trainer.fit()
-    assert trainer.nonfinite_steps == 2  # 12 steps, the 5th and 10th are dropped
+    assert result["nonfinite_steps"] == trainer.progress.nonfinite_steps == 2  # the 5th and 10th of 12
+    assert [r["nonfinite_steps"] for r in result["history"]] == [1, 1]
     assert all(math.isfinite(r["train_loss"]) for r in result["history"])
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
-def test_invalid_arguments_are_refused(tmp_path: Path) -> None:
-    model = TinyModel()
+def test_invalid_arguments_are_refused(tmp_path: Path, tiny_model) -> None:
+    model = tiny_model()
     optimizer = build_optimizer(model, "adamw")
     with pytest.raises(ValueError, match="epochs"):
         Trainer(model, optimizer, LabelSmoothedNLLLoss(), [], [], epochs=0)
     with pytest.raises(ValueError, match="nonfinite"):
         Trainer(model, optimizer, LabelSmoothedNLLLoss(), [], [], epochs=1, nonfinite="ignore")
+    with pytest.raises(ValueError, match="max_nonfinite_steps must be an int >= 0, got -1"):
+        Trainer(model, optimizer, LabelSmoothedNLLLoss(), [], [], epochs=1, max_nonfinite_steps=-1)
 
 
-def test_trainer_pins_its_best_name_against_rotation(tmp_path: Path) -> None:
-    trainer = build(tmp_path, epochs=3)  # for its model, optimizer and data
-    fresh = Trainer(trainer.model, trainer.optimizer, LabelSmoothedNLLLoss(), trainer.train_loader, trainer.val_loader,
-                    epochs=3, checkpoints=CheckpointManager(tmp_path / "other", keep_last=1, every_seconds=1.0,
-                                                            clock=FakeClock()),
-                    best_name="bestmodel.pt", running_average=RunningAverage(), progress=False)
-    fresh.fit()
-    assert (tmp_path / "other" / "bestmodel.pt").is_file()
-    assert len(list((tmp_path / "other").glob("step-*.pt"))) == 1
+def test_an_unpinned_best_name_is_refused_and_the_manager_left_alone(tmp_path: Path, tiny_model) -> None:
+    model = tiny_model()
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    pinned = manager.pinned
+    with pytest.raises(ValueError, match=r"best_name 'bestmodel\.pt' would be rotated away.*pinned=\('bestmodel\.pt',\)"):
+        Trainer(model, build_optimizer(model, "adamw"), LabelSmoothedNLLLoss(), [], [], epochs=1, checkpoints=manager,
+                best_name="bestmodel.pt")
+    assert manager.pinned == pinned
+
+
+def test_a_pinned_best_name_survives_rotation(tmp_path: Path, build_trainer, fake_clock) -> None:
+    trainer = build_trainer(tmp_path, epochs=3, every_seconds=1.0, clock=fake_clock(), best_name="bestmodel.pt",
+                            selector="running_average")
+    trainer.checkpoints.keep_last = 1
+    trainer.fit()
+    assert (tmp_path / "ckpt" / "bestmodel.pt").is_file()
+    assert len(list((tmp_path / "ckpt").glob("step-*.pt"))) == 1
+
+
+def test_plain_xy_batches_and_pluggable_metrics(tmp_path: Path) -> None:
+    """(x, y) batches go through the default forward; any metrics factory can replace RankingMetrics."""
+
+    class MeanAbsError:
+        def __init__(self, device: Any = None) -> None:
+            self.total, self.count = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+
+        def update(self, scores: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> None:
+            self.total += ((scores.argmax(-1) - targets).abs() * valid).sum()
+            self.count += valid.sum()
+
+        def sums(self) -> torch.Tensor:
+            return torch.stack([self.total, self.count])
+
+        def compute(self) -> dict[str, float]:
+            return self.compute_from_sums(self.sums())
+
+        @staticmethod
+        def compute_from_sums(sums: torch.Tensor) -> dict[str, float]:
+            return {"mae": float(sums[0] / sums[1])}
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 4), nn.LogSoftmax(-1))
+    x = torch.randn(64, 3)
+    data = {"x": x, "y": (x[:, 0] > 0).long() + 1}
+    batches = TensorBatches(data, 16, transform=lambda b: (b["x"], b["y"]))
+    trainer = Trainer(model, build_optimizer(model, "adamw", lr=1e-2), LabelSmoothedNLLLoss(), batches, batches,
+                      epochs=2, metrics=MeanAbsError, progress=False, checkpoints=CheckpointManager(tmp_path))
+    result = trainer.fit()
+    assert set(result["validation"]) == {"mae", "loss"}
+    assert "val_mae" in result["history"][0] and "val_acc@1" not in result["history"][0]
+
+
+class FakeEMA:
+    """The EMA protocol (update, module, state_dict/load_state_dict) with decay 0.5."""
+
+    def __init__(self, model: nn.Module) -> None:
+        import copy
+
+        self.source, self.module, self.updates = model, copy.deepcopy(model), 0
+
+    def update(self) -> None:
+        self.updates += 1
+        with torch.no_grad():
+            for mine, theirs in zip(self.module.parameters(), self.source.parameters()):
+                mine.mul_(0.5).add_(theirs, alpha=0.5)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = state["updates"]
+
+
+def test_ema_is_updated_each_step_evaluated_and_saved(tmp_path: Path, build_trainer) -> None:
+    trainer = build_trainer(tmp_path / "run", epochs=2)
+    ema = FakeEMA(trainer.model)
+    trainer.ema = ema
+    result = trainer.fit()
+    assert ema.updates == 12  # 6 steps an epoch
+    best = torch.load(tmp_path / "run" / "ckpt" / "best.pt", weights_only=True)
+    assert best["ema"]["updates"] == 6 * result["best_epoch"]
+    # the final evaluation used the EMA weights of the best epoch
+    for name, tensor in ema.module.state_dict().items():
+        assert torch.equal(tensor, best["ema"]["module"][name]), name
+    expected = trainer.evaluate(trainer.val_loader)
+    assert result["validation"]["loss"] == expected["loss"]
+    trainer.ema = None
+    assert trainer.evaluate(trainer.val_loader)["loss"] != expected["loss"]  # the raw weights differ
+
+
+def test_a_checkpoint_of_another_optimizer_is_refused_before_anything_changes(tmp_path: Path, build_trainer) -> None:
+    build_trainer(tmp_path / "a", epochs=1).fit()
+    state = torch.load(tmp_path / "a" / "ckpt" / "last.pt", weights_only=True)
+    other = build_trainer(tmp_path / "b", epochs=1)
+    adamw_state, state["optimizer"] = state["optimizer"], build_optimizer(other.model, "adagrad").state_dict()
+    before = _weights(other)
+    with pytest.raises(ValueError) as info:
+        other.load_state_dict(state)
+    message = str(info.value)
+    assert "\n" not in message and "not a AdamW state" in message and "betas" in message
+    assert all(torch.equal(t, before[k]) for k, t in _weights(other).items())  # the model was not loaded
+    assert other.progress.epoch == 0
+    state["optimizer"] = adamw_state
+    del state["selector"]["counter"]
+    with pytest.raises(ValueError, match=r"not a EarlyStopper \('selector'\) state: it lacks 'counter'"):
+        other.load_state_dict(state)

@@ -1,6 +1,6 @@
 """trainkit: composable, typed, tested PyTorch training components.
 
-Each component is usable on its own; :class:`Trainer` wires them into the seed's loop.
+Each component is usable on its own; :class:`Trainer` wires them into the reference's loop.
 """
 
 from trainkit import recipes
@@ -8,13 +8,18 @@ from trainkit.amp import AMPStep, StepInfo
 from trainkit.batching import TensorBatches
 from trainkit.captured import CapturedEval, CapturedStep
 from trainkit.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, load_model_state
+from trainkit.evaluation import default_forward, evaluate
+from trainkit.interrupt import TrainingInterrupted
+from trainkit.loggers import CSVLogger, JSONLinesLogger, Logger, TensorBoardLogger
 from trainkit.losses import LabelSmoothedNLLLoss, coverage_loss, mask_and_avg, masked_nll
 from trainkit.metrics import RankingMetrics
+from trainkit.nonfinite import NonFiniteLossError, NonFinitePolicy
 from trainkit.optim import build_optimizer
+from trainkit.progress import TrainingProgress
 from trainkit.rng import get_rng_state, seed_everything, set_rng_state
 from trainkit.schedule import WarmupCosineSchedule
-from trainkit.stopping import EarlyStopper, RunningAverage
-from trainkit.trainer import NonFiniteLossError, Trainer, seed_forward
+from trainkit.stopping import BestValue, EarlyStopper, RunningAverage
+from trainkit.trainer import Trainer
 
 __version__ = "0.1.0"
 
@@ -27,6 +32,7 @@ __all__ = [
     "load_model_state",
     "EarlyStopper",
     "RunningAverage",
+    "BestValue",
     "LabelSmoothedNLLLoss",
     "coverage_loss",
     "mask_and_avg",
@@ -38,8 +44,16 @@ __all__ = [
     "CapturedStep",
     "CapturedEval",
     "Trainer",
+    "TrainingProgress",
     "NonFiniteLossError",
-    "seed_forward",
+    "NonFinitePolicy",
+    "TrainingInterrupted",
+    "default_forward",
+    "evaluate",
+    "Logger",
+    "JSONLinesLogger",
+    "CSVLogger",
+    "TensorBoardLogger",
     "seed_everything",
     "get_rng_state",
     "set_rng_state",

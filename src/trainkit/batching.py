@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["TensorBatches"]
+__all__ = ["TensorBatches", "set_loader_epoch"]
 
 
 class TensorBatches:
@@ -144,3 +144,14 @@ class TensorBatches:
                 filler.fill_(self.pad_values[name])
             padded[name] = torch.cat([t, filler], dim=0)
         return padded
+
+
+def set_loader_epoch(loader: Any, epoch: int) -> None:
+    """Call ``set_epoch(epoch)`` on ``loader``, or else on its sampler or batch sampler, if one has it.
+
+    (``TensorBatches`` and ``DistributedSampler`` reshuffle per epoch this way.)
+    """
+    for target in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        if target is not None and hasattr(target, "set_epoch"):
+            target.set_epoch(epoch)
+            return

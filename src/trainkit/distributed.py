@@ -1,9 +1,10 @@
 """Data-parallel helpers for a ``torchrun`` launch: one process per device.
 
 Everything here is a no-op in a single process, so code written against it runs unchanged
-with or without ``torchrun``. The rules it enforces (design section 7): decisions that end
-loops are made once (on rank 0) and broadcast, metrics are reduced as sums and counts,
-only rank 0 writes files and logs.
+with or without ``torchrun``. The rules it enforces (docs/distributed.md): decisions that
+end loops are made once (on rank 0) and broadcast, metrics are reduced as sums and counts,
+only rank 0 writes files and logs. :func:`prepare` is the one setup call: join the group,
+wrap the model in DDP, give each loader its shard.
 """
 
 from __future__ import annotations
@@ -12,14 +13,20 @@ import datetime
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 __all__ = [
     "DistributedContext",
     "init_from_env",
+    "prepare",
+    "unwrap",
+    "on_main",
+    "all_gather_object",
     "context",
     "launched_by_torchrun",
     "all_reduce_sum",
@@ -87,6 +94,77 @@ def init_from_env(device_type: str = "cpu", timeout_s: float = 600.0) -> Distrib
     return context()
 
 
+def prepare(
+    model: nn.Module, device: torch.device, train_loader: Iterable[Any] | None, *eval_loaders: Iterable[Any] | None
+) -> tuple[nn.Module, DistributedContext]:
+    """Set up data parallelism for a ``torchrun`` launch; in a single process, change nothing.
+
+    Joins the process group, wraps ``model`` in ``DistributedDataParallel`` and calls
+    ``loader.shard(rank, world_size, even=...)`` on the loaders that have it
+    (:class:`~trainkit.batching.TensorBatches`): even shards for training (every rank
+    takes the same number of steps), disjoint uneven ones for evaluation (every sample
+    counted once). Other loaders must already be sharded (e.g. a ``DistributedSampler``).
+
+    Args:
+        model: The model, already on ``device``.
+        device: The training device (its index, or the local rank, picks the CUDA device).
+        train_loader: The training batches (None: none).
+        eval_loaders: Validation/test batches (None entries are skipped).
+
+    Returns:
+        ``(model, context)``: the DDP-wrapped model (``model`` itself in one process).
+    """
+    ctx = init_from_env(device.type)
+    if not ctx.enabled:
+        return model, ctx
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [device.index if device.index is not None else ctx.local_rank] if device.type == "cuda" else None
+    wrapped = DistributedDataParallel(model, device_ids=device_ids)
+    for loader, even in ((train_loader, True), *((loader, False) for loader in eval_loaders)):
+        if loader is not None and hasattr(loader, "shard"):
+            loader.shard(ctx.rank, ctx.world_size, even=even)
+    return wrapped, ctx
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module whose ``state_dict`` to save: undoes DDP and ``torch.compile`` wrappers."""
+    while isinstance(inner := getattr(model, "_orig_mod", None) or getattr(model, "module", None), nn.Module):
+        model = inner
+    return model
+
+
+T = TypeVar("T")
+
+
+def on_main(action: Callable[[], T], errors: type[Exception] = Exception, what: str = "save") -> T | None:
+    """Run ``action`` on rank 0 only; an ``errors`` exception there raises on every rank.
+
+    Every rank must call this at the same point (it is also a barrier). In a single process
+    it is ``action()``. Rank 0 re-raises its own exception; the others raise one of the same
+    type whose message starts with "rank 0 could not {what}: ". So no rank is left waiting at
+    a collective when rank 0 failed (a full disk while saving, say).
+
+    Returns:
+        ``action()``'s value on rank 0, None on the other ranks.
+    """
+    ctx = context()
+    if not ctx.enabled:
+        return action()
+    result, error, caught = None, None, None
+    if ctx.is_main:
+        try:
+            result = action()
+        except errors as exc:
+            error, caught = str(exc), exc
+    error = broadcast_object(error)
+    if caught is not None:
+        raise caught
+    if error is not None:
+        raise errors(f"rank 0 could not {what}: {error}")
+    return result
+
+
 def context() -> DistributedContext:
     """The current process's context (single-process when no group is initialised)."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -108,6 +186,16 @@ def broadcast_object(value: Any, src: int = 0) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_object(value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order (``[value]`` in a single process)."""
+    ctx = context()
+    if not ctx.enabled:
+        return [value]
+    gathered: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def barrier() -> None:

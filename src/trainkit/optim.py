@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["build_optimizer", "OPTIMIZER_DEFAULTS"]
+__all__ = ["build_optimizer", "OPTIMIZER_DEFAULTS", "check_optimizer_state"]
 
 #: Seed defaults per optimizer name.
 OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -91,3 +91,38 @@ def _all_on_cuda(params: list[Any]) -> bool:
         elif isinstance(item, torch.Tensor):
             tensors.append(item)
     return bool(tensors) and all(t.is_cuda for t in tensors)
+
+
+# settings that a torch version or a device may add to a param group without changing what it is
+_INCIDENTAL = frozenset({"foreach", "fused", "capturable", "differentiable", "maximize", "decoupled_weight_decay"})
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer, state: Any) -> None:
+    """Refuse an optimizer ``state_dict`` of another optimizer type or parameter layout.
+
+    torch's own ``load_state_dict`` accepts an Adagrad state into AdamW and fails later
+    (``KeyError: 'betas'`` at the first step); this check fails first, in one line.
+
+    Args:
+        optimizer: The optimizer that will load ``state``.
+        state: A saved ``optimizer.state_dict()``.
+
+    Raises:
+        ValueError: ``state`` is not an optimizer state, or its param groups differ in number,
+            size or settings from ``optimizer``'s.
+    """
+    name = type(optimizer).__name__
+    groups = state.get("param_groups") if isinstance(state, dict) and "state" in state else None
+    if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
+        raise ValueError(f"not a {name} state_dict: it lacks 'state' or a list of 'param_groups'")
+    if len(groups) != len(optimizer.param_groups):
+        raise ValueError(f"optimizer state has {len(groups)} param groups, this {name} has {len(optimizer.param_groups)}")
+    for index, (saved, mine) in enumerate(zip(groups, optimizer.param_groups)):
+        missing = sorted(set(mine) - set(saved) - _INCIDENTAL)
+        extra = sorted(set(saved) - set(mine) - _INCIDENTAL)
+        if missing or extra:
+            raise ValueError(f"optimizer state is not a {name} state (another optimizer or recipe?): param group "
+                             f"{index} lacks {missing or 'nothing'} and has unknown {extra or 'nothing'}")
+        if len(saved.get("params", ())) != len(mine["params"]):
+            raise ValueError(f"optimizer state's param group {index} has {len(saved.get('params', ()))} parameters, "
+                             f"this {name}'s has {len(mine['params'])}")

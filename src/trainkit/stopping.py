@@ -2,17 +2,60 @@
 
 ``EarlyStopper`` is the proposed pipeline's patience rule on validation loss;
 ``RunningAverage`` is the original pipeline's eval-process rule (keep the model whose
-exponentially averaged loss is lowest).
+exponentially averaged loss is lowest); ``BestValue`` is the plain best-loss rule.
+
+All three satisfy one model-selection protocol (docs/stopping.md): ``step(value) ->
+improved``, ``best``, ``best_epoch``, ``should_stop``, ``state_dict()``/``load_state_dict()``,
+and ``feeds`` -- what a training loop passes to ``step`` each epoch: ``"epoch_mean"`` (the
+validation loss of the pass) or ``"batch_losses"`` (each validation batch's loss, in order).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal, Protocol
 
-__all__ = ["EarlyStopper", "RunningAverage"]
+from trainkit.state import require_keys
+
+__all__ = ["EarlyStopper", "RunningAverage", "BestValue", "Selector", "feed"]
+
+Feeds = Literal["epoch_mean", "batch_losses"]
+
+
+class Selector(Protocol):
+    """The model-selection protocol a training loop relies on (docs/stopping.md)."""
+
+    feeds: ClassVar[Feeds]
+    best: float
+    best_epoch: int
+    should_stop: bool
+
+    def step(self, value: Any) -> bool:
+        """Record one epoch's value (``feeds`` says which); True when it is a new best."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state as plain values."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
 
 _MODES = ("min", "max")
+
+
+def feed(selector: Selector, epoch_mean: float, batch_losses: Sequence[float]) -> bool:
+    """Step ``selector`` with what its ``feeds`` asks for (``"epoch_mean"`` when it has no ``feeds``).
+
+    Args:
+        selector: An object of the model-selection protocol.
+        epoch_mean: The validation pass's loss.
+        batch_losses: Each validation batch's loss, in order.
+
+    Returns:
+        True when the epoch's model is the new best.
+    """
+    feeds = getattr(selector, "feeds", "epoch_mean")
+    return bool(selector.step(batch_losses if feeds == "batch_losses" else epoch_mean))
 
 
 def _as_float(name: str, value: Any) -> float:
@@ -48,6 +91,8 @@ class EarlyStopper:
         epoch: Number of values seen.
         should_stop: Whether the stopping rule has fired.
     """
+
+    feeds: ClassVar[Feeds] = "epoch_mean"
 
     def __init__(self, patience: int = 5, min_epochs: int = 0, mode: str = "min", min_delta: float = 0.0) -> None:
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
@@ -151,9 +196,16 @@ class RunningAverage:
         decay: Averaging factor (original: 0.99).
         clip: Upper clip of the average (original: 12.0).
 
+    As a model-selection rule (:meth:`step`), it is fed each validation batch's loss in
+    order, as the reference's eval process did; a pass improved when the average fell below
+    the best so far at any batch of it. It never stops a run (``should_stop`` is False).
+
     Raises:
         ValueError: ``decay`` outside ``[0, 1)`` or ``clip`` not a positive finite number.
     """
+
+    feeds: ClassVar[Feeds] = "batch_losses"
+    should_stop: bool = False
 
     def __init__(self, decay: float = 0.99, clip: float = 12.0) -> None:
         decay = _as_float("decay", decay)
@@ -169,6 +221,29 @@ class RunningAverage:
         self.is_best = False
         self.count = 0
         self.nonfinite = 0
+        self.epoch = 0  # passes fed through step()
+        self.best_epoch = 0  # 1-based pass whose average set ``best`` (0: none yet)
+
+    def step(self, batch_losses: Sequence[float]) -> bool:
+        """Fold one validation pass's batch losses into the average, in order.
+
+        Args:
+            batch_losses: Each validation batch's loss (floats or 0-d tensors).
+
+        Returns:
+            True when the average fell below the best so far at some batch of the pass
+            (save the model as the best one then); ``best_epoch`` is this pass then.
+        """
+        if isinstance(batch_losses, (str, bytes)) or not isinstance(batch_losses, Sequence):
+            raise TypeError(f"batch_losses must be a sequence of numbers, got {type(batch_losses).__name__}")
+        self.epoch += 1
+        improved = False
+        for value in batch_losses:
+            self.update(value)
+            improved = improved or self.is_best
+        if improved:
+            self.best_epoch = self.epoch
+        return improved
 
     def update(self, value: float) -> float:
         """Fold one loss value into the average.
@@ -207,6 +282,8 @@ class RunningAverage:
             "is_best": self.is_best,
             "count": self.count,
             "nonfinite": self.nonfinite,
+            "epoch": self.epoch,
+            "best_epoch": self.best_epoch,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -217,6 +294,66 @@ class RunningAverage:
         self.is_best = bool(state["is_best"])
         self.count = int(state["count"])
         self.nonfinite = int(state.get("nonfinite", 0))
+        self.epoch = int(state.get("epoch", 0))
+        self.best_epoch = int(state.get("best_epoch", 0))
 
     def __repr__(self) -> str:
         return f"RunningAverage(decay={self.decay}, clip={self.clip}, avg={self.avg!r}, best={self.best!r})"
+
+
+class BestValue:
+    """The plain best-value rule: an epoch improves when its value beats every earlier one.
+
+    NaN and +/-inf are never improvements; it never stops a run.
+
+    Args:
+        mode: ``"min"`` (loss) or ``"max"`` (accuracy).
+
+    Raises:
+        ValueError: unknown ``mode``.
+
+    Attributes:
+        best: Best value so far (``inf``/``-inf`` before any finite value).
+        best_epoch: 1-based epoch of ``best`` (0 before any improvement).
+        epoch: Number of values seen.
+    """
+
+    feeds: ClassVar[Feeds] = "epoch_mean"
+    should_stop: bool = False
+
+    def __init__(self, mode: str = "min") -> None:
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        self.mode = mode
+        self.best = math.inf if mode == "min" else -math.inf
+        self.best_epoch = 0
+        self.epoch = 0
+
+    def step(self, value: float) -> bool:
+        """Record one value (float or 0-d tensor); True when it is a new best."""
+        value = _as_float("value", value)
+        self.epoch += 1
+        improved = math.isfinite(value) and (value < self.best if self.mode == "min" else value > self.best)
+        if improved:
+            self.best = value
+            self.best_epoch = self.epoch
+        return improved
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the full state as plain Python values."""
+        return {"mode": self.mode, "best": self.best, "best_epoch": self.best_epoch, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict`.
+
+        Raises:
+            ValueError: a key is missing or the saved mode is unknown.
+        """
+        require_keys(state, ("mode", "best", "best_epoch", "epoch"), "BestValue")
+        self.__init__(state["mode"])  # type: ignore[misc]
+        self.best = float(state["best"])
+        self.best_epoch = int(state["best_epoch"])
+        self.epoch = int(state["epoch"])
+
+    def __repr__(self) -> str:
+        return f"BestValue(mode={self.mode!r}, best={self.best!r}, best_epoch={self.best_epoch}, epoch={self.epoch})"

@@ -70,7 +70,7 @@ def main() -> None:
     val = TensorBatches(data(37, 2), 8, shuffle=False, transform=to_seed)  # odd size: shards differ
     stopper = StopsAfterFirst(patience=100) if ctx.rank == stop_rank else EarlyStopper(patience=100)
     trainer = Trainer(model, optimizer, LabelSmoothedNLLLoss(), train, val, test_loader=val, epochs=3,
-                      stopper=stopper, progress=False,
+                      selector=stopper, progress=False,
                       checkpoints=(FailingCheckpoints if fail_save else CheckpointManager)(out / "ckpt"))
     result = trainer.fit()
     # single-process evaluation of the same weights over the whole validation set

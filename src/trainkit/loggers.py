@@ -1,0 +1,205 @@
+"""Where training records go: JSON lines, CSV, TensorBoard (see docs/trainer.md, "Loggers").
+
+A logger receives every record with the global step it belongs to. Epoch records and step
+records both reach every logger; a record is a step record when it has the key
+``"step_train_loss"``, and each file logger keeps one kind (``kind="epoch"`` or
+``"step"``). After a resume the Trainer calls ``truncate(step)`` so that the logs end where
+the checkpoint does: records logged after ``step`` (and a line torn by a crash) are dropped.
+Only rank 0 of a torchrun job logs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from trainkit.atomic import atomic_write
+
+__all__ = ["Logger", "JSONLinesLogger", "CSVLogger", "TensorBoardLogger", "is_step_record", "describe_epoch"]
+
+log = logging.getLogger("trainkit.loggers")
+_KINDS = ("epoch", "step")
+
+
+@runtime_checkable
+class Logger(Protocol):
+    """What the Trainer needs of a logger."""
+
+    def log(self, record: Mapping[str, Any], step: int) -> None:
+        """Record ``record`` at global step ``step``."""
+
+    def truncate(self, step: int) -> None:
+        """Drop the records logged after ``step`` (a resumed run logs them again)."""
+
+    def close(self) -> None:
+        """Flush and release files."""
+
+
+def is_step_record(record: Mapping[str, Any]) -> bool:
+    """Whether ``record`` is a per-step record (it has ``"step_train_loss"``)."""
+    return "step_train_loss" in record
+
+
+def describe_epoch(record: Mapping[str, Any], epochs: int) -> str:
+    """The one console line of an epoch record ("Epoch 3/50 | LR: ... | Val: ... | Acc@1: ...")."""
+    skipped = "".join(f" | skipped: {record[key]} ({why})" for key, why in (
+        ("fp16_overflow_steps", "fp16 overflow"), ("nonfinite_steps", "non-finite loss")) if record.get(key))
+    acc = f"{record['val_acc@1']:.2f}%" if "val_acc@1" in record else "-"
+    return (f"Epoch {record['epoch']}/{epochs} | LR: {record['lr']:.2e} | Train: {record['train_loss']:.4f} | "
+            f"Val: {record['val_loss']:.4f} | Acc@1: {acc}{skipped}{'  * new best' if record.get('improved') else ''}")
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be 'epoch' or 'step', got {kind!r}")
+
+
+class JSONLinesLogger:
+    """One JSON object per line, appended (``metrics.jsonl``, ``steps.jsonl``).
+
+    Args:
+        path: The file (its directory is created).
+        kind: Which records it keeps: ``"epoch"`` or ``"step"``.
+
+    Raises:
+        ValueError: unknown ``kind``.
+    """
+
+    def __init__(self, path: str | Path, kind: str = "epoch") -> None:
+        _check_kind(kind)
+        self.path = Path(path)
+        self.kind = kind
+
+    def _wants(self, record: Mapping[str, Any]) -> bool:
+        return is_step_record(record) == (self.kind == "step")
+
+    def log(self, record: Mapping[str, Any], step: int) -> None:
+        """Append ``record`` (with ``"step"`` added when it lacks one) if it is of this kind."""
+        if not self._wants(record):
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **record}, allow_nan=True) + "\n")
+
+    def truncate(self, step: int) -> None:
+        """Rewrite the file (atomically) without records after ``step`` or unreadable lines."""
+        if not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line + "\n")
+        atomic_write(self.path, "".join(kept))
+
+    def close(self) -> None:
+        """Nothing to release: each record is appended and the file closed."""
+
+
+class CSVLogger:
+    """One row per record, a header of the keys (a new key rewrites the file with it).
+
+    Args:
+        path: The ``.csv`` file (its directory is created).
+        kind: Which records it keeps: ``"epoch"`` or ``"step"``.
+
+    Raises:
+        ValueError: unknown ``kind``.
+    """
+
+    def __init__(self, path: str | Path, kind: str = "epoch") -> None:
+        _check_kind(kind)
+        self.path = Path(path)
+        self.kind = kind
+
+    def _read(self) -> tuple[list[str], list[dict[str, str]]]:
+        if not self.path.is_file():
+            return [], []
+        with open(self.path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = [row for row in reader if None not in row]  # a torn last row has missing cells
+            return list(reader.fieldnames or []), rows
+
+    def _write(self, columns: list[str], rows: list[Mapping[str, Any]]) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, buffer.getvalue())
+
+    def log(self, record: Mapping[str, Any], step: int) -> None:
+        """Append a row if ``record`` is of this kind."""
+        if is_step_record(record) != (self.kind == "step"):
+            return
+        row = {"step": step, **record}
+        columns, rows = self._read()
+        if columns and set(row) <= set(columns):
+            with open(self.path, "a", newline="", encoding="utf-8") as handle:
+                csv.DictWriter(handle, fieldnames=columns, lineterminator="\n").writerow(row)
+            return
+        self._write(columns + [key for key in row if key not in columns], [*rows, row])
+
+    def truncate(self, step: int) -> None:
+        """Rewrite the file without rows after ``step``."""
+        columns, rows = self._read()
+        if columns:
+            self._write(columns, [row for row in rows if row.get("step", "").isdigit() and int(row["step"]) <= step])
+
+    def close(self) -> None:
+        """Nothing to release: each row is appended and the file closed."""
+
+
+class TensorBoardLogger:
+    """Every numeric value as a scalar of the same name, on the global-step axis.
+
+    Needs the optional ``tensorboard`` package; without it one line says so and the logger
+    does nothing. The event file is opened at the first record (so a logger that never logs,
+    as on the other ranks of a torchrun job, writes nothing).
+
+    Args:
+        directory: The TensorBoard log directory.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.writer: Any = None
+        self._purge_step: int | None = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.info("tensorboard is not installed (pip install 'trainkit[tensorboard]'): %s not written", self.directory)
+            self._writer_class: Any = None
+        else:
+            self._writer_class = SummaryWriter
+
+    def log(self, record: Mapping[str, Any], step: int) -> None:
+        """Add each int/float value of ``record`` (except ``epoch`` and ``step``) at ``step``."""
+        if self._writer_class is None:
+            return
+        if self.writer is None:
+            self.writer = self._writer_class(log_dir=str(self.directory), purge_step=self._purge_step)
+        for key, value in record.items():
+            if key not in ("epoch", "step") and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, float(value), step)
+        if not is_step_record(record):
+            self.writer.flush()
+
+    def truncate(self, step: int) -> None:
+        """Hide events logged after ``step`` (TensorBoard's ``purge_step``, applied by the next writer)."""
+        self.close()
+        self._purge_step = step + 1
+
+    def close(self) -> None:
+        """Flush and close the event file (a later record opens a new one)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
