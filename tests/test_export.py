@@ -96,3 +96,14 @@ def test_missing_package_gives_a_one_line_install_hint(tmp_path: Path, monkeypat
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)
     with pytest.raises(ImportError, match=r"pip install 'trainkit-pt\[safetensors\]'"):
         save_safetensors(nn.Linear(2, 2), tmp_path / "m.safetensors")
+
+
+@needs_safetensors
+def test_the_docs_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_docs import DOCS, python_blocks
+
+    blocks = [code for _, code, skipped in python_blocks(DOCS / "export.md") if skipped]
+    assert len(blocks) == 1
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], "docs/export.md", "exec"), {"__name__": "docs_export"})
+    assert (tmp_path / "model.safetensors").is_file()

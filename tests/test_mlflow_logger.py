@@ -101,3 +101,17 @@ def test_missing_package_gives_a_one_line_install_hint(monkeypatch: pytest.Monke
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ImportError, match=r"pip install 'trainkit-pt\[mlflow\]'"):
         MLflowLogger()
+
+
+@needs_mlflow
+def test_the_docs_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_docs import DOCS, python_blocks
+
+    blocks = [code for _, code, skipped in python_blocks(DOCS / "loggers.md") if skipped and "MLflowLogger" in code]
+    assert len(blocks) == 1
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    namespace: dict = {"__name__": "docs_loggers"}
+    exec(compile(blocks[0], "docs/loggers.md", "exec"), namespace)
+    store = (tmp_path / "mlruns").as_uri()
+    assert history(store, namespace["logger"].run_id, "val_acc_1") == [(120, 0.21)]

@@ -7,6 +7,8 @@ from trainkit import recipes
 from trainkit.amp import AMPStep, StepInfo
 from trainkit.batching import TensorBatches
 from trainkit.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, load_model_state
+from trainkit.ema import EMA
+from trainkit.export import load_safetensors, save_safetensors
 from trainkit.losses import LabelSmoothedNLLLoss, coverage_loss, mask_and_avg, masked_nll
 from trainkit.metrics import RankingMetrics
 from trainkit.optim import build_optimizer
@@ -15,7 +17,7 @@ from trainkit.schedule import WarmupCosineSchedule
 from trainkit.stopping import EarlyStopper, RunningAverage
 from trainkit.trainer import NonFiniteLossError, Trainer, seed_forward
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is set (pyproject reads it)
 
 __all__ = [
     "AMPStep",
@@ -41,5 +43,8 @@ __all__ = [
     "get_rng_state",
     "set_rng_state",
     "recipes",
+    "EMA",
+    "save_safetensors",
+    "load_safetensors",
     "__version__",
 ]
