@@ -1,5 +1,5 @@
 # trainkit: the two Quickstart commands are `make demo` and `make test`; CI (.ci/run) runs
-# `make test docs`.
+# `make test`, then `make docs` in the test venv.
 #
 # Virtual environments: $(VENV) for the demo, development and docs (an editable install),
 # $(TEST_VENV) for `make test`, rebuilt on each run. PyTorch: a torch that the base Python

@@ -1,4 +1,9 @@
-"""MkDocs hook: a link from docs/ to a file elsewhere in the source tree becomes a mention.
+"""MkDocs hook: fences marked ``python no-run`` and links out of docs/, for the website.
+
+``python no-run`` (a block the docs test skips, see tests/test_docs.py) is not a fence that
+Markdown recognises, so it is rendered as a plain ``python`` block.
+
+A link from docs/ to a file elsewhere in the source tree becomes a mention.
 
 The website holds docs/ only, so a link such as ``../benchmarks/results/x.txt`` (which works
 in a checkout and in the source distribution) would break there; it is rendered as the
@@ -13,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 _LINK = re.compile(r"\[([^\]]+)\]\((\.\./[^)\s#]+)\)")
+_NO_RUN = re.compile(r"^(\s*`{3,}\s*python)\s+no-run\s*$", re.M)
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
-    """Rewrite ``[text](../outside/docs)`` links of one page (MkDocs calls this per page)."""
+    """Plain ``python`` fences and rewritten ``[text](../outside/docs)`` links (MkDocs calls this per page)."""
+    markdown = _NO_RUN.sub(r"\1", markdown)
     docs = Path(config["docs_dir"]).resolve()
     root = docs.parent
 
