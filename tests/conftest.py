@@ -6,6 +6,7 @@ Helpers are handed to tests as fixtures (``build_trainer``, ``tiny_data``, ``poi
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,9 @@ from typing import Any
 import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src"
-if str(SRC) not in sys.path:
+# TRAINKIT_TEST_INSTALLED=1 (`make test`): test the installed wheel, never src/.
+INSTALLED = os.environ.get("TRAINKIT_TEST_INSTALLED") == "1"
+if not INSTALLED and str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
 import torch  # noqa: E402
