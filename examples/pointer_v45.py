@@ -178,7 +178,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, settings: Settings, held: 
     if resume and dist.is_main:
         held.enter_context(rd.locked(run_dir))
         saved_recipe, saved = read_run_config(run_dir / "config.json")
-        differ = [k for k, v in recipe.to_dict().items() if k not in rd.RESUME_MAY_CHANGE and v != getattr(saved_recipe, k)]
+        differ = [k for k, v in recipe.to_dict().items() if k not in rd.RESUME_MAY_CHANGE and v != saved_recipe.to_dict()[k]]
         if differ or (saved.model, saved.data) != (settings.model, settings.data):
             raise rd.UsageError(f"{run_dir}/config.json holds other settings than this run's ({', '.join(differ) or 'model/data'})")
     for rank_builds_cache in (True, False):  # rank 0 writes the data cache, then the others read it

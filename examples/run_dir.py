@@ -80,7 +80,7 @@ def locked(run_dir: Path, create: bool = False) -> Iterator[None]:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
-        holder = handle.read().strip() or "unknown"
+        holder = (handle.read().split() or ["unknown"])[-1]  # the newest pid written
         handle.close()
         raise UsageError(f"{run_dir} is in use by process {holder} (it holds {run_dir / '.lock'})") from None
     handle.seek(0)
@@ -161,6 +161,7 @@ def resume(trainer: Any, run_dir: Path, training: Mapping[str, Any]) -> None:
         for name in ("metrics.jsonl", "steps.jsonl"):
             (run_dir / name).unlink(missing_ok=True)
         return
+    _drop_malformed_steps(run_dir / "steps.jsonl")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # trainer.resume() below reports each skipped file
         found = manager.load_latest(map_location="cpu")
@@ -176,6 +177,21 @@ def resume(trainer: Any, run_dir: Path, training: Mapping[str, Any]) -> None:
         finally:
             for warning in caught:
                 log.warning("resume: %s", warning.message)
+
+
+def _drop_malformed_steps(path: Path) -> None:
+    """Drop lines of ``steps.jsonl`` that are not a record with an integer step (a torn write)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            kept.append(line + "\n")
+    atomic_write(path, "".join(kept))
 
 
 def _check_fits(trainer: Any, path: Path, state: Any, training: Mapping[str, Any]) -> None:

@@ -190,6 +190,7 @@ TINY = """\
 data: {synthetic_users: 4, synthetic_days: 40}
 model: {d_model: 16, nhead: 2, num_layers: 1, dim_feedforward: 32}
 training: {batch_size: 64, epochs: 1, precision: fp32, log_every: 1}
+proposed: {warmup: 0}
 """
 
 
