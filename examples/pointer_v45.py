@@ -6,11 +6,10 @@
     python examples/pointer_v45.py --recipe compare --seeds 3   # both recipes, RNG seeds 42..44
     python examples/pointer_v45.py --resume runs/pointer_v45-proposed-...
 
-Reads top to bottom: the configuration (a recipe of ``trainkit.recipes`` plus the model, data
-and run settings below, changed by a YAML file and flags), the data (staypoint CSV -> cached
-splits -> batches), the model, the recipe's components, the Trainer, ``results.json``.
-Beside it: geolife_data.py (the protocol), geolife_cache.py, synthetic_data.py, run_dir.py
-(lock, JSON files, resume checks) and compare.py (comparisons and ablations over seeds).
+Reads top to bottom: configuration (a ``trainkit.recipes`` recipe plus the settings of
+pointer_v45_config.py, changed by YAML and flags) -> data (staypoint CSV -> cached splits ->
+batches) -> model -> the recipe's components -> Trainer -> ``results.json``. Beside it:
+geolife_data.py, geolife_cache.py, synthetic_data.py, run_dir.py, compare.py (sweeps).
 """
 
 from __future__ import annotations
@@ -33,12 +32,12 @@ import geolife_cache
 import geolife_data
 import run_dir as rd
 import synthetic_data
-from pointer_v45_config import (DataConfig, RunConfig, Settings, change_recipe, config_sections, configure,
-                               read_run_config, read_yaml, seeds_of)
+from pointer_v45_config import (DataConfig, RunConfig, Settings, check_same_run, config_sections, configure_new_run,
+                               read_run_config, resume_settings, seeds_of)
 from pointer_v45_model import PointerV45
 from trainkit import (AMPStep, CheckpointError, CheckpointManager, EarlyStopper, LabelSmoothedNLLLoss,
                       NonFiniteLossError, RunningAverage, Trainer, WarmupCosineSchedule, build_optimizer,
-                      distributed, masked_nll, recipes)
+                      distributed, masked_nll)
 from trainkit.batching import TensorBatches
 from trainkit.recipes import Recipe
 from trainkit.rng import seed_everything
@@ -67,24 +66,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def configure_from_args(args: argparse.Namespace, flags: dict[str, Any]) -> tuple[Settings, dict[str, Recipe]]:
-    """Both recipes and the settings of a new run: defaults, then --config, then flags."""
-    base = {name: recipes.by_name(name) for name in recipes.NAMES}
-    settings, base = configure(read_yaml(args.config) if args.config else {}, base)
-    base = {name: change_recipe(recipe, flags, "--") for name, recipe in base.items()}
-    for name, recipe in base.items():
-        if args.epochs is not None and recipe.warmup is not None and recipe.warmup >= args.epochs:
-            base[name] = recipe.replace(warmup=args.epochs // 10)
-            log.info("warmup of %d epochs does not fit %d epochs: reduced to %d", recipe.warmup, args.epochs,
-                     args.epochs // 10)
-    data = dataclasses.replace(settings.data, path=str(args.data.resolve())) if args.data else settings.data
-    run = dataclasses.replace(settings.run, device=args.device or settings.run.device,
-                              compile=args.compile or settings.run.compile,
-                              capture=settings.run.capture and not args.no_capture, progress=not args.no_progress)
-    settings = Settings(settings.model, data, run)
-    return settings, base
-
-
 # ---------------------------------------------------------------------------------- data
 def load_data(data: DataConfig) -> geolife_data.GeoLifeSplits:
     """Staypoint CSV (or the synthetic one) -> GeoLife-protocol splits, cached per CSV content."""
@@ -102,10 +83,7 @@ def load_data(data: DataConfig) -> geolife_data.GeoLifeSplits:
 
 def make_batches(split: dict[str, Any], batch_size: int, shuffle: bool, seed: int, device: torch.device,
                  static: bool = False) -> TensorBatches:
-    """Batches in the reference's ``(x, y, x_dict)`` format, built by indexing (GPU-resident on CUDA).
-
-    ``static``: every batch has the same shape (the last one padded with the ignored target 0).
-    """
+    """``(x, y, x_dict)`` batches by indexing (GPU-resident on CUDA); ``static``: one shape (last padded)."""
     trim = device.type == "cpu" and not static  # on CPU, drop columns that are padding in the whole batch
 
     def to_reference_format(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -129,19 +107,14 @@ def build_trainer(recipe: Recipe, run: RunConfig, model: torch.nn.Module, loader
     """The recipe's optimizer, schedule, loss, precision, selection rule and checkpoints, from its
     fields alone (never its name, so an ablation row trains as its fields say)."""
     optimizer = build_optimizer(model, recipe.optimizer, **recipe.optimizer_kwargs())
-    schedule = None
-    if recipe.schedule == "warmup_cosine":
-        schedule = WarmupCosineSchedule(recipe.lr, recipe.warmup or 0, recipe.schedule_epochs or recipe.epochs,
-                                        recipe.min_lr or 0.0)
-    loss_fn: Any = original_loss
-    if recipe.loss == "label_smoothed_nll":
-        loss_fn = LabelSmoothedNLLLoss(recipe.label_smoothing, ignore_index=recipe.ignore_index or 0)
+    schedule = None if recipe.schedule == "fixed" else WarmupCosineSchedule(
+        recipe.lr, recipe.warmup or 0, recipe.schedule_epochs or recipe.epochs, recipe.min_lr or 0.0)
+    loss_fn: Any = original_loss if recipe.loss == "masked_nll" else LabelSmoothedNLLLoss(
+        recipe.label_smoothing, ignore_index=recipe.ignore_index or 0)
     amp = AMPStep(optimizer, precision=recipe.precision, max_grad_norm=recipe.max_grad_norm, device_type=device.type)
-    stopper, running_average = None, None
-    if recipe.selection == "early_stopping":
-        stopper = EarlyStopper(patience=recipe.patience or 0, min_epochs=recipe.min_epochs or 0)
-    else:
-        running_average = RunningAverage(recipe.running_avg_decay or 0.99, recipe.running_avg_clip or 12.0)
+    early = recipe.selection == "early_stopping"
+    stopper = EarlyStopper(patience=recipe.patience or 0, min_epochs=recipe.min_epochs or 0) if early else None
+    running_average = None if early else RunningAverage(recipe.running_avg_decay or 0.99, recipe.running_avg_clip or 12.0)
     if recipe.loop == "infinite":
         log.info("the original loop never ends on its own; running %d epochs", recipe.epochs)
     step_model: Any = model
@@ -169,7 +142,7 @@ def run_one(recipe: Recipe, run_dir: Path, resume: bool, settings: Settings = Se
         return _run(recipe, Path(run_dir), resume, settings, held)
 
 
-def _run(recipe: Recipe, run_dir: Path, resume: bool, settings: Settings, held: Any) -> dict[str, Any]:
+def _run(recipe: Recipe, run_dir: Path, resume: bool, settings: Settings, held: contextlib.ExitStack) -> dict[str, Any]:
     start, timings = time.perf_counter(), {"imports": IMPORT_SECONDS, "capture": 0.0}
     config = config_sections(recipe, settings)
     device = rd.pick_device(settings.run.device)
@@ -177,10 +150,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, settings: Settings, held: 
     run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's name (its timestamp) for all
     if resume and dist.is_main:
         held.enter_context(rd.locked(run_dir))
-        saved_recipe, saved = read_run_config(run_dir / "config.json")
-        differ = [k for k, v in recipe.to_dict().items() if k not in rd.RESUME_MAY_CHANGE and v != saved_recipe.to_dict()[k]]
-        if differ or (saved.model, saved.data) != (settings.model, settings.data):
-            raise rd.UsageError(f"{run_dir}/config.json holds other settings than this run's ({', '.join(differ) or 'model/data'})")
+        check_same_run(run_dir, recipe, settings)
     for rank_builds_cache in (True, False):  # rank 0 writes the data cache, then the others read it
         if dist.is_main == rank_builds_cache:
             splits = load_data(settings.data)
@@ -233,44 +203,26 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, settings: Settings, held: 
     if dist.is_main:
         rd.write_json(run_dir / "results.json", results)
     test = outcome["test"]
-    log.info("test: Acc@1 %.2f%% (seen targets %.2f%%) | Acc@5 %.2f%% | Acc@10 %.2f%% | MRR %.2f%% | NDCG %.2f%% | "
-             "baseline Acc@1 %.2f%%", test["acc@1"], test["acc@1_seen"], test["acc@5"], test["acc@10"], test["mrr"],
-             test["ndcg"], baseline)
+    log.info("test: Acc@1 %.2f%% (seen targets %.2f%%) | Acc@5 %.2f%% | Acc@10 %.2f%% | MRR %.2f%% | NDCG %.2f%% | baseline "
+             "Acc@1 %.2f%%", *(test[k] for k in ("acc@1", "acc@1_seen", "acc@5", "acc@10", "mrr", "ndcg")), baseline)
     log.info("results: %s", run_dir / "results.json")
     return results
 
 
 # ----------------------------------------------------------------------------- command line
-def sweep(kind: str, base: dict[str, Recipe], out_dir: Path, seeds: list[int], settings: Settings) -> Path:
-    """``--recipe compare`` / ``ablate``: examples/compare.py runs them (single-seed compare without it)."""
-    run = functools.partial(run_one, settings=settings)
-    try:
-        import compare
-    except ModuleNotFoundError as exc:
-        if exc.name != "compare" or kind == "ablate":
-            raise rd.UsageError(f"--recipe {kind} needs examples/compare.py ({exc})") from None
-        return rd.single_seed_compare(base, out_dir, seeds[0], run)
-    if kind == "ablate":
-        return compare.run_ablation(base["proposed"], base["original"], out_dir, seeds, run)
-    return compare.run_compare(base, out_dir, seeds, run)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rd.setup_logging(int(os.environ.get("RANK", "0")) == 0)
     try:
-        flags: dict[str, Any] = {"epochs": args.epochs, "seed": args.seed, "precision": args.precision}
-        flags = {k: v for k, v in flags.items() if v is not None}
         if args.epochs is not None and args.epochs < 1:
             raise rd.UsageError(f"--epochs must be an integer >= 1, got {args.epochs}")
         if args.resume is not None:
-            return resume_main(args, flags)
-        settings, base = configure_from_args(args, flags)
-        kind = args.recipe or "proposed"
-        seed = base["proposed"].seed
+            return resume_main(args)
+        settings, base = configure_new_run(args)
+        kind, seed = args.recipe or "proposed", next(iter(base.values())).seed
         run_dir = args.out / f"pointer_v45-{kind}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         if kind in ("compare", "ablate"):
-            sweep(kind, base, run_dir, seeds_of(args.seeds, seed, True), settings)
+            rd.sweep(kind, base, run_dir, seeds_of(args.seeds, seed, True), functools.partial(run_one, settings=settings))
         else:
             run_one(base[kind], run_dir, False, settings)
         return 0
@@ -279,33 +231,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def resume_main(args: argparse.Namespace, flags: dict[str, Any]) -> int:
-    """``--resume RUN_DIR``: a run, a comparison directory or a sweep, with its own settings."""
-    path = args.resume
-    single = (path / "config.json").is_file()
-    found = sorted(path.glob("*/config.json")) + sorted(path.glob("*/*/config.json"))
-    if not single and not found:
-        raise rd.missing_config(path)
-    recipe, settings = read_run_config(path / "config.json" if single else found[0])
-    rd.check_resume_flags(path, {"--config": args.config and str(args.config), "--recipe": args.recipe,
-                                 "--seed": args.seed, "--precision": args.precision,
-                                 "--data": args.data and str(args.data.resolve())},
-                          {"--recipe": recipe.name, "--seed": recipe.seed, "--precision": recipe.precision,
-                           "--data": settings.data.path})
-    settings = dataclasses.replace(settings, run=dataclasses.replace(
-        settings.run, device=args.device or settings.run.device, progress=not args.no_progress))
-    if single:
-        run_one(change_recipe(recipe, {"epochs": args.epochs} if args.epochs else {}, "--"), path, True, settings)
-        return 0
-    try:
-        import compare
-    except ModuleNotFoundError:
-        compare = None
-    if compare is not None and compare.is_sweep_dir(path):
-        compare.resume_sweep(path, functools.partial(run_one, settings=settings), recipes.from_dict)
-    else:  # a single-seed comparison directory: each recipe's run in its own subdirectory
-        base = {p.parent.name: read_run_config(p)[0] for p in found if p.parent.parent == path}
-        rd.single_seed_compare(base, path, recipe.seed, functools.partial(run_one, settings=settings))
+def resume_main(args: argparse.Namespace) -> int:
+    """``--resume RUN_DIR``: a run, or a comparison, with the settings saved in it."""
+    recipe, settings, found = resume_settings(args)
+    if found:
+        base = {p.parent.name: read_run_config(p)[0] for p in found if p.parent.parent == args.resume}
+        rd.sweep("compare", base, args.resume, [recipe.seed], functools.partial(run_one, settings=settings), resume=True)
+    else:
+        run_one(recipe, args.resume, True, settings)
     return 0
 
 

@@ -16,8 +16,10 @@ A run's ``config.json`` holds the same sections with every value spelled out.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,8 +28,9 @@ import run_dir as rd
 from trainkit import recipes
 from trainkit.recipes import Recipe, replace_checked
 
+log = logging.getLogger("pointer_v45")
 __all__ = ["ModelConfig", "DataConfig", "RunConfig", "Settings", "read_yaml", "configure", "change_recipe",
-           "config_sections", "read_run_config", "seeds_of"]
+           "configure_new_run", "config_sections", "read_run_config", "check_same_run", "resume_settings", "seeds_of"]
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,26 @@ def configure(sections: dict[str, Any], base: dict[str, Recipe]) -> tuple[Settin
     return settings, chosen
 
 
+def configure_new_run(args: argparse.Namespace) -> tuple[Settings, dict[str, Recipe]]:
+    """The recipe(s) and settings of a new run: defaults, then --config, then flags."""
+    flags = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed), ("precision", args.precision)) if v is not None}
+    kind = args.recipe or "proposed"
+    base = {name: recipes.by_name(name) for name in recipes.NAMES if kind in (name, "compare", "ablate")}
+    settings, base = configure(read_yaml(args.config) if args.config else {}, base)
+    base = {name: change_recipe(recipe, flags, "--") for name, recipe in base.items()}
+    for name, recipe in base.items():
+        if args.epochs is not None and recipe.warmup is not None and recipe.warmup >= args.epochs:
+            base[name] = recipe.replace(warmup=args.epochs // 10)
+            log.info("warmup of %d epochs does not fit %d epochs: reduced to %d", recipe.warmup, args.epochs,
+                     args.epochs // 10)
+    data = dataclasses.replace(settings.data, path=str(args.data.resolve())) if args.data else settings.data
+    run = dataclasses.replace(settings.run, device=args.device or settings.run.device,
+                              compile=args.compile or settings.run.compile,
+                              capture=settings.run.capture and not args.no_capture, progress=not args.no_progress)
+    settings = Settings(settings.model, data, run)
+    return settings, base
+
+
 def config_sections(recipe: Recipe, settings: Settings) -> dict[str, Any]:
     """The run's config.json: the same sections as a YAML file, every value spelled out."""
     training = {k: v for k, v in recipe.to_dict().items() if k != "name"} | dataclasses.asdict(settings.run)
@@ -157,3 +180,37 @@ def seeds_of(text: str | None, first: int, many: bool) -> list[int]:
     if not seeds or min(seeds) < 0:
         raise rd.UsageError(f"--seeds must name at least one seed >= 0, got {text!r}")
     return seeds
+
+
+def check_same_run(run_dir: Path, recipe: Recipe, settings: Settings) -> None:
+    """Refuse to resume ``run_dir`` with another recipe (a longer run is fine) or model/data."""
+    saved_recipe, saved = read_run_config(run_dir / "config.json")
+    ours, theirs = recipe.to_dict(), saved_recipe.to_dict()
+    differ = [key for key in ours if key not in rd.RESUME_MAY_CHANGE and ours[key] != theirs[key]]
+    if differ or (saved.model, saved.data) != (settings.model, settings.data):
+        raise rd.UsageError(f"{run_dir / 'config.json'} holds other settings than this run's "
+                            f"({', '.join(differ) or 'model/data'})")
+
+
+def resume_settings(args: argparse.Namespace) -> tuple[Recipe, Settings, list[Path]]:
+    """``--resume``: the run's recipe and settings from its config.json (a comparison: its first
+    run's), the config.json files of a comparison's runs (empty for one run).
+
+    Raises:
+        UsageError: no config.json, or a flag that conflicts with the saved settings.
+    """
+    path: Path = args.resume
+    found = [] if (path / "config.json").is_file() else sorted(path.glob("*/config.json")) + sorted(path.glob("*/*/config.json"))
+    if not found and not (path / "config.json").is_file():
+        raise rd.missing_config(path)
+    recipe, settings = read_run_config(found[0] if found else path / "config.json")
+    sweep = bool(found) and args.recipe in ("compare", "ablate")
+    rd.check_resume_flags(path, {"--config": args.config and str(args.config), "--recipe": None if sweep else args.recipe,
+                                 "--seed": args.seed, "--precision": args.precision,
+                                 "--data": args.data and str(args.data.resolve())},
+                          {"--recipe": recipe.name, "--seed": recipe.seed, "--precision": recipe.precision,
+                           "--data": settings.data.path})
+    run = dataclasses.replace(settings.run, device=args.device or settings.run.device, progress=not args.no_progress)
+    if args.epochs is not None:  # a longer (or shorter) run
+        recipe = change_recipe(recipe, {"epochs": args.epochs}, "--")
+    return recipe, dataclasses.replace(settings, run=run), found

@@ -24,6 +24,7 @@ import torch
 
 from trainkit import distributed
 from trainkit.atomic import atomic_write
+from trainkit.recipes import from_dict
 
 log = logging.getLogger("pointer_v45")
 _FORMAT = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
@@ -213,6 +214,22 @@ def _check_fits(trainer: Any, path: Path, state: Any, training: Mapping[str, Any
                          f"{type(trainer.optimizer).__name__} (its settings: {', '.join(theirs)})")
     if not isinstance(state.get("rng"), dict):
         raise UsageError(f"{path}: its rng state is malformed")
+
+
+def sweep(kind: str, base: Mapping[str, Any], out_dir: Path, seeds: list[int], run: Any, resume: bool = False) -> Path:
+    """``--recipe compare`` / ``ablate`` over ``seeds`` (``resume``: continue ``out_dir``):
+    examples/compare.py runs them, calling ``run(recipe, run_dir, resume)`` for each run."""
+    try:
+        import compare
+    except ModuleNotFoundError as exc:  # until compare.py lands: one seed, both recipes
+        if exc.name != "compare" or kind == "ablate":
+            raise UsageError(f"--recipe {kind} needs examples/compare.py ({exc})") from None
+        return single_seed_compare(base, out_dir, seeds[0], run)
+    if resume:
+        return compare.resume_sweep(out_dir, run, from_dict)
+    if kind == "ablate":
+        return compare.run_ablation(base["proposed"], base["original"], out_dir, seeds, run)
+    return compare.run_compare(base, out_dir, seeds, run)
 
 
 def single_seed_compare(base: Mapping[str, Any], out_dir: Path, seed: int, run_one: Any) -> Path:
