@@ -156,7 +156,7 @@ def config_sections(recipe: Recipe, settings: Settings) -> dict[str, Any]:
 
 def read_run_config(path: Path) -> tuple[Recipe, Settings]:
     """The recipe and settings saved in a run directory's ``config.json``."""
-    saved = rd.read_json(path)
+    saved = rd.read_json(path, " (not a run directory?)")
     try:
         if not isinstance(saved, dict) or not isinstance(saved.get("training"), dict):
             raise ValueError("it holds no training section")

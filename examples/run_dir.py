@@ -54,16 +54,16 @@ def write_json(path: Path, value: Any) -> None:
     atomic_write(path, json.dumps(value, indent=2))
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, hint: str = "") -> Any:
     """``path`` parsed as JSON.
 
     Raises:
-        UsageError: missing or not valid JSON (one line naming the file).
+        UsageError: missing or not valid JSON (one line naming the file, then ``hint``).
     """
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise UsageError(f"{path} is not readable JSON ({exc})") from None
+        raise UsageError(f"{path} is not readable JSON ({exc}){hint}") from None
 
 
 @contextlib.contextmanager
@@ -251,14 +251,16 @@ def single_seed_compare(base: Mapping[str, Any], out_dir: Path, seed: int, run_o
             results = read_json(done)
             if not isinstance(results, dict):
                 raise UsageError(f"{done} does not hold a results object")
-            if results.get("stopped_early") or results.get("epochs_run", 0) >= recipe.epochs:
+            epochs_run = results.get("epochs_run")
+            if results.get("stopped_early") is True or (isinstance(epochs_run, int) and epochs_run >= recipe.epochs):
                 log_to_file(run_dirs[name])
                 log.info("%s: finished already (%s), not run again", name, done)
                 continue
         run_one(recipe.replace(seed=seed), run_dirs[name], (run_dirs[name] / "config.json").is_file())
-    report = compare_report.write_report(out_dir, run_dirs)
-    log.info("comparison report: %s", report)
-    return report
+    if not distributed.launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes it
+        report = compare_report.write_report(out_dir, run_dirs)
+        log.info("comparison report: %s", report)
+    return out_dir / "report.md"
 
 
 class TimedLoader:
