@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the example's own modules
 
+import compare  # noqa: E402
 import geolife_data  # noqa: E402
 from pointer_v45_model import PointerV45  # noqa: E402
 
@@ -103,9 +104,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs"), help="the run directory is created inside (default: runs)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
     parser.add_argument("--recipe", choices=("proposed", "original", "compare"), default="proposed")
+    parser.add_argument("--seeds", metavar="N|S1,S2,...",
+                        help="compare: N seeds (--seed, --seed+1, ...) or a list of seeds (default 5)")
     parser.add_argument("--compile", action="store_true", help="captured step: torch.compile (CUDA graphs on GPU), static shapes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
+
+
+def seeds_of(text: str | None, first: int) -> list[int]:
+    """``--seeds``: ``"N"`` gives N seeds ``first, first+1, ...``; ``"1,2,3"`` those seeds; None gives 5."""
+    try:
+        values = [int(part) for part in (text or "5").split(",")]
+    except ValueError:
+        raise UsageError(f"--seeds: expected N or a list like 1,2,3, got {text!r}") from None
+    if text is None or "," not in text:
+        if values[0] < 1:
+            raise UsageError(f"--seeds: N must be >= 1, got {text!r}")
+        return list(range(first, first + values[0]))
+    if any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise UsageError(f"--seeds: seeds must be distinct integers >= 0, got {text!r}")
+    return values
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -441,44 +459,55 @@ def read_run_config(path: Path) -> tuple[str, dict[str, Any]]:
     return recipe_name, saved
 
 
-def run_compare(config: dict[str, dict[str, Any]], run_dir: Path, resume: bool, progress: bool) -> Path:
-    """Train both recipes on the same data, seed and model inside ``run_dir``; write ``report.md``.
+def sweep_runner(config: dict[str, dict[str, Any]], progress: bool) -> compare.RunOne:
+    """``run_one(recipe, run_dir, resume)`` for ``compare.py``: the recipe's seed and epochs
+    replace the config's; all runs of a sweep share one data cache in the sweep directory."""
 
-    ``resume``: continue each recipe's run that has a ``config.json`` (one whose
-    ``results.json`` already covers the epochs is left as it is), start the others.
-    """
-    try:
-        import compare_report
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("matplotlib"):
-            raise
-        raise UsageError("--recipe compare needs matplotlib: pip install 'trainkit[examples]'") from None
-    run_dirs = {name: run_dir / name for name in recipes.NAMES}
-    for name, recipe_dir in run_dirs.items():
-        results_path = recipe_dir / "results.json"
-        if resume and results_path.is_file():
-            done = json.loads(results_path.read_text())
-            if done.get("stopped_early") or done.get("epochs_run", 0) >= config["training"]["epochs"]:
-                setup_logging(recipe_dir)
-                log.info("%s: finished already (%s), not run again", name, results_path)
-                continue
-        run_one(name, copy.deepcopy(config), recipe_dir, resume=resume and (recipe_dir / "config.json").is_file(),
-                progress=progress)
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        return run_dir / "report.md"  # under torchrun, rank 0 writes the report
-    report = compare_report.write_report(run_dir, run_dirs)
-    log.info("comparison report: %s", report)
-    return report
+    def run(recipe: recipes.Recipe, run_dir: Path, resume: bool) -> dict[str, Any]:
+        run_config = copy.deepcopy(config)
+        run_config["training"].update(seed=recipe.seed, epochs=recipe.epochs)
+        run_config["data"]["cache_dir"] = run_config["data"]["cache_dir"] or str(run_dir.parent.parent / ".cache")
+        return run_one(recipe.name, run_config, run_dir, resume, progress)
+
+    return run
+
+
+def recipe_from_dict(values: dict[str, Any]) -> recipes.Recipe:
+    """A recipe from ``Recipe.to_dict()`` (lists back to tuples)."""
+    return recipes.Recipe(**{key: tuple(v) if isinstance(v, list) else v for key, v in values.items()})
+
+
+def run_compare(config: dict[str, dict[str, Any]], run_dir: Path, seeds: list[int], progress: bool) -> Path:
+    """Both recipes with the same seeds in ``run_dir`` (``compare.run_compare``); the report's path."""
+    epochs = int(config["training"]["epochs"])
+    base = {name: recipes.by_name(name).replace(epochs=epochs, seed=seeds[0]) for name in recipes.NAMES}
+    return compare.run_compare(base, run_dir, seeds, sweep_runner(config, progress))
+
+
+def resume_compare(sweep_dir: Path, progress: bool) -> Path:
+    """Finish a killed ``--recipe compare`` sweep; the config comes from a run that started."""
+    started = sorted(sweep_dir.glob("*/seed*/config.json"))
+    if not started:
+        raise UsageError(f"--resume {sweep_dir}: no run of this sweep started yet; start it again")
+    _, saved = read_run_config(started[0])
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    merge_config(config, saved, str(started[0]))
+    return compare.resume_sweep(sweep_dir, sweep_runner(config, progress), recipe_from_dict)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.resume is not None and compare.is_sweep_dir(args.resume):
+            if args.epochs is not None:
+                raise UsageError("--epochs cannot change a compare sweep (its recipes are in sweep.json)")
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                                stream=sys.stdout)
+            report = resume_compare(args.resume, progress=not args.no_progress)
+            print(f"comparison report: {report}")
+            return 0
         if args.resume is not None:
             config_path = args.resume / "config.json"
-            compare = not config_path.is_file() and (args.resume / recipes.NAMES[0] / "config.json").is_file()
-            if compare:  # a --recipe compare directory: its first recipe's config is the shared one
-                config_path = args.resume / recipes.NAMES[0] / "config.json"
             if not config_path.is_file():
                 raise UsageError(f"--resume {args.resume}: no config.json there (not a run directory?)")
             recipe_name, saved = read_run_config(config_path)
@@ -487,16 +516,18 @@ def main(argv: list[str] | None = None) -> int:
             if args.epochs is not None:
                 config["training"]["epochs"] = args.epochs
             check_config(config, warmup_fits=False)
-            if compare:
-                run_compare(config, args.resume, resume=True, progress=not args.no_progress)
-                return 0
             run_one(recipe_name, config, args.resume, resume=True, progress=not args.no_progress)
             return 0
         config = resolve_config(args)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = args.out / f"pointer_v45-{args.recipe}-seed{config['training']['seed']}-{stamp}"
         if args.recipe == "compare":
-            run_compare(config, run_dir, resume=False, progress=not args.no_progress)
+            seeds = seeds_of(args.seeds, int(config["training"]["seed"]))
+            run_dir = args.out / f"pointer_v45-compare-{len(seeds)}seeds-{stamp}"
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                                stream=sys.stdout)
+            report = run_compare(config, run_dir, seeds, progress=not args.no_progress)
+            print(f"comparison report: {report}")
             return 0
         run_one(args.recipe, config, run_dir, resume=False, progress=not args.no_progress)
         return 0
