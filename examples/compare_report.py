@@ -113,6 +113,7 @@ def _interval(interval: stats.Interval | None, digits: int) -> str:
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table as lines."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
@@ -129,12 +130,13 @@ def fmt(value: Any) -> str:
 
 
 # ------------------------------------------------------------------------------ sections
-def _header(spec: dict[str, Any], runs: dict[str, list[dict[str, Any]]], sweep_dir: Path) -> list[str]:
+def _header(spec: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     rows = list(spec["rows"])
     first = runs[rows[0]][0]
     results, config = first["results"], first["config"]
     n = len(spec["seeds"])
-    title = " vs ".join(rows) if spec["kind"] == "compare" else f"ablation of the {rows[0]} recipe"
+    title = (" vs ".join(rows) if spec["kind"] == "compare"
+             else f"ablation of the {spec['rows'][rows[0]].get('name', rows[0])} recipe")
     samples = results.get("num_samples") or {}
     epochs = sorted({recipe.get("epochs") for recipe in spec["rows"].values()}, key=str)
     lines = [f"# pointer_v45: {title}, {n} seed{'s' if n != 1 else ''}", "",
@@ -351,7 +353,7 @@ def write_report(sweep_dir: Path) -> Path:
     """
     sweep_dir = Path(sweep_dir)
     spec, runs = _read_sweep(sweep_dir)
-    lines = _header(spec, runs, sweep_dir)
+    lines = _header(spec, runs)
     lines += _compare_sections(spec, runs) if spec["kind"] == "compare" else _ablation_sections(spec, runs)
     lines += _settings(spec)
     lines += ["## Pictures", ""]

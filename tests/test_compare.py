@@ -6,6 +6,7 @@ run directories in milliseconds; one slow test runs the real CLI end to end.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import struct
@@ -190,7 +191,7 @@ def test_ablation_reverts_one_group_of_fields_per_row(tmp_path: Path) -> None:
     assert by_row["base"] == proposed.replace(seed=1)
     for row, fields in compare.ABLATION_ROWS.items():
         recipe = by_row[row]
-        changed = {f.name for f in __import__("dataclasses").fields(Recipe)
+        changed = {f.name for f in dataclasses.fields(Recipe)
                    if getattr(recipe, f.name) != getattr(proposed, f.name) and f.name != "seed"}
         assert changed == {f for f in fields if getattr(original, f) != getattr(proposed, f)}, row
         assert all(getattr(recipe, f) == getattr(original, f) for f in fields), row
