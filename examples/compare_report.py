@@ -1,13 +1,12 @@
-"""The comparison report of ``pointer_v45.py --recipe compare``.
+"""The report of a multi-seed sweep (``examples/compare.py``): ``report.md`` and two PNGs.
 
-    write_report(compare_dir, {"original": compare_dir / "original",
-                               "proposed": compare_dir / "proposed"})  # -> compare_dir / "report.md"
+    write_report(sweep_dir)   # -> sweep_dir / "report.md", seeds.png, curves.png
 
-Reads each recipe's run directory (``config.json``, ``metrics.jsonl``, ``results.json``)
-and writes ``report.md`` next to three pictures: ``lr.png`` (the learning rate of each
-epoch), ``loss.png`` (train and validation loss) and ``acc1.png`` (validation Acc@1).
-The settings table starts from ``trainkit.recipes.original()`` / ``proposed()`` and shows
-the value the run actually used wherever its config replaced the recipe's default.
+Reads ``sweep.json`` and every run's ``results.json`` / ``metrics.jsonl`` /
+``config.json``. Rows pair up by RNG seed; every difference is a paired difference over
+seeds with a 95% t-interval (which decides the verdict) and a paired-bootstrap interval
+(``trainkit.stats``; docs/compare.md). A compare sweep reports the second row minus the
+first, an ablation sweep each row minus ``base``.
 """
 
 from __future__ import annotations
@@ -21,34 +20,31 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
-from trainkit import recipes  # noqa: E402
+from trainkit import stats  # noqa: E402
+from trainkit.atomic import atomic_write  # noqa: E402
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "read_metrics", "LEVEL", "RESAMPLES", "RNG_SEED"]
 
-COLORS = {"original": "tab:blue", "proposed": "tab:orange"}
-METRICS = (  # (results.json key, label); all percentages except the loss
-    ("acc@1", "Acc@1"),
-    ("acc@5", "Acc@5"),
-    ("acc@10", "Acc@10"),
-    ("mrr", "MRR"),
-    ("ndcg", "NDCG"),
-    ("f1", "F1"),
-    ("acc@1_seen", "Acc@1, seen targets"),
-    ("loss", "loss"),
+LEVEL = 0.95
+RESAMPLES = 10_000
+RNG_SEED = 0  # the paired bootstrap's RNG seed: the same runs always give the same report
+METRICS = (  # (results.json block or None, key, label, digits)
+    ("test", "acc@1", "test Acc@1", 2),
+    ("test", "acc@5", "test Acc@5", 2),
+    ("test", "mrr", "test MRR", 2),
+    ("test", "acc@1_seen", "test Acc@1, seen targets", 2),
+    (None, "best_epoch", "best epoch", 1),
+    (None, "wall_time_s", "wall time (s)", 1),
 )
-LOSS_NAMES = {"masked_nll": "masked NLL", "label_smoothed_nll": "label-smoothed NLL"}
-OPTIMIZER_NAMES = {"adagrad": "Adagrad", "adamw": "AdamW"}
+ACCURACIES = METRICS[:4]
+CURVES = (("train_loss", "train loss"), ("val_loss", "validation loss"), ("val_acc@1", "validation Acc@1 (%)"),
+          ("lr", "learning rate"))
+NOT_SETTINGS = ("name", "seed", "framework", "lr_range")  # recipe fields that describe, not set
 
 
 # ---------------------------------------------------------------------------- reading
-def read_run(run_dir: Path) -> dict[str, Any]:
-    """One run directory: its config, its per-epoch records and its results."""
-    config = json.loads((run_dir / "config.json").read_text())
-    results = json.loads((run_dir / "results.json").read_text())
-    return {"dir": run_dir, "config": config, "results": results, "epochs": read_metrics(run_dir / "metrics.jsonl")}
-
-
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The per-epoch records, one per epoch in order (a resumed run may repeat an epoch: last wins)."""
     by_epoch: dict[int, dict[str, Any]] = {}
@@ -60,9 +56,70 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
-# --------------------------------------------------------------------------- settings
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    return value if isinstance(value, dict) else {}
+
+
+def _read_sweep(sweep_dir: Path) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """``sweep.json`` and, per row, its runs in seed order."""
+    spec = _read_json(sweep_dir / "sweep.json")
+    if not spec.get("rows") or not spec.get("seeds"):
+        raise ValueError(f"{sweep_dir / 'sweep.json'}: missing, or without rows and seeds")
+    runs: dict[str, list[dict[str, Any]]] = {}
+    missing = []
+    for row in spec["rows"]:
+        runs[row] = []
+        for seed in spec["seeds"]:
+            run_dir = sweep_dir / row / f"seed{seed}"
+            if not (run_dir / "results.json").is_file():
+                missing.append(f"{row}/seed{seed}")
+                continue
+            runs[row].append({"dir": run_dir, "seed": seed, "results": _read_json(run_dir / "results.json"),
+                              "config": _read_json(run_dir / "config.json"),
+                              "epochs": read_metrics(run_dir / "metrics.jsonl")})
+    if missing:
+        raise ValueError(f"{sweep_dir}: runs without results.json: {', '.join(missing)} (resume the sweep first)")
+    return spec, runs
+
+
+def value_of(results: dict[str, Any], block: str | None, key: str) -> float:
+    """One number of a results dict (``results[block][key]``, or ``results[key]``)."""
+    return float((results[block] if block else results)[key])
+
+
+# ------------------------------------------------------------------------------ numbers
+def _values(runs: list[dict[str, Any]], block: str | None, key: str) -> list[float]:
+    return [value_of(run["results"], block, key) for run in runs]
+
+
+def _difference(reference: list[dict[str, Any]], other: list[dict[str, Any]], block: str | None,
+                key: str) -> stats.PairedDifference:
+    return stats.paired_difference(_values(reference, block, key), _values(other, block, key), LEVEL,
+                                   resamples=RESAMPLES, rng_seed=RNG_SEED)
+
+
+def _signed(value: float, digits: int) -> str:
+    return f"{value:+.{digits}f}"
+
+
+def _interval(interval: stats.Interval | None, digits: int) -> str:
+    return interval.text(digits) if interval is not None else "—"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table as lines."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def fmt(value: Any) -> str:
-    """A setting as text: floats below 0.01 as ``6.5e-04``, others as Python writes them."""
+    """A setting as text: small floats as ``6.5e-04``, lists as ``(0.9, 0.98)``."""
     if isinstance(value, bool) or value is None:
         return str(value)
     if isinstance(value, float):
@@ -72,267 +129,245 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def used(value: Any, default: Any) -> str:
-    """The value a run used, with the recipe's default beside it when they differ."""
-    if default is None or value == default:
-        return fmt(value)
-    return f"{fmt(value)} (recipe: {fmt(default)})"
+# ------------------------------------------------------------------------------ sections
+def _header(spec: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    rows = list(spec["rows"])
+    first = runs[rows[0]][0]
+    results, config = first["results"], first["config"]
+    n = len(spec["seeds"])
+    title = (" vs ".join(rows) if spec["kind"] == "compare"
+             else f"ablation of the {spec['rows'][rows[0]].get('name', rows[0])} recipe")
+    samples = results.get("num_samples") or {}
+    epochs = sorted({recipe.get("epochs") for recipe in spec["rows"].values()}, key=str)
+    lines = [f"# pointer_v45: {title}, {n} seed{'s' if n != 1 else ''}", "",
+             f"{len(rows)} rows × {n} seeds ({', '.join(map(str, spec['seeds']))}), every row with the same seeds, "
+             f"so results pair up by seed. Data: {results.get('data', '-')}"
+             + (f" ({', '.join(f'{k} {v}' for k, v in samples.items())} samples)" if samples else "")
+             + f"; epochs: {', '.join(map(str, epochs))}"
+             + (f"; model: {', '.join(f'{k} {v}' for k, v in config['model'].items())}" if config.get("model") else "")
+             + (f"; device: {results['device']}" if results.get("device") else "") + ".", ""]
+    differences = _config_differences([run["config"] for row in rows for run in runs[row]])
+    if differences:
+        lines += [f"**Warning:** the runs' configs differ in {', '.join(differences)}: not a like-for-like "
+                  "comparison.", ""]
+    lines += ["Run directories: " + ", ".join(f"[`{row}/`]({row}/)" for row in rows) + f" (one `seed<S>/` each); "
+              "progress in [`sweep.log`](sweep.log).", ""]
+    return lines
 
 
-def settings_rows(recipe: recipes.Recipe, training: dict[str, Any], results: dict[str, Any]) -> dict[str, str]:
-    """One recipe's settings as run: the recipe's values, and the config's values where
-    ``build_trainer`` in ``examples/pointer_v45.py`` takes them from the config."""
-
-    def config(key: str) -> str:  # the config's value of a recipe field, the recipe's beside it
-        default = getattr(recipe, key)
-        return used(training.get(key, default), default)
-
-    epochs = int(training.get("epochs", recipe.epochs))
-    nonfinite_text = {"raise": "raise, stop the run", "skip": "skip the step"}
-    nonfinite = training.get("nonfinite", recipe.nonfinite)
-    rows = {"optimizer": f"{OPTIMIZER_NAMES[recipe.optimizer]} (`{recipe.optimizer}`)"}
-    if recipe.name == "original":  # everything from the recipe but the epochs and the save interval
-        rows["learning rate"] = fmt(recipe.lr)
-        rows["optimizer settings"] = f"initial_accumulator_value {fmt(recipe.initial_accumulator_value)}"
-        rows["LR schedule"] = recipe.schedule
-        rows["grad clip (global norm)"] = fmt(recipe.max_grad_norm)
-        rows["loss"] = (f"{LOSS_NAMES[recipe.loss]} (the optional coverage term, weight {fmt(recipe.cov_loss_wt)}, "
-                        "is not used: with one decoder step per sample it is zero)")
-        rows["model selection"] = (f"running average of val loss (decay {fmt(recipe.running_avg_decay)}, clip "
-                                   f"{fmt(recipe.running_avg_clip)}) improves -> `{recipe.best_name}`; no early stopping")
-        rows["epochs"] = f"{used(epochs, recipe.epochs)}, all of them (the seed's loop never ends on its own)"
-        rows["precision / AMP"] = f"{recipe.precision}, no AMP"
-        seconds = [int(v) if isinstance(v, float) and v.is_integer() else v  # 60.0 -> 60
-                   for v in (training.get("checkpoint_every_seconds", recipe.checkpoint_every_seconds),
-                             recipe.checkpoint_every_seconds)]
-        rows["checkpointing"] = (f"every {used(*seconds)} s, keep {recipe.keep_last}; "
-                                 f"`{recipe.best_name}` and `last.pt` each epoch")
-    else:  # proposed: lr, weight decay, schedule, clip, smoothing, stopping and precision come from the config
-        warmup, warmup_note = int(training.get("warmup", recipe.warmup) or 0), ""
-        if warmup >= epochs:  # build_trainer's rule when --epochs is shorter than the warmup
-            warmup, warmup_note = epochs // 10, f" (config: {training['warmup']}, reduced to fit {epochs} epochs)"
-        per = "step" if training.get("per_step_schedule") else "epoch"
-        precision = training.get("precision", recipe.precision)
-        resolved = results.get("precision", precision)
-        rows["learning rate"] = config("lr")
-        rows["optimizer settings"] = (f"betas {fmt(recipe.betas)}, eps {fmt(recipe.eps)}, "
-                                      f"weight_decay {config('weight_decay')}")
-        min_lr = fmt(training.get("min_lr", recipe.min_lr))
-        rows["LR schedule"] = (f"linear warmup {warmup} epochs{warmup_note} + cosine to {min_lr} over {epochs} epochs, "
-                               f"set per {per} (recipe: warmup {recipe.warmup} + cosine to "
-                               f"{fmt(recipe.min_lr)} over {recipe.schedule_epochs})")
-        rows["grad clip (global norm)"] = config("max_grad_norm")
-        rows["loss"] = (f"{LOSS_NAMES[recipe.loss]} (smoothing {config('label_smoothing')}, "
-                        f"ignore_index {recipe.ignore_index})")
-        rows["model selection"] = (f"best val loss -> `{recipe.best_name}`; early stopping, patience "
-                                   f"{config('patience')}, min_epochs {config('min_epochs')}")
-        rows["epochs"] = f"up to {used(epochs, recipe.epochs)}"
-        rows["precision / AMP"] = f"AMP, {config('precision')}" + (f" -> {resolved} here" if resolved != precision else "")
-        rows["checkpointing"] = f"`{recipe.best_name}` when val loss improves, `last.pt` each epoch"
-    rows["batch size"] = config("batch_size")
-    rows["seed"] = config("seed")
-    rows["non-finite loss"] = used(nonfinite_text.get(nonfinite, nonfinite), nonfinite_text[recipe.nonfinite])
-    return rows
+def _method() -> list[str]:
+    return [f"Each difference is paired by seed. Intervals: the {100 * LEVEL:g}% **t-interval** of the mean paired "
+            f"difference (it decides the verdict) and the {100 * LEVEL:g}% **paired bootstrap** percentile interval "
+            f"({RESAMPLES:,} resamples of the seeds, RNG seed {RNG_SEED}); the bootstrap is too narrow at small N, "
+            "so it is shown, not used. Fewer than "
+            f"{stats.MIN_SEEDS} seeds give no interval. \"mean ± sd\" is the sample standard deviation over seeds.", ""]
 
 
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+def _settings(spec: dict[str, Any]) -> list[str]:
+    """The recipe fields that differ between rows."""
+    rows = spec["rows"]
+    names = list(rows)
+    fields = [f for f in rows[names[0]] if f not in NOT_SETTINGS
+              and len({json.dumps(rows[name].get(f)) for name in names}) > 1]
+    if spec["kind"] == "compare":
+        return ["## Settings that differ", "", *table(["recipe field", *names],
+                                                      [[f"`{f}`", *(fmt(rows[n].get(f)) for n in names)] for f in fields]), ""]
+    base = rows[names[0]]
+    body = []
+    for name in names[1:]:
+        reverted = spec.get("reverted", {}).get(name) or [f for f in fields if rows[name].get(f) != base.get(f)]
+        body.append([name, "; ".join(f"`{f}` {fmt(base.get(f))} → {fmt(rows[name].get(f))}" for f in reverted)])
+    return ["## Rows", "", f"Each row is `{names[0]}` with one group of fields reverted to the original recipe's values.",
+            "", *table(["row", "reverted fields (base → row)"], body), ""]
 
 
-# ---------------------------------------------------------------------------- metrics
-def number(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return f"{value:.{digits}f}"
+def _compare_sections(spec: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    first, second = list(spec["rows"])
+    lines = ["## What the data supports", ""]
+    diffs = {label: _difference(runs[first], runs[second], block, key) for block, key, label, _ in ACCURACIES}
+    if next(iter(diffs.values())).verdict == "too few seeds":  # one statement, then the bare differences
+        statement = next(iter(diffs.values())).statement
+        lines.append(statement.split(";")[0] + f": the differences ({second} − {first}) "
+                     + "; ".join(f"{label} {diff.mean:+.2f}" for label, diff in diffs.items())
+                     + f" are anecdotes, not evidence. Run at least {stats.MIN_SEEDS} seeds.")
+    else:
+        lines += [f"- {label}: {diff.statement} ({second} − {first}, percentage points)."
+                  for label, diff in diffs.items()]
+    lines += ["", *_method(), f"## Per metric ({second} − {first})", ""]
+    body = []
+    for block, key, label, digits in METRICS:
+        diff = _difference(runs[first], runs[second], block, key)
+        body.append([label, *(stats.summarize(_values(runs[r], block, key)).text(digits) for r in (first, second)),
+                     _signed(diff.mean, digits) + (f" ± {diff.sd:.{digits}f}" if diff.sd is not None else ""),
+                     _interval(diff.t, digits), _interval(diff.bootstrap, digits), diff.verdict])
+    lines += table(["metric", f"{first} (mean ± sd)", f"{second} (mean ± sd)", "difference (mean ± sd)",
+                    f"{100 * LEVEL:g}% t-interval", f"{100 * LEVEL:g}% paired bootstrap", "verdict"], body)
+    lines += ["", "## Per seed", ""]
+    body = []
+    for a, b in zip(runs[first], runs[second]):
+        acc = [value_of(run["results"], "test", "acc@1") for run in (a, b)]
+        body.append([str(a["seed"]), *(f"{v:.2f}" for v in acc), f"{acc[1] - acc[0]:+.2f}",
+                     *(str(run["results"]["best_epoch"]) for run in (a, b)),
+                     *(f"{run['results']['wall_time_s']:.1f}" for run in (a, b))])
+    lines += table(["seed", f"{first} test Acc@1", f"{second} test Acc@1", "difference", f"{first} best epoch",
+                    f"{second} best epoch", f"{first} wall s", f"{second} wall s"], body)
+    return lines + [""]
 
 
-def metric_rows(runs: dict[str, dict[str, Any]]) -> list[list[str]]:
-    """Validation and test metrics of each best model, with proposed minus original."""
-    rows = []
-    for block, block_name in (("validation", "val"), ("test", "test")):
-        for key, label in METRICS:
-            digits = 4 if key == "loss" else 2
-            values = [(run["results"].get(block) or {}).get(key) for run in runs.values()]
-            delta = "-"
-            if key != "loss" and len(values) == 2 and None not in values:  # the losses are not comparable
-                delta = f"{values[1] - values[0]:+.2f}"
-            rows.append([f"{block_name} {label}", *(number(v, digits) for v in values), delta])
-    return rows
+def _ablation_sections(spec: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    names = list(spec["rows"])
+    base = names[0]
+    block, key, label, digits = METRICS[0]
+    diffs = {row: _difference(runs[base], runs[row], block, key) for row in names[1:]}
+    mattering = [row for row, diff in diffs.items() if diff.verdict == "differs"]
+    few = next(iter(diffs.values())).verdict == "too few seeds"
+    n = len(spec["seeds"])
+    if few:
+        summary = next(iter(diffs.values())).statement.split(";")[0] + ": no row can be said to matter or not."
+    elif mattering:
+        summary = (f"At N = {n}, reverting {', '.join(f'`{r}`' for r in mattering)} changes {label} "
+                   f"({100 * LEVEL:g}% t-interval excludes 0); for the other rows no difference was detected.")
+    else:
+        summary = f"At N = {n}, no row's {label} differs detectably from `{base}` (every t-interval contains 0)."
+    lines = ["## What the data supports", "", summary, "", *_method(), f"## {label}: each row against `{base}`", ""]
+    body = [[f"`{base}`", stats.summarize(_values(runs[base], block, key)).text(digits), "", "", "", ""]]
+    for row, diff in diffs.items():
+        body.append([f"`{row}`", stats.summarize(_values(runs[row], block, key)).text(digits),
+                     _signed(diff.mean, digits), _interval(diff.t, digits), _interval(diff.bootstrap, digits),
+                     "**matters**" if diff.verdict == "differs" else diff.verdict])
+    lines += table(["row", f"{label} (mean ± sd)", f"difference from `{base}`", f"{100 * LEVEL:g}% t-interval",
+                    f"{100 * LEVEL:g}% paired bootstrap", "verdict"], body)
+    lines += ["", f"## Other metrics: difference from `{base}` (mean, {100 * LEVEL:g}% t-interval)", ""]
+    body = []
+    for row in names[1:]:
+        cells = []
+        for block_, key_, _, digits_ in METRICS[1:]:
+            diff = _difference(runs[base], runs[row], block_, key_)
+            cells.append(_signed(diff.mean, digits_) + (f" {diff.t.text(digits_)}" if diff.t else ""))
+        body.append([f"`{row}`", *cells])
+    lines += table(["row", *(m[2] for m in METRICS[1:])], body)
+    lines += ["", f"## Per seed: {label}", ""]
+    lines += table(["seed", *(f"`{r}`" for r in names)],
+                   [[str(seed), *(f"{value_of(runs[r][i]['results'], block, key):.2f}" for r in names)]
+                    for i, seed in enumerate(spec["seeds"])])
+    return lines + [""]
 
 
-def run_rows(runs: dict[str, dict[str, Any]]) -> list[list[str]]:
-    """How each run went: epochs, best epoch, time, device."""
-    def each(fn: Any) -> list[str]:
-        return [fn(run["results"]) for run in runs.values()]
-
-    return [
-        ["epochs run", *each(lambda r: str(r.get("epochs_run", "-"))), ""],
-        ["stopped early", *each(lambda r: "yes" if r.get("stopped_early") else "no"), ""],
-        ["best epoch", *each(lambda r: str(r.get("best_epoch", "-"))), ""],
-        ["train seconds", *each(lambda r: number(r.get("train_seconds"), 1)), ""],
-        ["wall time (s)", *each(lambda r: number(r.get("wall_time_s"), 1)), ""],
-        ["device", *each(lambda r: str(r.get("device", "-"))), ""],
-        ["precision", *each(lambda r: str(r.get("precision", "-"))), ""],
-        ["skipped steps", *each(lambda r: str(r.get("skipped_steps", "-"))), ""],
-    ]
-
-
-# --------------------------------------------------------------------------- pictures
-def plot_curves(compare_dir: Path, runs: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Write lr.png, loss.png and acc1.png; return {file name: caption}."""
-    pictures = {}
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, run in runs.items():
-        points = [r for r in run["epochs"] if _positive(r.get("lr"))]  # a log axis shows no zero
-        _line(ax, points, "lr", color=COLORS.get(name), label=name, marker="o", markersize=3)
-    ax.set_yscale("log")
-    _finish(ax, "learning rate (log scale)", "Learning rate per epoch")
-    pictures["lr.png"] = _save(fig, compare_dir / "lr.png", "Learning rate of each epoch (the value set at its start).")
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, run in runs.items():
-        _line(ax, run["epochs"], "train_loss", color=COLORS.get(name), label=f"{name} train", linestyle="--")
-        _line(ax, run["epochs"], "val_loss", color=COLORS.get(name), label=f"{name} val", marker="o", markersize=3)
-    _finish(ax, "loss", "Train and validation loss")
-    pictures["loss.png"] = _save(fig, compare_dir / "loss.png", "Train (dashed) and validation (solid) loss, each "
-                                 "recipe with its own loss (see the notes: not exactly the same scale).")
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, run in runs.items():
-        _line(ax, run["epochs"], "val_acc@1", color=COLORS.get(name), label=name, marker="o", markersize=3)
-        best = [r for r in run["epochs"] if r["epoch"] == run["results"].get("best_epoch")]
-        _line(ax, best, "val_acc@1", color=COLORS.get(name), marker="*", markersize=12, linestyle="none")
-    _finish(ax, "validation Acc@1 (%)", "Validation Acc@1 per epoch (star: the selected epoch)")
-    pictures["acc1.png"] = _save(fig, compare_dir / "acc1.png",
-                                 "Validation Acc@1 of each epoch; the star marks the epoch each selection rule kept.")
-    return pictures
-
-
-def _line(ax: Any, records: list[dict[str, Any]], key: str, **style: Any) -> None:
-    ax.plot([r["epoch"] for r in records], [r.get(key, math.nan) for r in records], **style)
-
-
-def _positive(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
-
-
-def _finish(ax: Any, ylabel: str, title: str) -> None:
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-
-
-def _save(fig: Any, path: Path, caption: str) -> str:
+# ------------------------------------------------------------------------------ pictures
+def plot_seeds(path: Path, spec: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> str:
+    """Left: test Acc@1 per seed and row; right: the paired differences with both intervals."""
+    names = list(spec["rows"])
+    block, key, label, _ = METRICS[0]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    values = np.array([_values(runs[row], block, key) for row in names])  # rows x seeds
+    x = np.arange(len(names))
+    for j in range(values.shape[1]):  # one grey line per seed joins its rows
+        left.plot(x, values[:, j], color="0.75", linewidth=0.8, zorder=1)
+    for i, row in enumerate(names):
+        left.scatter(np.full(values.shape[1], x[i]), values[i], s=18, color=f"C{i}", zorder=2)
+        if values.shape[1] >= stats.MIN_SEEDS:
+            ci = stats.t_interval(values[i], LEVEL)
+            mean = values[i].mean()
+            left.errorbar(x[i] + 0.15, mean, yerr=[[mean - ci.low], [ci.high - mean]], fmt="D", color="black",
+                          capsize=4, markersize=4, zorder=3)
+    left.set_xticks(x, names, rotation=30 if len(names) > 3 else 0)
+    left.set_ylabel(f"{label} (%)")
+    left.set_title(f"{label} per seed (black: mean, {100 * LEVEL:g}% t-interval)")
+    if spec["kind"] == "compare":  # differences of each accuracy metric
+        pairs = [(f"{m[2]}", names[0], names[1], m[0], m[1]) for m in ACCURACIES]
+        title = f"{names[1]} − {names[0]}, per seed"
+    else:  # each row against the base
+        pairs = [(row, names[0], row, block, key) for row in names[1:]]
+        title = f"{label}: row − {names[0]}, per seed"
+    for i, (what, ref, other, block_, key_) in enumerate(pairs):
+        d = np.array(_values(runs[other], block_, key_)) - np.array(_values(runs[ref], block_, key_))
+        y = len(pairs) - 1 - i
+        right.scatter(d, np.full(d.size, y), s=18, color="0.5", zorder=2)
+        diff = _difference(runs[ref], runs[other], block_, key_)
+        for interval, offset, color in ((diff.t, 0.18, "black"), (diff.bootstrap, -0.18, "tab:red")):
+            if interval is not None:
+                right.plot([interval.low, interval.high], [y + offset] * 2, color=color, linewidth=2.5, zorder=3)
+        right.scatter([diff.mean], [y + 0.18], marker="D", color="black", s=22, zorder=4)
+    if len(spec["seeds"]) < stats.MIN_SEEDS:
+        right.text(0.02, 0.02, f"N = {len(spec['seeds'])}: no interval", transform=right.transAxes, fontsize=9)
+    right.axvline(0, color="0.3", linewidth=0.8)
+    right.set_yticks(range(len(pairs)), [p[0] for p in reversed(pairs)])
+    right.set_xlabel("paired difference (percentage points)")
+    right.set_title(title + f"\nblack: mean and t-interval, red: paired bootstrap ({100 * LEVEL:g}%)", fontsize=9)
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return caption
+    return (f"Left: {label} of every run (grey lines join runs of the same seed) with each row's mean and "
+            f"{100 * LEVEL:g}% t-interval. Right: the paired differences per seed (grey), their mean and intervals.")
+
+
+def plot_curves(path: Path, spec: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> str:
+    """Training curves: mean over seeds per epoch, band ±1 sd over the seeds that ran that epoch."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    for ax, (key, label) in zip(axes.flat, CURVES):
+        for i, row in enumerate(spec["rows"]):
+            per_epoch: dict[int, list[float]] = {}
+            for run in runs[row]:
+                for record in run["epochs"]:
+                    value = record.get(key)
+                    if isinstance(value, (int, float)) and math.isfinite(value):
+                        per_epoch.setdefault(int(record["epoch"]), []).append(float(value))
+            if not per_epoch:
+                continue
+            epochs = sorted(per_epoch)
+            mean = np.array([np.mean(per_epoch[e]) for e in epochs])
+            sd = np.array([np.std(per_epoch[e], ddof=1) if len(per_epoch[e]) > 1 else 0.0 for e in epochs])
+            ax.plot(epochs, mean, color=f"C{i}", label=row, marker="o", markersize=2.5)
+            ax.fill_between(epochs, mean - sd, mean + sd, color=f"C{i}", alpha=0.2, linewidth=0)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        if key == "lr" and ax.lines and all(np.all(line.get_ydata() > 0) for line in ax.lines):
+            ax.set_yscale("log")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(True, alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("Mean over seeds per epoch; band: ±1 sd over the seeds that ran that epoch", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return ("Training curves, mean over seeds with a ±1 sd band; a run that stopped early leaves the later epochs "
+            "to the seeds that went on. Each row's loss is its own loss (label-smoothed NLL is not on the scale of "
+            "masked NLL): compare the accuracies.")
 
 
 # ----------------------------------------------------------------------------- report
-def write_report(compare_dir: Path, run_dirs: dict[str, Path]) -> Path:
-    """Write ``compare_dir/report.md`` (and its three PNGs) from the recipes' run directories.
+def write_report(sweep_dir: Path) -> Path:
+    """Write ``sweep_dir/report.md``, ``seeds.png`` and ``curves.png`` from a finished sweep.
 
     Args:
-        compare_dir: The comparison directory; the report and pictures are written here.
-        run_dirs: Recipe name (``"original"``, ``"proposed"``) -> its run directory, each
-            holding ``config.json``, ``metrics.jsonl`` and ``results.json``.
+        sweep_dir: A directory written by ``examples/compare.py`` (``sweep.json`` and one
+            ``<row>/seed<S>/results.json`` per run).
 
     Returns:
         The path of ``report.md``.
 
     Raises:
-        FileNotFoundError: a run directory lacks ``config.json`` or ``results.json``.
-        ValueError: an unknown recipe name.
+        ValueError: ``sweep.json`` missing or malformed, or a run without ``results.json``.
     """
-    compare_dir = Path(compare_dir)
-    compare_dir.mkdir(parents=True, exist_ok=True)
-    runs = {name: read_run(Path(path)) for name, path in run_dirs.items()}
-    names = list(runs)
-    recipe_of = {name: recipes.by_name(runs[name]["config"].get("recipe", name)) for name in names}
-    first = runs[names[0]]
-
-    lines = [f"# pointer_v45: {' vs '.join(names)} recipe", ""]
-    results = first["results"]
-    data_config = first["config"].get("data", {})
-    data = results.get("data", "synthetic")
-    if data == "synthetic":
-        data += f" ({data_config.get('synthetic_users')} users x {data_config.get('synthetic_days')} days)"
-    samples = results.get("num_samples", {})
-    differences = _config_differences([runs[name]["config"] for name in names])
-    lines += [
-        f"{'Both recipes ran on the same data, seed and model' if not differences else f'The {names[0]} run'}: "
-        f"data {data}; "
-        f"samples {', '.join(f'{k} {v}' for k, v in samples.items())}; {results.get('num_locations')} locations; "
-        f"seed {results.get('seed')}; model {_model_text(first['config'].get('model', {}))}. Most-frequent-location "
-        f"baseline: test Acc@1 {number(results.get('baseline_test_acc@1'))}%.",
-        "",
-        "Run directories: " + ", ".join(f"[`{name}/`]({_relative(run['dir'], compare_dir)}/)" for name, run in runs.items())
-        + ".",
-        "",
-    ]
-    if differences:
-        lines += [f"**Warning:** the runs' configs differ in {', '.join(differences)}: not a like-for-like comparison.",
-                  ""]
-
-    lines += ["## Settings", "",
-              "Each recipe's settings from `trainkit.recipes`; where the run's config replaced a recipe default, "
-              "the value used is shown with the recipe's value in brackets.", ""]
-    settings = {name: settings_rows(recipe_of[name], runs[name]["config"].get("training", {}), runs[name]["results"])
-                for name in names}
-    keys = list(dict.fromkeys(key for rows in settings.values() for key in rows))
-    lines += table(["setting", *names], [[key, *(settings[name].get(key, "-") for name in names)] for key in keys])
-
-    lines += ["", "## Results", "",
-              "Metrics of each recipe's selected model (percent; loss in nats). The last column is "
-              f"{names[-1]} minus {names[0]} in percentage points.", ""]
-    lines += table(["metric", *names, "difference"], metric_rows(runs) + run_rows(runs))
-
-    lines += ["", "## Curves", ""]
-    for file_name, caption in plot_curves(compare_dir, runs).items():
-        lines += [f"![{caption}]({file_name})", "", caption, ""]
-
-    lines += [
-        "## Notes",
-        "",
-        "- The two recipes train on different losses: the original on masked NLL, the proposed on NLL with "
-        f"label smoothing {fmt(recipes.proposed().label_smoothing)}. The smoothed loss has a floor above zero and "
-        "also penalises over-confident correct predictions, so the loss curves and the loss rows are not on exactly the same "
-        "scale; compare the ranking metrics instead.",
-        "- The original recipe has no early stopping: it runs all epochs (the seed's loop never ends on its own), and "
-        "its best model is the epoch where the running average of the validation loss "
-        f"(decay {fmt(recipes.original().running_avg_decay)}, clip {fmt(recipes.original().running_avg_clip)}) "
-        "improved last, which lags the raw validation loss.",
-        "- The proposed recipe keeps the epoch with the lowest validation loss and stops early once it has not "
-        "improved for `patience` epochs and at least `min_epochs` have run (values in the settings table).",
-        "",
-    ]
-    path = compare_dir / "report.md"
-    path.write_text("\n".join(lines))
+    sweep_dir = Path(sweep_dir)
+    spec, runs = _read_sweep(sweep_dir)
+    lines = _header(spec, runs)
+    lines += _compare_sections(spec, runs) if spec["kind"] == "compare" else _ablation_sections(spec, runs)
+    lines += _settings(spec)
+    lines += ["## Pictures", ""]
+    for name, plot in (("seeds.png", plot_seeds), ("curves.png", plot_curves)):
+        caption = plot(sweep_dir / name, spec, runs)
+        lines += [f"![{caption.split('.')[0]}]({name})", "", caption, ""]
+    path = sweep_dir / "report.md"
+    atomic_write(path, "\n".join(lines))
     return path
 
 
-def _model_text(model: dict[str, Any]) -> str:
-    return ", ".join(f"{key} {value}" for key, value in model.items()) or "-"
-
-
-def _relative(path: Path, start: Path) -> str:
-    try:
-        return path.resolve().relative_to(start.resolve()).as_posix()
-    except ValueError:
-        return path.resolve().as_posix()
-
-
 def _config_differences(configs: list[dict[str, Any]]) -> list[str]:
-    """``section.key`` names whose values differ between the runs (the recipe name aside)."""
-    keys = {(section, key) for config in configs for section, values in config.items() if isinstance(values, dict)
-            for key in values}
+    """``section.key`` names of the data and model sections whose values differ between runs."""
+    keys = {(section, key) for config in configs for section in ("data", "model")
+            if isinstance(config.get(section), dict) for key in config[section]}
     return sorted(f"{section}.{key}" for section, key in keys
-                  if len({json.dumps(config.get(section, {}).get(key)) for config in configs}) > 1)
+                  if len({json.dumps((config.get(section) or {}).get(key)) for config in configs}) > 1)

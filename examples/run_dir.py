@@ -221,46 +221,15 @@ def sweep(kind: str, base: Mapping[str, Any], out_dir: Path, seeds: list[int], r
     examples/compare.py runs them, calling ``run(recipe, run_dir, resume)`` for each run."""
     try:
         import compare
-    except ModuleNotFoundError as exc:  # until compare.py lands: one seed, both recipes
-        if exc.name != "compare" or kind == "ablate":
-            raise UsageError(f"--recipe {kind} needs examples/compare.py ({exc})") from None
-        return single_seed_compare(base, out_dir, seeds[0], run)
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("matplotlib"):
+            raise
+        raise UsageError(f"--recipe {kind} needs matplotlib: pip install 'trainkit-pt[examples]'") from None
     if resume:
         return compare.resume_sweep(out_dir, run, from_dict)
     if kind == "ablate":
         return compare.run_ablation(base["proposed"], base["original"], out_dir, seeds, run)
     return compare.run_compare(base, out_dir, seeds, run)
-
-
-def single_seed_compare(base: Mapping[str, Any], out_dir: Path, seed: int, run_one: Any) -> Path:
-    """Both recipes once, with RNG seed ``seed``, in ``out_dir/<name>``; ``report.md`` beside them.
-
-    Stands in for ``examples/compare.py`` (multi-seed sweeps) while that module is absent.
-    A run with ``results.json`` is not run again; one with ``config.json`` is resumed.
-    """
-    try:
-        import compare_report
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("matplotlib"):
-            raise
-        raise UsageError("--recipe compare needs matplotlib: pip install 'trainkit[examples]'") from None
-    run_dirs = {name: out_dir / name for name in base}
-    for name, recipe in base.items():
-        done = run_dirs[name] / "results.json"
-        if done.is_file():
-            results = read_json(done)
-            if not isinstance(results, dict):
-                raise UsageError(f"{done} does not hold a results object")
-            epochs_run = results.get("epochs_run")
-            if results.get("stopped_early") is True or (isinstance(epochs_run, int) and epochs_run >= recipe.epochs):
-                log_to_file(run_dirs[name])
-                log.info("%s: finished already (%s), not run again", name, done)
-                continue
-        run_one(recipe.replace(seed=seed), run_dirs[name], (run_dirs[name] / "config.json").is_file())
-    if not distributed.launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes it
-        report = compare_report.write_report(out_dir, run_dirs)
-        log.info("comparison report: %s", report)
-    return out_dir / "report.md"
 
 
 class TimedLoader:

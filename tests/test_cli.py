@@ -301,15 +301,15 @@ def test_a_run_killed_before_its_config_json_is_refused_clearly(tmp_path: Path, 
     assert "no config.json" in err and "stopped before it started" in err
 
 
-def test_compare_directory_with_a_malformed_results_json_is_one_line(tiny_runs: dict[str, Path], tmp_path: Path,
-                                                                     capsys) -> None:
+def test_sweep_directory_with_a_malformed_sweep_json_is_one_line(tiny_runs: dict[str, Path], tmp_path: Path,
+                                                                  capsys) -> None:
     pytest.importorskip("matplotlib")
-    compare = tmp_path / "pointer_v45-compare-seed42-x"
+    sweep = tmp_path / "pointer_v45-compare-seed42-x"
     for name in recipes.NAMES:
-        shutil.copytree(tiny_runs[name], compare / name)
-    (compare / "original" / "results.json").write_text("[1, 2")
-    err = one_line_error(pointer_v45.main(["--resume", str(compare), "--no-progress"]), capsys.readouterr().err)
-    assert "results.json" in err
+        shutil.copytree(tiny_runs[name], sweep / name / "seed42")
+    (sweep / "sweep.json").write_text("[1, 2")
+    err = one_line_error(pointer_v45.main(["--resume", str(sweep), "--no-progress"]), capsys.readouterr().err)
+    assert "sweep.json" in err
 
 
 def test_run_dir_lock_names_the_holder(tmp_path: Path) -> None:

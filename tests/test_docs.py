@@ -30,7 +30,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 NO_RUN = "no-run"
 PAGES = (
     "schedule.md", "stopping.md", "checkpoint.md", "amp.md", "losses.md", "optim.md",
-    "recipes.md", "trainer.md", "batching.md", "metrics.md",
+    "recipes.md", "trainer.md", "batching.md", "metrics.md", "compare.md",
 )
 _FENCE = re.compile(r"^(`{3,})\s*(\S*)\s*(.*)$")
 
