@@ -217,11 +217,14 @@ class AMPStep:
         if not grads:
             return torch.zeros((), device=self.params[0].device)
         if self.max_grad_norm is not None:
-            return torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+            clipped: torch.Tensor = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+            return clipped
         get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
         if get_total_norm is not None:
-            return get_total_norm(grads)
-        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            total: torch.Tensor = get_total_norm(grads)
+            return total
+        norm: torch.Tensor = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        return norm
 
     def state_dict(self) -> dict[str, Any]:
         """Precision settings, the accumulation position and the GradScaler's state (plain values).

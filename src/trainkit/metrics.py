@@ -74,7 +74,7 @@ class RankingMetrics:
         self.num_classes = num_classes
         self.device = torch.device(device) if device is not None else None
         self._sums: torch.Tensor | None = None
-        if num_classes is not None and device is not None:
+        if num_classes is not None and self.device is not None:
             self._allocate(num_classes, self.device)
 
     def _allocate(self, num_classes: int, device: torch.device) -> None:

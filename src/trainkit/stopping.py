@@ -8,7 +8,7 @@ exponentially averaged loss is lowest).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, SupportsFloat
 
 __all__ = ["EarlyStopper", "RunningAverage"]
 
@@ -85,7 +85,7 @@ class EarlyStopper:
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
-    def step(self, value: float) -> bool:
+    def step(self, value: SupportsFloat) -> bool:
         """Record one validation value.
 
         Args:
@@ -170,7 +170,7 @@ class RunningAverage:
         self.count = 0
         self.nonfinite = 0
 
-    def update(self, value: float) -> float:
+    def update(self, value: SupportsFloat) -> float:
         """Fold one loss value into the average.
 
         Args:
