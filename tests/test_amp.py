@@ -245,3 +245,93 @@ def test_fp32_state_dict_round_trip():
     amp2 = AMPStep(torch.optim.SGD(model.parameters(), lr=0.1), precision="fp32", max_grad_norm=2.0)
     amp2.load_state_dict(torch.load(buf, weights_only=True))
     assert amp2.scaler is None
+
+
+# --------------------------------------------------------------------------- misuse refused or explained
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cuda_precision_without_cuda_is_refused_at_construction(precision):
+    optimizer = torch.optim.SGD(_model().parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="CUDA, which is not available"):
+        AMPStep(optimizer, precision, device_type="cuda")
+
+
+def test_loss_backward_called_first_is_explained():
+    model = _model()
+    amp = AMPStep(torch.optim.SGD(model.parameters(), lr=0.1), "fp32")
+    x, y = _batches(1)[0]
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()  # the user's own backward, then amp.step(loss) runs another
+    with pytest.raises(RuntimeError, match=r"did you call loss.backward\(\) before amp.step\(loss\)"):
+        amp.step(loss)
+
+
+# --------------------------------------------------------------------------- gradient accumulation
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_accumulation_equals_one_step_on_the_whole_batch(precision):
+    x, y = torch.cat([b[0] for b in _batches(4)]), torch.cat([b[1] for b in _batches(4)])
+    whole, parts = _model(), _model()
+    amp_whole = AMPStep(torch.optim.SGD(whole.parameters(), lr=0.5), precision, device_type="cpu")
+    amp_parts = AMPStep(torch.optim.SGD(parts.parameters(), lr=0.5), precision, device_type="cpu",
+                        accumulation_steps=4)
+    with amp_whole.autocast():
+        info_whole = amp_whole.step(nn.functional.cross_entropy(whole(x).float(), y))
+    stepped = []
+    for i in range(4):  # four micro-batches of 32, each loss a mean over its own batch
+        with amp_parts.autocast():
+            loss = nn.functional.cross_entropy(parts(x[32 * i : 32 * (i + 1)]).float(), y[32 * i : 32 * (i + 1)])
+        info = amp_parts.step(loss)
+        stepped.append(info.stepped)
+        if not info.stepped:
+            assert all(p.grad is not None for p in parts.parameters())  # gradients are kept
+    assert stepped == [False, False, False, True] and info_whole.stepped
+    tolerance = 1e-6 if precision == "fp32" else 2e-3
+    torch.testing.assert_close(info.grad_norm, info_whole.grad_norm, rtol=tolerance, atol=tolerance)
+    for a, b in zip(parts.parameters(), whole.parameters()):
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
+    assert all(p.grad is None for p in parts.parameters()) and amp_parts.micro_step == 0
+
+
+def test_manual_backward_then_optimizer_step_equals_step():
+    automatic, manual = _model(), _model()
+    amp_auto = AMPStep(torch.optim.SGD(automatic.parameters(), lr=0.5), "fp32", max_grad_norm=0.5,
+                       accumulation_steps=2)
+    amp_manual = AMPStep(torch.optim.SGD(manual.parameters(), lr=0.5), "fp32", max_grad_norm=0.5,
+                         accumulation_steps=2)
+    for x, y in _batches(4):
+        amp_auto.step(nn.functional.cross_entropy(automatic(x), y))
+        amp_manual.backward(nn.functional.cross_entropy(manual(x), y))  # like Lightning's manual_backward
+        if amp_manual.micro_step == 2:
+            assert amp_manual.optimizer_step().stepped
+    for a, b in zip(automatic.parameters(), manual.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_accumulation_position_is_in_the_state_dict():
+    model = _model()
+    amp = AMPStep(torch.optim.SGD(model.parameters(), lr=0.1), "fp16", device_type="cpu", accumulation_steps=3)
+    x, y = _batches(1)[0]
+    with amp.autocast():
+        amp.step(nn.functional.cross_entropy(model(x).float(), y))
+    buffer = io.BytesIO()
+    torch.save(amp.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    assert state["micro_step"] == 1 and state["accumulation_steps"] == 3
+    restored = AMPStep(torch.optim.SGD(model.parameters(), lr=0.1), "fp16", device_type="cpu", accumulation_steps=3)
+    restored.load_state_dict(state)
+    assert restored.micro_step == 1
+    with pytest.raises(ValueError, match="accumulation_steps"):
+        AMPStep(torch.optim.SGD(model.parameters(), lr=0.1), "fp16", device_type="cpu").load_state_dict(state)
+    with pytest.raises(ValueError, match="'scaler'"):
+        restored.load_state_dict({"precision": "fp16", "max_grad_norm": None})
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True, "2"])
+def test_invalid_accumulation_steps(bad):
+    with pytest.raises(ValueError, match="accumulation_steps"):
+        AMPStep(torch.optim.SGD(_model().parameters(), lr=0.1), "fp32", accumulation_steps=bad)

@@ -391,3 +391,276 @@ def test_latest_skips_pinned_best_model_files(tmp_path):
     mgr.save("step-1.pt", _state(1))
     mgr.save("bestmodel.pt", _state(2))  # newer, but a best-model file, not a resume point
     assert mgr.latest() == tmp_path / "step-1.pt"
+
+
+# --------------------------------------------------------------------------- state a safe load would refuse
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import errno  # noqa: E402
+import io  # noqa: E402
+import pickle  # noqa: E402
+import shutil  # noqa: E402
+
+from trainkit import CheckpointError  # noqa: E402
+
+
+@dataclasses.dataclass
+class Config:
+    lr: float = 0.1
+
+
+Pair = __import__("collections").namedtuple("Pair", "x y")
+
+
+def _unsafe_values() -> list[tuple[str, object, str]]:
+    np = pytest.importorskip("numpy")
+    return [
+        ("path", Path("/tmp/x"), "PosixPath"),
+        ("dataclass", Config(), "Config"),
+        ("namespace", argparse.Namespace(lr=0.1), "Namespace"),
+        ("numpy scalar", np.float64(0.5), "float64"),
+        ("module", torch.nn.Linear(2, 2), "Linear"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(5), ids=["path", "dataclass", "namespace", "numpy", "module"])
+def test_save_refuses_what_its_own_safe_load_would_refuse_before_writing(tmp_path, index):
+    label, value, type_name = _unsafe_values()[index]
+    mgr = CheckpointManager(tmp_path)
+    mgr.save("last.pt", _state(1))
+    with pytest.raises(ValueError, match=rf"state\['config'\]\['deep'\]\[1\]: .*{type_name}.*weights_only"):
+        mgr.save("last.pt", {"step": 2, "config": {"deep": [0, value]}})
+    assert os.listdir(tmp_path) == ["last.pt"]  # nothing written, no temp file
+    assert mgr.load("last.pt")["step"] == 1
+
+
+def test_save_refuses_an_unsafe_dict_key(tmp_path):
+    with pytest.raises(ValueError, match="key PosixPath"):
+        CheckpointManager(tmp_path).save("last.pt", {"paths": {Path("a"): 1}})
+
+
+def _loads_weights_only(value: object) -> bool:
+    buffer = io.BytesIO()
+    torch.save({"v": value}, buffer)
+    buffer.seek(0)
+    try:
+        torch.load(buffer, weights_only=True)
+    except Exception:
+        return False
+    return True
+
+
+def test_the_save_check_agrees_with_torch_load_weights_only():
+    from collections import Counter, OrderedDict, defaultdict
+
+    from trainkit.checkpoint import _refused_entry
+
+    values = [
+        None, True, 3, 2.5, 1 + 2j, "s", b"b", bytearray(b"x"), [1, (2, 3)], {1, 2}, {"a": {"b": [1]}},
+        OrderedDict(a=1), Counter("aab"), torch.Size([2, 3]), torch.device("cpu"), torch.float16,
+        torch.strided, torch.zeros(2), torch.nn.Parameter(torch.ones(1)), torch.nn.Linear(2, 2).state_dict(),
+        torch.optim.AdamW(torch.nn.Linear(2, 2).parameters()).state_dict(), torch.get_rng_state(),
+        Path("p"), Config(), argparse.Namespace(a=1), torch.nn.Linear(2, 2), frozenset({1}),
+        defaultdict(int), Pair(1, 2), range(3), slice(1, 2),
+    ]
+    for value in values:
+        refused = _refused_entry({"v": value}, "state", (), set()) is not None
+        assert refused != _loads_weights_only(value), f"{value!r}: check says refused={refused}"
+
+
+def test_safe_globals_allow_a_class_on_save_and_load(tmp_path):
+    mgr = CheckpointManager(tmp_path, safe_globals=[Config])
+    mgr.save("last.pt", {"config": Config(lr=0.5)})
+    assert mgr.load("last.pt")["config"] == Config(lr=0.5)
+    _, state = mgr.load_latest()
+    assert state["config"].lr == 0.5
+    with pytest.raises(CheckpointError, match="Config"):  # another manager does not allow it
+        CheckpointManager(tmp_path).load("last.pt")
+    with pytest.raises(ValueError, match="Path"):  # the allowed class's fields are checked too
+        mgr.save("last.pt", {"config": Config(lr=Path("x"))})  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- which files are rotated
+
+
+def test_rotation_deletes_only_files_the_manager_owns(tmp_path):
+    (tmp_path / "pretrained_embeddings.pt").write_bytes(b"user data")
+    (tmp_path / "resnet-50.pt").write_bytes(b"user data")
+    mgr = CheckpointManager(tmp_path, keep_last=2)
+    for k in range(1, 4):
+        mgr.save(f"epoch-{k:04d}.pt", _state(k))
+    assert sorted(os.listdir(tmp_path)) == ["epoch-0002.pt", "epoch-0003.pt", "pretrained_embeddings.pt", "resnet-50.pt"]
+    assert [p.name for p in mgr.checkpoints()] == ["epoch-0003.pt", "epoch-0002.pt"]  # user files not listed
+
+
+def test_rotation_after_a_restart_recognises_its_prefixes_and_restored_names(tmp_path):
+    first = CheckpointManager(tmp_path, keep_last=2)
+    first.save("epoch-0001.pt", _state(1))
+    first.save("snapshot-a.pt", _state(1))  # a name without a number: rotating because save() wrote it
+    state = first.state_dict()
+    # a new process: epoch-0001.pt is recognised by its prefix, snapshot-a.pt only via state_dict
+    second = CheckpointManager(tmp_path, keep_last=2)
+    assert [p.name for p in second.checkpoints()] == ["epoch-0001.pt"]
+    second.load_state_dict(state)
+    assert {p.name for p in second.checkpoints()} == {"epoch-0001.pt", "snapshot-a.pt"}
+    second.save("epoch-0002.pt", _state(2))
+    second.save("epoch-0003.pt", _state(3))
+    assert sorted(os.listdir(tmp_path)) == ["epoch-0002.pt", "epoch-0003.pt"]
+
+
+def test_custom_rotating_prefixes(tmp_path):
+    (tmp_path / "run7-0001.pt").write_bytes(b"")
+    (tmp_path / "run7-0002.pt").write_bytes(b"")
+    mgr = CheckpointManager(tmp_path, keep_last=1, rotating_prefixes=("run7-",))
+    mgr.save("run7-0003.pt", _state(3))
+    assert os.listdir(tmp_path) == ["run7-0003.pt"]
+    with pytest.raises(ValueError, match="rotating_prefixes"):
+        CheckpointManager(tmp_path, rotating_prefixes="run7-")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"keep_last": 0}, {"keep_last": "3"}, {"keep_last": True}, {"every_seconds": -1.0},
+     {"seconds_since_save": "x"}, {"saved": ["../x.pt"]}, {"best_mode": "avg"}, {"keep_best": -1},
+     {"best": [["best-1.pt", 1.0]] * 5}],
+)
+def test_load_state_dict_refuses_bad_values_and_changes_nothing(tmp_path, change):
+    mgr = CheckpointManager(tmp_path, keep_last=2, keep_best=2)
+    before = mgr.state_dict()
+    with pytest.raises(ValueError):
+        mgr.load_state_dict({**before, **change})
+    after = mgr.state_dict()
+    assert {k: v for k, v in after.items() if k != "seconds_since_save"} == {
+        k: v for k, v in before.items() if k != "seconds_since_save"}
+
+
+def test_load_state_dict_names_missing_keys(tmp_path):
+    with pytest.raises(ValueError, match="'seconds_since_save'"):
+        CheckpointManager(tmp_path).load_state_dict({"keep_last": 3, "every_seconds": None})
+
+
+@pytest.mark.parametrize("name", ["last.pt\n", "a/b.pt", "", ".hidden.pt", "x.pt\x00"])
+def test_name_check_rejects_trailing_newline_and_paths(tmp_path, name):
+    with pytest.raises(ValueError, match="plain file name"):
+        CheckpointManager(tmp_path).save(name, _state(1))
+
+
+# --------------------------------------------------------------------------- checkpoints() and pinned files
+
+
+def test_checkpoints_and_load_latest_leave_out_pinned_and_k_best_files(tmp_path):
+    mgr = CheckpointManager(tmp_path, pinned=("bestmodel.pt",), keep_best=1)
+    mgr.save("step-1.pt", _state(1))
+    mgr.save("last.pt", _state(1))
+    time.sleep(0.01)
+    mgr.save("bestmodel.pt", _state(2))
+    mgr.save("best.pt", _state(2))
+    mgr.save_best("best-step-2.pt", _state(2), 0.5)
+    assert {p.name for p in mgr.checkpoints()} == {"step-1.pt", "last.pt"}
+    assert mgr.load_latest()[1]["step"] == 1
+
+
+# --------------------------------------------------------------------------- k best
+
+
+def test_keep_best_min_keeps_the_k_lowest_and_deletes_the_rest(tmp_path):
+    mgr = CheckpointManager(tmp_path, keep_last=1, keep_best=2, best_mode="min")
+    values = [3.0, 1.0, 2.0, float("nan"), 0.5, 2.0]
+    kept = [mgr.save_best(f"best-epoch-{e}.pt", _state(e), v) for e, v in enumerate(values)]
+    assert [p is not None for p in kept] == [True, True, True, False, True, False]  # NaN and a tie: not kept
+    assert [(p.name, v) for p, v in mgr.best_checkpoints()] == [("best-epoch-4.pt", 0.5), ("best-epoch-1.pt", 1.0)]
+    for e in range(3):
+        mgr.save(f"epoch-{e}.pt", _state(e))  # rotation (keep_last=1) never touches k-best files
+    assert sorted(os.listdir(tmp_path)) == ["best-epoch-1.pt", "best-epoch-4.pt", "epoch-2.pt"]
+
+
+def test_keep_best_max_mode_and_tensor_values(tmp_path):
+    mgr = CheckpointManager(tmp_path, keep_best=1, best_mode="max")
+    mgr.save_best("top-a.pt", _state(1), torch.tensor(70.0))
+    assert mgr.save_best("top-b.pt", _state(2), torch.tensor(65.0)) is None
+    mgr.save_best("top-c.pt", _state(3), 71.5)
+    assert mgr.best_names() == ["top-c.pt"] and sorted(os.listdir(tmp_path)) == ["top-c.pt"]
+
+
+def test_keep_best_state_dict_round_trip_continues(tmp_path):
+    mgr = CheckpointManager(tmp_path, keep_best=2)
+    mgr.save_best("b1.pt", _state(1), 2.0)
+    mgr.save_best("b2.pt", _state(2), 1.0)
+    buffer = io.BytesIO()
+    torch.save(mgr.state_dict(), buffer)
+    buffer.seek(0)
+    restored = CheckpointManager(tmp_path)  # keep_best=0 until the state is loaded
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert restored.keep_best == 2 and restored.best_checkpoints() == mgr.best_checkpoints()
+    restored.save_best("b3.pt", _state(3), 1.5)
+    assert sorted(os.listdir(tmp_path)) == ["b2.pt", "b3.pt"]
+
+
+def test_keep_best_refuses_misuse(tmp_path):
+    with pytest.raises(ValueError, match="keep_best"):
+        CheckpointManager(tmp_path).save_best("b.pt", _state(1), 1.0)
+    mgr = CheckpointManager(tmp_path, keep_best=2)
+    for name in ("best.pt", "last.pt", "epoch-0001.pt"):
+        with pytest.raises(ValueError, match="pinned or rotating"):
+            mgr.save_best(name, _state(1), 1.0)
+    mgr.save_best("b.pt", _state(1), 1.0)
+    with pytest.raises(ValueError, match="k-best"):
+        mgr.save("b.pt", _state(2))
+    with pytest.raises(ValueError, match="best_mode"):
+        CheckpointManager(tmp_path, best_mode="maximum")
+
+
+# --------------------------------------------------------------------------- disk full, raw pickles
+
+
+def _failing_torch_save(error: BaseException):
+    real_save = torch.save
+
+    def save(obj, handle, *args, **kwargs):
+        real_save(obj, io.BytesIO())
+        handle.write(b"PK\x03\x04partial")  # some bytes made it to disk
+        raise error
+
+    return save
+
+
+def test_disk_full_inside_torch_save_says_no_space_left(tmp_path, monkeypatch):
+    mgr = CheckpointManager(tmp_path)
+    mgr.save("last.pt", _state(1))
+    torch_error = RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 4032")
+    monkeypatch.setattr(torch, "save", _failing_torch_save(torch_error))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 512, 512))
+    with pytest.raises(CheckpointError, match=r"could not save checkpoint .*last\.pt: No space left on device \(0\.0 MiB free\)"):
+        mgr.save("last.pt", {"w": torch.zeros(1 << 18)})
+    assert os.listdir(tmp_path) == ["last.pt"]
+    monkeypatch.undo()
+    assert mgr.load("last.pt")["step"] == 1
+
+
+def test_a_writer_failure_with_free_space_is_not_called_disk_full(tmp_path, monkeypatch):
+    torch_error = RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 4032")
+    monkeypatch.setattr(torch, "save", _failing_torch_save(torch_error))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**9, 10**11))
+    with pytest.raises(CheckpointError, match="could not save checkpoint") as caught:
+        CheckpointManager(tmp_path).save("last.pt", _state(1))
+    assert "No space" not in str(caught.value) and "unexpected pos" in str(caught.value)
+
+
+def test_enospc_from_the_os_says_no_space_left(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "save", _failing_torch_save(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(CheckpointError, match=r"could not save checkpoint .*step-1\.pt: No space left on device"):
+        CheckpointManager(tmp_path).save("step-1.pt", _state(1))
+
+
+def test_a_raw_pickle_as_last_pt_gives_exactly_one_warning_naming_it(tmp_path):
+    mgr = CheckpointManager(tmp_path)
+    mgr.save("step-1.pt", _state(1))
+    with open(tmp_path / "last.pt", "wb") as handle:
+        pickle.dump({"step": 2, "w": [1.0, 2.0]}, handle)  # protocol 4+: torch adds its own warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path, state = mgr.load_latest()
+    assert path.name == "step-1.pt" and state["step"] == 1
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    assert "last.pt" in str(caught[0].message) and "raw pickle" in str(caught[0].message)

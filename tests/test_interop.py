@@ -4,7 +4,7 @@ The contract (issue 8): after ``k`` calls to ``.step()`` the LR is ``sched(k)`` 
 ``sched(k / steps_per_epoch)`` (step mode), exactly (float equality, no tolerance), over a
 whole run and past ``total`` (where it holds ``min_lr``); the ``state_dict`` survives
 ``torch.save`` + ``torch.load(weights_only=True)`` and a fresh optimizer + scheduler loaded
-from it mid-run continue with identical LRs; several param groups are driven alike; the
+from it mid-run continue with identical LRs; other param groups keep their ratio to the first; the
 ordinary ``optimizer.step(); scheduler.step()`` loop raises no warning.
 """
 
@@ -136,14 +136,15 @@ def test_step_with_an_epoch_argument_is_exact_too() -> None:
 # ---------------------------------------------------------------------- param groups
 
 
-def test_every_param_group_gets_sched_regardless_of_its_initial_lr() -> None:
-    model, optimizer = make(lr=0.5, groups=3)  # initial lrs 0.5, 1.0, 1.5
+def test_first_group_gets_sched_and_the_others_keep_their_ratio() -> None:
+    model, optimizer = make(lr=0.5, groups=3)  # initial lrs 0.5, 1.0, 1.5: ratios 1, 2, 3
     scheduler = SEED.as_lr_scheduler(optimizer, steps_per_epoch=4)
+    assert scheduler.base_lrs == [6.5e-4, 6.5e-4 * 2, 6.5e-4 * 3]
     for k in range(1, 4 * 55 + 1):
         train_step(model, optimizer)
         scheduler.step()
-        assert lrs(optimizer) == [SEED(k / 4)] * 3
-    assert scheduler.get_last_lr() == [1e-6] * 3
+        assert lrs(optimizer) == [SEED(k / 4), SEED(k / 4) * 2, SEED(k / 4) * 3]
+    assert scheduler.get_last_lr() == [1e-6, 2e-6, 3e-6]
 
 
 def test_with_build_optimizer_decay_exempt_groups() -> None:
@@ -210,11 +211,11 @@ def test_state_dict_roundtrip_mid_run_continues_identically(steps_per_epoch: int
     # a new process: fresh model, optimizer and scheduler (torch's documented order), then load
     model2, optimizer2 = make(groups=2, seed=1)
     scheduler2 = WarmupCosineSchedule(6.5e-4, 5, 50, 1e-6).as_lr_scheduler(optimizer2, steps_per_epoch)
-    assert lrs(optimizer2) == [SEED(0)] * 2  # the fresh scheduler starts over ...
+    assert lrs(optimizer2) == [SEED(0), SEED(0) * 2]  # the fresh scheduler starts over ...
     model2.load_state_dict(saved["model"])
     optimizer2.load_state_dict(saved["optimizer"])
     scheduler2.load_state_dict(saved["scheduler"])
-    assert lrs(optimizer2) == [reference[stop_after * per]] * 2  # ... until the state is loaded
+    assert lrs(optimizer2) == [reference[stop_after * per], reference[stop_after * per] * 2]  # ... until loaded
     assert scheduler2.last_epoch == scheduler.last_epoch and scheduler2.get_last_lr() == scheduler.get_last_lr()
 
     resumed = [optimizer2.param_groups[0]["lr"]]
@@ -224,7 +225,7 @@ def test_state_dict_roundtrip_mid_run_continues_identically(steps_per_epoch: int
             train_step(model2, optimizer2)
             scheduler2.step()
             resumed.append(optimizer2.param_groups[0]["lr"])
-            assert optimizer2.param_groups[1]["lr"] == resumed[-1]
+            assert optimizer2.param_groups[1]["lr"] == resumed[-1] * 2  # the second group keeps its ratio
     assert resumed == reference[stop_after * per :]
 
 

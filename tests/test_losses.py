@@ -267,3 +267,71 @@ def test_label_smoothed_does_not_renormalise():
     assert got == pytest.approx(math.log(4), rel=1e-6)  # -log 0.25, no log-softmax
     ce = nn.CrossEntropyLoss(ignore_index=0, label_smoothing=0.03)(log_probs, targets).item()
     assert ce == pytest.approx(math.log(3), rel=1e-6)  # re-normalised: a different number
+
+
+# --------------------------------------------------------------------------- bad input is refused
+
+
+def test_masked_nll_refuses_out_of_range_targets_at_valid_steps():
+    log_probs, targets, mask = _inputs()  # V = 4
+    bad = targets.clone()
+    bad[0, 2] = 7  # a valid step: it used to be scored against class 3
+    with pytest.raises(ValueError, match=r"got 7 at position \[0, 2\]"):
+        masked_nll(log_probs, bad, mask)
+    bad[0, 2] = -1
+    with pytest.raises(ValueError, match="got -1"):
+        masked_nll(log_probs, bad, mask)
+
+
+def test_masked_nll_accepts_anything_at_masked_steps():
+    log_probs, targets, mask = _inputs()
+    padded = targets.clone()
+    padded[1, 1:] = torch.tensor([10**9, -5])  # both steps are padding (mask 0)
+    assert torch.equal(masked_nll(log_probs, padded, mask), masked_nll(log_probs, targets, mask))
+
+
+def test_label_smoothed_refuses_out_of_range_targets_but_not_ignored_ones():
+    log_probs = torch.randn(3, 5).log_softmax(-1)
+    with pytest.raises(ValueError, match="got 5 at position"):
+        LabelSmoothedNLLLoss()(log_probs, torch.tensor([1, 5, 2]))
+    loss = LabelSmoothedNLLLoss(ignore_index=-100)(log_probs, torch.tensor([1, -100, 2]))
+    assert torch.isfinite(loss)
+
+
+def test_label_smoothed_keeps_float64_and_upcasts_half_precision():
+    g = torch.Generator().manual_seed(0)
+    log_probs = torch.randn(64, 1000, generator=g, dtype=torch.float64).log_softmax(-1)
+    targets = torch.randint(1, 1000, (64,), generator=g)
+    ours = LabelSmoothedNLLLoss()(log_probs, targets)
+    reference = nn.CrossEntropyLoss(ignore_index=0, label_smoothing=0.03)(log_probs, targets)
+    assert ours.dtype == torch.float64
+    assert abs(ours.item() - reference.item()) < 1e-13  # float32 would be off by ~1e-7
+    assert LabelSmoothedNLLLoss()(log_probs.to(torch.bfloat16), targets).dtype == torch.float32
+
+
+def test_label_smoothed_from_logits_equals_cross_entropy_of_logits():
+    g = torch.Generator().manual_seed(1)
+    logits = 4 * torch.randn(32, 20, generator=g)
+    targets = torch.randint(0, 20, (32,), generator=g)
+    ours = LabelSmoothedNLLLoss(from_logits=True)(logits, targets)
+    reference = nn.CrossEntropyLoss(ignore_index=0, label_smoothing=0.03)(logits, targets)
+    assert torch.allclose(ours, reference, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["logits", "probabilities"])
+def test_label_smoothed_check_log_probs_refuses_other_input(kind):
+    g = torch.Generator().manual_seed(2)
+    logits = 4 * torch.randn(8, 10, generator=g)
+    targets = torch.randint(1, 10, (8,), generator=g)
+    given = logits if kind == "logits" else logits.softmax(-1)
+    with pytest.raises(ValueError, match="expects log-probabilities"):
+        LabelSmoothedNLLLoss(check_log_probs=True)(given, targets)
+    checked = LabelSmoothedNLLLoss(check_log_probs=True)(logits.log_softmax(-1), targets)
+    assert torch.equal(checked, LabelSmoothedNLLLoss()(logits.log_softmax(-1), targets))
+    seed_style = torch.log(logits.softmax(-1) + 1e-10)  # the seed's log(p + 1e-10) passes
+    LabelSmoothedNLLLoss(check_log_probs=True)(seed_style.to(torch.bfloat16), targets)
+
+
+def test_label_smoothed_from_logits_and_check_contradict():
+    with pytest.raises(ValueError, match="from_logits"):
+        LabelSmoothedNLLLoss(from_logits=True, check_log_probs=True)

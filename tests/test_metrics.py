@@ -133,3 +133,38 @@ def test_valid_mask_drops_padding_rows() -> None:
     m.update(padded_scores, padded_targets, valid=valid)
     ref.update(SCORES_1, TARGETS_1)
     assert m.compute() == pytest.approx(ref.compute())
+
+
+# ---------------------------------------------------------------------- non-finite scores
+
+
+def test_all_nan_scores_score_zero_not_hundred() -> None:
+    scores = torch.full((6, V), float("nan"))
+    targets = torch.arange(1, 7)
+    assert target_ranks(scores, targets).tolist() == [V] * 6  # ranked last, never first
+    m = RankingMetrics(num_classes=V)
+    m.update(scores, targets)
+    r = m.compute()
+    for key in ("acc@1", "acc@5", "acc@10", "f1", "acc@1_seen"):
+        assert r[key] == 0.0, key
+    assert r["mrr"] == pytest.approx(100 / V) and r["ndcg"] == 0.0  # rank V = 12 is past NDCG@10
+    # the same counters all-reduced (here: summed by hand over two "ranks") give the same result
+    assert RankingMetrics.compute_from_sums(m.sums() + m.sums())["acc@1"] == 0.0
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_target_score_is_never_a_hit(bad: float) -> None:
+    scores = torch.tensor([row({1: bad}), row({2: 1.0})])
+    targets = torch.tensor([1, 2])
+    assert target_ranks(scores, targets).tolist() == [V, 1]
+    m = RankingMetrics(num_classes=V)
+    m.update(scores, targets)
+    assert m.compute()["acc@1"] == pytest.approx(50.0)
+
+
+def test_nan_in_other_classes_does_not_outrank_or_predict() -> None:
+    scores = torch.tensor([row({0: float("nan"), 3: 2.0})])  # target 3 is the best finite score
+    m = RankingMetrics(num_classes=V)
+    m.update(scores, torch.tensor([3]))
+    r = m.compute()
+    assert r["acc@1"] == 100.0 and r["f1"] == 100.0  # argmax would have picked the NaN class 0

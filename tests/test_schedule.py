@@ -231,3 +231,64 @@ def test_positional_signature_and_min_lr_default():
     sched = WarmupCosineSchedule(0.5, 2, 10)
     assert sched(10) == 0.0
     assert sched(0) == 0.25
+
+
+# ------------------------------------------------------------ as_lr_scheduler and param groups
+
+
+def _groups_optimizer(lrs: list[float]) -> torch.optim.Optimizer:
+    params = [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": lr} for lr in lrs]
+    return torch.optim.SGD(params, lr=lrs[0])
+
+
+def test_as_lr_scheduler_groups_keep_their_ratio_and_base_lrs_agree() -> None:
+    sched = WarmupCosineSchedule(1e-3, warmup=2, total=10, min_lr=1e-5)
+    optimizer = _groups_optimizer([1e-3, 1e-4])  # a backbone at a tenth of the head
+    scheduler = sched.as_lr_scheduler(optimizer)
+    assert scheduler.base_lrs == [1e-3, 1e-3 * 0.1]
+    for k in range(1, 13):
+        optimizer.step()
+        scheduler.step()
+        head, backbone = (group["lr"] for group in optimizer.param_groups)
+        assert head == sched(k)  # exact for the first group
+        assert backbone == pytest.approx(sched(k) / 10, rel=1e-12)
+
+
+def test_as_lr_scheduler_in_a_chained_scheduler_behaves_like_lambda_lr() -> None:
+    sched = WarmupCosineSchedule(0.1, warmup=3, total=12, min_lr=1e-3)
+    ours_opt, ref_opt = _groups_optimizer([0.1, 0.02]), _groups_optimizer([0.1, 0.02])
+    ours = torch.optim.lr_scheduler.ChainedScheduler(
+        [sched.as_lr_scheduler(ours_opt), torch.optim.lr_scheduler.ExponentialLR(ours_opt, gamma=0.9)]
+    )
+    ref = torch.optim.lr_scheduler.ChainedScheduler(
+        [
+            torch.optim.lr_scheduler.LambdaLR(ref_opt, lambda t: sched(t) / sched.base_lr),
+            torch.optim.lr_scheduler.ExponentialLR(ref_opt, gamma=0.9),
+        ]
+    )
+    for _ in range(15):
+        ours_opt.step()
+        ref_opt.step()
+        ours.step()
+        ref.step()
+        assert [g["lr"] for g in ours_opt.param_groups] == pytest.approx([g["lr"] for g in ref_opt.param_groups])
+
+
+def test_as_lr_scheduler_refuses_a_first_group_at_lr_zero() -> None:
+    with pytest.raises(ValueError, match="first param group's lr"):
+        WarmupCosineSchedule(0.1, 1, 5).as_lr_scheduler(_groups_optimizer([0.0, 0.1]))
+
+
+def test_as_lr_scheduler_refuses_a_state_for_other_groups() -> None:
+    sched = WarmupCosineSchedule(0.1, 1, 5)
+    state = sched.as_lr_scheduler(_groups_optimizer([0.1, 0.01])).state_dict()
+    with pytest.raises(ValueError, match="param groups"):
+        sched.as_lr_scheduler(_groups_optimizer([0.1])).load_state_dict(state)
+    with pytest.raises(ValueError, match="last_epoch"):
+        sched.as_lr_scheduler(_groups_optimizer([0.1])).load_state_dict({"steps_per_epoch": None})
+
+
+def test_schedule_load_state_dict_names_missing_keys() -> None:
+    sched = WarmupCosineSchedule(0.1, 1, 5)
+    with pytest.raises(ValueError, match="'total'"):
+        sched.load_state_dict({"base_lr": 0.1, "warmup": 1, "min_lr": 0.0})

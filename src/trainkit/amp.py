@@ -4,16 +4,23 @@
 for fp16), ``unscale_``, ``clip_grad_norm_``, the optimizer step through the GradScaler,
 ``update`` and ``zero_grad(set_to_none=True)``. It returns the pre-clip gradient norm as a
 tensor (no host sync forced) and whether the scaler skipped the update.
+
+With ``accumulation_steps=k`` each call runs backward on ``loss / k`` and the optimizer
+steps on every k-th call. ``backward`` + ``optimizer_step`` split the call in two for loops
+that run their own backward (Lightning's ``manual_backward``); see docs/amp.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from trainkit.state import require_keys
 
 __all__ = ["AMPStep", "StepInfo"]
 
@@ -27,18 +34,31 @@ class StepInfo:
 
     Attributes:
         grad_norm: Total gradient norm before clipping (a 0-d tensor on the parameters'
-            device; reading it as a float forces a host sync, so do that sparingly).
+            device; reading it as a float forces a host sync, so do that sparingly). A
+            zero tensor when the call only accumulated gradients (``stepped`` False).
         found_inf: 0-d tensor, nonzero when the GradScaler found inf/NaN gradients and
-            skipped the update; None when no scaler is in use (fp32/bf16).
+            skipped the update; None when no scaler is in use (fp32/bf16) or no optimizer
+            step was attempted.
+        stepped: Whether this call ran the optimizer step (False on the calls that only
+            accumulate gradients, with ``accumulation_steps > 1``).
     """
 
     grad_norm: torch.Tensor
     found_inf: torch.Tensor | None = None
+    stepped: bool = True
 
     @property
     def skipped(self) -> bool:
-        """Whether the optimizer update was skipped (always False without a scaler)."""
+        """Whether the scaler skipped the optimizer update (False without a scaler or a step)."""
         return bool(self.found_inf is not None and self.found_inf.item() != 0)
+
+
+_BACKWARD_TWICE = (
+    "AMPStep runs the backward pass itself, and this loss's graph was already used by a "
+    "backward (did you call loss.backward() before amp.step(loss)?). Either drop your own "
+    "loss.backward() and call amp.step(loss), or run backward yourself through "
+    "amp.backward(loss) and then call amp.optimizer_step() (docs/amp.md)"
+)
 
 
 def _resolve_precision(precision: str, device_type: str) -> str:
@@ -66,10 +86,13 @@ class AMPStep:
         max_grad_norm: Clip the global gradient norm to this value (seed: 0.8 proposed,
             2.0 original); None disables clipping (the norm is still reported).
         device_type: ``"cuda"`` or ``"cpu"``; default: the device of the first parameter.
+        accumulation_steps: Optimizer step every this many calls to :meth:`step`; each
+            call runs backward on ``loss / accumulation_steps`` (default 1: every call).
 
     Raises:
         ValueError: unknown ``precision``, ``max_grad_norm <= 0``, an optimizer without
-            parameters, or fp16 requested where no GradScaler exists for the device.
+            parameters, ``accumulation_steps < 1``, fp16/bf16 on ``device_type="cuda"``
+            where CUDA is not available, or fp16 where no GradScaler works for the device.
     """
 
     def __init__(
@@ -78,25 +101,40 @@ class AMPStep:
         precision: str = "auto",
         max_grad_norm: float | None = None,
         device_type: str | None = None,
+        *,
+        accumulation_steps: int = 1,
     ) -> None:
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
         if max_grad_norm is not None and not (float(max_grad_norm) > 0 and float(max_grad_norm) < float("inf")):
             raise ValueError(f"max_grad_norm must be a finite number > 0 or None, got {max_grad_norm!r}")
+        if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps must be an int >= 1, got {accumulation_steps!r}")
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         if not self.params:
             raise ValueError("optimizer has no parameters")
         self.optimizer = optimizer
         self.device_type = device_type or self.params[0].device.type
         self.precision = _resolve_precision(precision, self.device_type)
+        if self.precision != "fp32" and self.device_type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"precision={self.precision!r} with device_type='cuda' needs CUDA, which is not available "
+                "here; use device_type='cpu' or precision='fp32'"
+            )
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self.accumulation_steps = accumulation_steps
+        self.micro_step = 0  # backward passes since the last optimizer step
         self.dtype = _DTYPES.get(self.precision, torch.float32)
         self.scaler: torch.amp.GradScaler | None = None
         if self.precision == "fp16":
             try:
-                self.scaler = torch.amp.GradScaler(self.device_type)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # a disabled scaler is refused just below
+                    self.scaler = torch.amp.GradScaler(self.device_type)
             except Exception as exc:  # pragma: no cover - depends on the torch build
                 raise ValueError(f"precision='fp16' needs a GradScaler for device {self.device_type!r}: {exc}") from exc
+            if not self.scaler.is_enabled():
+                raise ValueError(f"precision='fp16' needs a working GradScaler for device {self.device_type!r}")
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
@@ -105,24 +143,61 @@ class AMPStep:
             yield
 
     def step(self, loss: torch.Tensor) -> StepInfo:
-        """Backpropagate ``loss`` and update the parameters.
+        """Backpropagate ``loss``; update the parameters on every ``accumulation_steps``-th call.
 
         Args:
-            loss: A scalar loss computed under :meth:`autocast`.
+            loss: A scalar loss computed under :meth:`autocast` (the mean over this
+                micro-batch; it is divided by ``accumulation_steps`` here).
 
         Returns:
-            A :class:`StepInfo` with the pre-clip gradient norm and the skip flag.
+            A :class:`StepInfo`: the pre-clip gradient norm, the skip flag and whether the
+            optimizer stepped (``stepped`` False on the calls that only accumulate).
 
         Raises:
             ValueError: ``loss`` is not a scalar tensor.
+            RuntimeError: the loss's graph was already used by a backward (explained).
+        """
+        self.backward(loss)
+        if self.micro_step < self.accumulation_steps:
+            return StepInfo(grad_norm=torch.zeros((), device=self.params[0].device), stepped=False)
+        return self.optimizer_step()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Run backward on ``loss / accumulation_steps`` (scaled for fp16), without stepping.
+
+        The manual half of :meth:`step`, for loops that decide themselves when to step
+        (Lightning's ``manual_backward``): call it once per micro-batch, then
+        :meth:`optimizer_step`.
+
+        Raises:
+            ValueError: ``loss`` is not a scalar tensor.
+            RuntimeError: the loss's graph was already used by a backward (explained).
         """
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
             raise ValueError(f"loss must be a scalar tensor, got {type(loss).__name__} {getattr(loss, 'shape', '')}")
-        scaler = self.scaler
-        if scaler is None:
+        if self.accumulation_steps > 1:
+            loss = loss / self.accumulation_steps
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        try:
             loss.backward()
-        else:
-            scaler.scale(loss).backward()
+        except RuntimeError as exc:
+            if "backward through the graph a second time" in str(exc):
+                raise RuntimeError(_BACKWARD_TWICE) from exc
+            raise
+        self.micro_step += 1
+
+    def optimizer_step(self) -> StepInfo:
+        """Unscale (fp16), clip, step the optimizer, update the scaler and zero the gradients.
+
+        The second half of :meth:`step`; resets the accumulation position. With fp16 the
+        gradients must come from :meth:`backward` (they are scaled).
+
+        Returns:
+            A :class:`StepInfo` with ``stepped`` True.
+        """
+        scaler = self.scaler
+        if scaler is not None:
             scaler.unscale_(self.optimizer)
         grad_norm = self._clip_or_measure()
         found_inf: torch.Tensor | None = None
@@ -134,6 +209,7 @@ class AMPStep:
             scaler.step(self.optimizer)
             scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        self.micro_step = 0
         return StepInfo(grad_norm=grad_norm, found_inf=found_inf)
 
     def _clip_or_measure(self) -> torch.Tensor:
@@ -141,30 +217,53 @@ class AMPStep:
         if not grads:
             return torch.zeros((), device=self.params[0].device)
         if self.max_grad_norm is not None:
-            return torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+            clipped: torch.Tensor = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+            return clipped
         get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
         if get_total_norm is not None:
-            return get_total_norm(grads)
-        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            total: torch.Tensor = get_total_norm(grads)
+            return total
+        norm: torch.Tensor = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        return norm
 
     def state_dict(self) -> dict[str, Any]:
-        """Precision settings and the GradScaler's state (plain values)."""
+        """Precision settings, the accumulation position and the GradScaler's state (plain values).
+
+        Accumulated gradients are not part of it: save at an accumulation boundary
+        (``info.stepped``) for an exact resume.
+        """
         return {
             "precision": self.precision,
             "max_grad_norm": self.max_grad_norm,
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "accumulation_steps": self.accumulation_steps,
+            "micro_step": self.micro_step,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the GradScaler's state saved by :meth:`state_dict`.
+        """Restore the GradScaler's state and the accumulation position saved by :meth:`state_dict`.
 
         Raises:
-            ValueError: the saved precision differs from this step's precision.
+            ValueError: a key is missing, or the saved precision or ``accumulation_steps``
+                differs from this step's, or the position is out of range.
         """
+        require_keys(state, ("precision", "max_grad_norm", "scaler"), "AMPStep")
         if state["precision"] != self.precision:
             raise ValueError(f"saved precision {state['precision']!r} differs from this AMPStep's {self.precision!r}")
+        saved_k = state.get("accumulation_steps", 1)
+        if saved_k != self.accumulation_steps:
+            raise ValueError(
+                f"saved accumulation_steps={saved_k!r} differs from this AMPStep's {self.accumulation_steps!r}"
+            )
+        micro = state.get("micro_step", 0)
+        if isinstance(micro, bool) or not isinstance(micro, int) or not 0 <= micro < self.accumulation_steps:
+            raise ValueError(f"micro_step must be an int in [0, {self.accumulation_steps}), got {micro!r}")
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        self.micro_step = micro
 
     def __repr__(self) -> str:
-        return f"AMPStep(precision={self.precision!r}, max_grad_norm={self.max_grad_norm!r}, device_type={self.device_type!r})"
+        return (
+            f"AMPStep(precision={self.precision!r}, max_grad_norm={self.max_grad_norm!r}, "
+            f"device_type={self.device_type!r}, accumulation_steps={self.accumulation_steps!r})"
+        )

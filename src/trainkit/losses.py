@@ -16,6 +16,28 @@ from torch import nn
 __all__ = ["masked_nll", "coverage_loss", "mask_and_avg", "LabelSmoothedNLLLoss"]
 
 
+def _check_targets(targets: torch.Tensor, valid: torch.Tensor, num_classes: int, what: str) -> None:
+    """Refuse a target outside ``[0, num_classes)`` at a valid position (docs/losses.md).
+
+    On CPU the check is nearly free (the tensors are already on the host) and raises
+    ValueError naming the value. On an accelerator (or inside ``torch.compile``) a ValueError would need a host sync every call, so
+    the check runs on the device (``torch._assert_async``): no sync, no graph break under
+    capture, and a bad target fails at the next sync as a device-side assertion.
+    """
+    bad = valid & ((targets < 0) | (targets >= num_classes))
+    if targets.device.type == "cpu" and not torch.compiler.is_compiling():
+        if bool(bad.any()):
+            where = tuple(int(i) for i in bad.nonzero()[0])
+            raise ValueError(
+                f"{what}: targets must be in [0, {num_classes}) at valid positions, got {int(targets[where])} "
+                f"at position {list(where)}"
+            )
+    else:
+        torch._assert_async(
+            ~bad.any(), f"{what}: a target at a valid position is outside [0, {num_classes}) (docs/losses.md)"
+        )
+
+
 def mask_and_avg(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """See et al.'s ``_mask_and_avg``: mean over each sequence's valid steps, then over the batch.
 
@@ -56,12 +78,16 @@ def masked_nll(log_probs: torch.Tensor, targets: torch.Tensor, mask: torch.Tenso
         Scalar loss: ``mean_b( sum_t mask*(-log p(target)) / sum_t mask )``.
 
     Raises:
-        ValueError: shapes do not match.
+        ValueError: shapes do not match, or a target at a valid step is outside ``[0, V)``
+            (CPU tensors; on an accelerator the same check is a device-side assertion that
+            fails at the next sync, so that no host sync is added per call).
     """
     if log_probs.dim() != 3 or targets.shape != log_probs.shape[:2]:
         raise ValueError(
             f"log_probs must be [B, T, V] and targets [B, T]; got {tuple(log_probs.shape)} and {tuple(targets.shape)}"
         )
+    _check_targets(targets, mask != 0, log_probs.shape[-1], "masked_nll")
+    # padded steps may hold any id: clamp them so that gather stays in bounds
     safe_targets = targets.clamp(0, log_probs.shape[-1] - 1).long()
     gold = log_probs.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
     return mask_and_avg(-gold, mask)
@@ -94,8 +120,12 @@ def coverage_loss(attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class LabelSmoothedNLLLoss(nn.Module):
-    """Label-smoothed NLL on log-probabilities: the seed's ``CrossEntropyLoss(ignore_index=0,
+    """Label-smoothed NLL on LOG-PROBABILITIES: the seed's ``CrossEntropyLoss(ignore_index=0,
     label_smoothing=0.03)`` on a model that returns ``log(final_probs + 1e-10)``.
+
+    The input must be log-probabilities (``log_softmax`` output). Logits or probabilities
+    give a wrong loss without an error unless ``from_logits=True`` (logits) or
+    ``check_log_probs=True`` (refuses input whose ``logsumexp`` is not 0) is passed.
 
     For each non-ignored target ``y`` over ``V`` classes:
     ``loss = (1 - s) * (-log_probs[y]) + s * mean_v(-log_probs[v])``, then the mean over
@@ -107,40 +137,68 @@ class LabelSmoothedNLLLoss(nn.Module):
         ignore_index: Target id that contributes nothing (seed: 0, the padding id).
         reduction: ``"mean"`` (over non-ignored targets; 0 when there are none),
             ``"sum"`` or ``"none"`` (per target, 0 at ignored ones).
+        from_logits: The input is raw logits: apply ``log_softmax`` first (then the loss
+            is exactly ``nn.CrossEntropyLoss(label_smoothing=s)`` of the logits).
+        check_log_probs: Verify on every call that each non-ignored row's ``logsumexp``
+            is 0 (within 1e-3, or 5e-2 for fp16/bf16 input) and raise otherwise. Costs a
+            reduction over ``V`` and one host sync per call; meant for debugging.
 
     Raises:
-        ValueError: ``smoothing`` outside ``[0, 1)`` or unknown ``reduction``.
+        ValueError: ``smoothing`` outside ``[0, 1)``, unknown ``reduction``, or both
+            ``from_logits`` and ``check_log_probs``.
     """
 
-    def __init__(self, smoothing: float = 0.03, ignore_index: int = 0, reduction: str = "mean") -> None:
+    def __init__(
+        self,
+        smoothing: float = 0.03,
+        ignore_index: int = 0,
+        reduction: str = "mean",
+        *,
+        from_logits: bool = False,
+        check_log_probs: bool = False,
+    ) -> None:
         super().__init__()
         if not (0.0 <= float(smoothing) < 1.0):
             raise ValueError(f"smoothing must be in [0, 1), got {smoothing!r}")
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        if from_logits and check_log_probs:
+            raise ValueError("from_logits=True and check_log_probs=True contradict each other: pick one")
         self.smoothing = float(smoothing)
         self.ignore_index = int(ignore_index)
         self.reduction = reduction
+        self.from_logits = bool(from_logits)
+        self.check_log_probs = bool(check_log_probs)
 
     def forward(self, log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Compute the loss.
 
+        Computed in float32 (fp16/bf16 input is upcast) or float64 (kept as float64).
+
         Args:
-            log_probs: ``[..., V]`` log-probabilities.
+            log_probs: ``[..., V]`` log-probabilities (logits with ``from_logits=True``).
             targets: ``[...]`` class ids (the leading shapes match).
 
         Returns:
             The reduced loss (a scalar), or per-target losses for ``reduction="none"``.
 
         Raises:
-            ValueError: shapes do not match.
+            ValueError: shapes do not match; a non-ignored target is outside ``[0, V)``
+                (CPU; a device-side assertion on accelerators, see :func:`masked_nll`);
+                with ``check_log_probs``, input that is not log-probabilities.
         """
         if log_probs.shape[:-1] != targets.shape:
             raise ValueError(
                 f"log_probs must be [..., V] with targets [...]; got {tuple(log_probs.shape)} and {tuple(targets.shape)}"
             )
-        log_probs = log_probs.float()
+        low_precision = log_probs.dtype in (torch.float16, torch.bfloat16)
+        log_probs = log_probs.to(torch.promote_types(log_probs.dtype, torch.float32))
         keep = targets != self.ignore_index
+        _check_targets(targets, keep, log_probs.shape[-1], "LabelSmoothedNLLLoss")
+        if self.from_logits:
+            log_probs = torch.log_softmax(log_probs, dim=-1)
+        elif self.check_log_probs:
+            self._verify_log_probs(log_probs, keep, 5e-2 if low_precision else 1e-3)
         safe_targets = torch.where(keep, targets, torch.zeros_like(targets)).long()
         nll = -log_probs.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
         smooth = -log_probs.mean(dim=-1)
@@ -153,5 +211,20 @@ class LabelSmoothedNLLLoss(nn.Module):
             return total
         return total / keep.sum().clamp(min=1).to(total.dtype)
 
+    @staticmethod
+    def _verify_log_probs(log_probs: torch.Tensor, keep: torch.Tensor, tolerance: float) -> None:
+        error = torch.logsumexp(log_probs.detach(), dim=-1).abs()
+        error = torch.where(keep, error, error.new_zeros(()))
+        worst = float(error.max()) if error.numel() else 0.0
+        if not worst <= tolerance:  # also catches NaN
+            raise ValueError(
+                f"LabelSmoothedNLLLoss expects log-probabilities (logsumexp over the last dim = 0), "
+                f"but a row has |logsumexp| = {worst:.4g}; pass log_softmax output, or logits with "
+                "from_logits=True"
+            )
+
     def extra_repr(self) -> str:
-        return f"smoothing={self.smoothing}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+        return (
+            f"smoothing={self.smoothing}, ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+            f"from_logits={self.from_logits}, check_log_probs={self.check_log_probs}"
+        )

@@ -8,6 +8,10 @@ Rank of the target = 1 + number of classes whose score is STRICTLY greater than 
 target's score, so ties are resolved in the target's favour (optimistic). Acc@k counts
 ``rank <= k``. The top-1 prediction used for F1 is ``argmax`` (the lowest index among tied
 maxima), so with ties a sample may count as an Acc@1 hit yet predict another class for F1.
+
+A non-finite target score (NaN, +inf or -inf) ranks the target LAST (rank ``V``): a model
+whose outputs went NaN scores 0, never 100 (see docs/metrics.md). NaN scores of other
+classes count as -inf (they never outrank anything), and the F1 prediction ignores them.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         targets: [N] class indices in ``[0, V)``.
 
     Returns:
-        [N] int64 ranks on the scores' device.
+        [N] int64 ranks on the scores' device; ``V`` (last) where the target's score is not
+        finite, so a NaN or infinite score is never a hit.
 
     Raises:
         ValueError: shapes do not match.
@@ -38,7 +43,9 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     _check(scores, targets)
     scores = scores.float()
     target_scores = scores.gather(1, targets.long().view(-1, 1))
-    return 1 + (scores > target_scores).sum(dim=1)
+    # NaN > x is False, so a NaN class never outranks the target; a NaN target is handled below
+    rank = 1 + (scores > target_scores).sum(dim=1)
+    return torch.where(torch.isfinite(target_scores.squeeze(1)), rank, torch.full_like(rank, scores.shape[1]))
 
 
 def _check(scores: torch.Tensor, targets: torch.Tensor) -> None:
@@ -67,7 +74,7 @@ class RankingMetrics:
         self.num_classes = num_classes
         self.device = torch.device(device) if device is not None else None
         self._sums: torch.Tensor | None = None
-        if num_classes is not None and device is not None:
+        if num_classes is not None and self.device is not None:
             self._allocate(num_classes, self.device)
 
     def _allocate(self, num_classes: int, device: torch.device) -> None:
@@ -131,12 +138,15 @@ class RankingMetrics:
             ]
         )
         # per-class counts by scatter_add (CUDA bincount and boolean indexing would sync)
-        predicted = scores.argmax(dim=1)
-        ones = weight
+        # argmax treats NaN as the maximum: count NaN as -inf for the prediction, and a target
+        # whose own score is not finite is never a true positive
+        predicted = torch.nan_to_num(scores.float(), nan=float("-inf")).argmax(dim=1)
+        target_finite = torch.isfinite(scores.gather(1, targets.view(-1, 1)).squeeze(1))
+        correct = (predicted == targets) & target_finite
         per_class = torch.zeros(3, self.num_classes, dtype=dtype, device=rank.device)
-        per_class[0].scatter_add_(0, targets, ones)  # support
-        per_class[1].scatter_add_(0, predicted, ones)  # predicted count
-        per_class[2].scatter_add_(0, targets, (predicted == targets).to(dtype) * weight)  # true positives
+        per_class[0].scatter_add_(0, targets, weight)  # support
+        per_class[1].scatter_add_(0, predicted, weight)  # predicted count
+        per_class[2].scatter_add_(0, targets, correct.to(dtype) * weight)  # true positives
         self._sums += torch.cat([scalars, per_class.view(-1)])
 
     def sums(self) -> torch.Tensor:

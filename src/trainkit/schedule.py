@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from trainkit.state import require_keys
+
 __all__ = ["WarmupCosineSchedule"]
 
 
@@ -115,10 +117,15 @@ class WarmupCosineSchedule:
     ) -> torch.optim.lr_scheduler.LRScheduler:
         """Wrap the schedule as a standard ``torch.optim.lr_scheduler.LRScheduler``.
 
-        After ``k`` calls to ``.step()`` every param group's ``lr`` is exactly ``self(k)``
-        (epoch mode) or ``self(k / steps_per_epoch)`` (step mode), so the schedule plugs
-        into any loop or framework that steps a torch scheduler. Like :meth:`apply`, every
-        param group gets the same value (the groups' own ``lr`` are not used as ratios).
+        After ``k`` calls to ``.step()`` the first param group's ``lr`` is exactly
+        ``self(k)`` (epoch mode) or ``self(k / steps_per_epoch)`` (step mode), so the
+        schedule plugs into any loop or framework that steps a torch scheduler. Every
+        other group keeps its ratio to the first group's initial ``lr``, as with
+        ``LambdaLR`` (a group at a tenth of the first stays at a tenth); groups with equal
+        ``lr`` all get ``self(t)`` exactly. ``base_lrs`` is ``base_lr`` times those ratios.
+        Like ``LambdaLR`` it sets the LR in closed form at every step, so in a
+        ``ChainedScheduler`` it must come first and a multiplicative scheduler after it
+        applies its factor once per step (docs/schedule.md).
 
         Args:
             optimizer: The optimizer whose param groups are driven.
@@ -130,7 +137,8 @@ class WarmupCosineSchedule:
             ``ValueError`` for a state saved with a different ``steps_per_epoch``.
 
         Raises:
-            ValueError: ``steps_per_epoch`` is given and not a positive integer.
+            ValueError: ``steps_per_epoch`` is given and not a positive integer, or the
+                first param group's ``lr`` is not a finite number > 0 (no ratio exists).
         """
         if steps_per_epoch is not None and (
             not isinstance(steps_per_epoch, int) or isinstance(steps_per_epoch, bool) or steps_per_epoch < 1
@@ -143,7 +151,12 @@ class WarmupCosineSchedule:
         return {"base_lr": self.base_lr, "warmup": self.warmup, "total": self.total, "min_lr": self.min_lr}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore settings saved by :meth:`state_dict` (validated like the constructor)."""
+        """Restore settings saved by :meth:`state_dict` (validated like the constructor).
+
+        Raises:
+            ValueError: a key is missing or a value is invalid.
+        """
+        require_keys(state, ("base_lr", "warmup", "total", "min_lr"), "WarmupCosineSchedule")
         self.__init__(state["base_lr"], state["warmup"], state["total"], state["min_lr"])  # type: ignore[misc]
 
     def __repr__(self) -> str:
@@ -154,19 +167,29 @@ class WarmupCosineSchedule:
 
 
 class _ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
-    """An ``LRScheduler`` that sets ``lr = schedule(position)`` exactly.
+    """An ``LRScheduler`` that sets the first group's ``lr = schedule(position)`` exactly.
 
     The position is ``last_epoch`` (epoch mode) or ``last_epoch / steps_per_epoch`` (step
-    mode). Unlike ``LambdaLR`` nothing is multiplied by ``initial_lr``, so the value is the
-    schedule's float, bit for bit. The schedule object is not part of ``state_dict()``.
+    mode). Group ``g`` gets ``schedule(position) * ratios[g]``, ``ratios[g]`` being its
+    initial ``lr`` over the first group's (1.0 for the first group and for equal groups, so
+    their value is the schedule's float, bit for bit). The schedule object is not part of
+    ``state_dict()``; the ratios are.
     """
 
     def __init__(
         self, optimizer: torch.optim.Optimizer, schedule: WarmupCosineSchedule, steps_per_epoch: int | None
     ) -> None:
+        initial = [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
+        if not (math.isfinite(initial[0]) and initial[0] > 0):
+            raise ValueError(
+                f"the first param group's lr must be a finite number > 0 (the other groups keep their "
+                f"ratio to it), got {initial[0]!r}"
+            )
         self.schedule = schedule
         self.steps_per_epoch = steps_per_epoch
+        self.ratios = [1.0 if lr == initial[0] else lr / initial[0] for lr in initial]
         super().__init__(optimizer)
+        self.base_lrs = [schedule.base_lr * ratio for ratio in self.ratios]
 
     def _position(self) -> float:
         k = self.last_epoch
@@ -174,7 +197,7 @@ class _ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         lr = self.schedule(self._position())
-        return [lr for _ in self.optimizer.param_groups]
+        return [lr if ratio == 1.0 else lr * ratio for ratio in self.ratios]
 
     _get_closed_form_lr = get_lr  # step(epoch) (deprecated in torch) is exact too
 
@@ -186,14 +209,22 @@ class _ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         """Restore the step count; the next ``.step()`` continues the saved run.
 
         Raises:
-            ValueError: the state was saved with a different ``steps_per_epoch`` (the same
-                step count would then mean another position in the schedule).
+            ValueError: ``last_epoch`` is missing; the state was saved with a different
+                ``steps_per_epoch`` (the same step count would then mean another position in
+                the schedule) or for another number of param groups.
         """
+        require_keys(state_dict, ("last_epoch",), "as_lr_scheduler")
         saved = state_dict.get("steps_per_epoch", self.steps_per_epoch)
         if saved != self.steps_per_epoch:
             raise ValueError(
                 f"state_dict was saved with steps_per_epoch={saved!r}, this scheduler has "
                 f"steps_per_epoch={self.steps_per_epoch!r}"
+            )
+        ratios = state_dict.get("ratios", self.ratios)
+        if not isinstance(ratios, list) or len(ratios) != len(self.ratios):
+            raise ValueError(
+                f"state_dict holds LR ratios for {len(ratios) if isinstance(ratios, list) else ratios!r} param "
+                f"groups, this optimizer has {len(self.ratios)}"
             )
         state = {key: value for key, value in state_dict.items() if key not in ("optimizer", "schedule")}
         self.__dict__.update(state)

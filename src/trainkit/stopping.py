@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, SupportsFloat
 
 from trainkit.state import require_keys
 
@@ -130,7 +130,7 @@ class EarlyStopper:
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
-    def step(self, value: float) -> bool:
+    def step(self, value: SupportsFloat) -> bool:
         """Record one validation value.
 
         Args:
@@ -245,7 +245,7 @@ class RunningAverage:
             self.best_epoch = self.epoch
         return improved
 
-    def update(self, value: float) -> float:
+    def update(self, value: SupportsFloat) -> float:
         """Fold one loss value into the average.
 
         Args:

@@ -1,0 +1,18 @@
+"""``mypy --strict`` over the docs' snippets (tests/docs_snippets_typecheck.py); skipped without mypy.
+
+mypy is not a dependency of the test suite: install it (``pip install mypy``) to run this.
+A cold mypy cache takes about a minute on 2 cores; later runs take seconds.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("mypy", reason="mypy is not installed (pip install mypy to type-check the docs' snippets)")
+
+import docs_snippets_typecheck  # noqa: E402  (tests/ is on sys.path under pytest's rootdir conftest)
+
+
+def test_checked_pages_pass_mypy_strict() -> None:
+    errors, report = docs_snippets_typecheck.check(list(docs_snippets_typecheck.CHECKED_PAGES))
+    assert errors == 0, report
