@@ -89,25 +89,28 @@ def settings_rows(recipe: recipes.Recipe, training: dict[str, Any], results: dic
 
     epochs = int(training.get("epochs", recipe.epochs))
     nonfinite_text = {"raise": "raise, stop the run", "skip": "skip the step"}
-    nonfinite = training.get("nonfinite", recipe.non_finite_loss)
+    nonfinite = training.get("nonfinite", recipe.nonfinite)
     rows = {"optimizer": f"{OPTIMIZER_NAMES[recipe.optimizer]} (`{recipe.optimizer}`)"}
     if recipe.name == "original":  # everything from the recipe but the epochs and the save interval
         rows["learning rate"] = fmt(recipe.lr)
         rows["optimizer settings"] = f"initial_accumulator_value {fmt(recipe.initial_accumulator_value)}"
         rows["LR schedule"] = recipe.schedule
-        rows["grad clip (global norm)"] = fmt(recipe.grad_clip)
+        rows["grad clip (global norm)"] = fmt(recipe.max_grad_norm)
         rows["loss"] = (f"{LOSS_NAMES[recipe.loss]} (the optional coverage term, weight {fmt(recipe.cov_loss_wt)}, "
                         "is not used: with one decoder step per sample it is zero)")
         rows["model selection"] = (f"running average of val loss (decay {fmt(recipe.running_avg_decay)}, clip "
                                    f"{fmt(recipe.running_avg_clip)}) improves -> `{recipe.best_name}`; no early stopping")
         rows["epochs"] = f"{used(epochs, recipe.epochs)}, all of them (the seed's loop never ends on its own)"
         rows["precision / AMP"] = f"{recipe.precision}, no AMP"
-        rows["checkpointing"] = (f"every {config('checkpoint_every_seconds')} s, keep {recipe.checkpoint_keep}; "
+        seconds = [int(v) if isinstance(v, float) and v.is_integer() else v  # 60.0 -> 60
+                   for v in (training.get("checkpoint_every_seconds", recipe.checkpoint_every_seconds),
+                             recipe.checkpoint_every_seconds)]
+        rows["checkpointing"] = (f"every {used(*seconds)} s, keep {recipe.keep_last}; "
                                  f"`{recipe.best_name}` and `last.pt` each epoch")
     else:  # proposed: lr, weight decay, schedule, clip, smoothing, stopping and precision come from the config
-        warmup, warmup_note = int(training.get("warmup_epochs", recipe.warmup_epochs)), ""
+        warmup, warmup_note = int(training.get("warmup", recipe.warmup) or 0), ""
         if warmup >= epochs:  # build_trainer's rule when --epochs is shorter than the warmup
-            warmup, warmup_note = epochs // 10, f" (config: {training['warmup_epochs']}, reduced to fit {epochs} epochs)"
+            warmup, warmup_note = epochs // 10, f" (config: {training['warmup']}, reduced to fit {epochs} epochs)"
         per = "step" if training.get("per_step_schedule") else "epoch"
         precision = training.get("precision", recipe.precision)
         resolved = results.get("precision", precision)
@@ -116,9 +119,9 @@ def settings_rows(recipe: recipes.Recipe, training: dict[str, Any], results: dic
                                       f"weight_decay {config('weight_decay')}")
         min_lr = fmt(training.get("min_lr", recipe.min_lr))
         rows["LR schedule"] = (f"linear warmup {warmup} epochs{warmup_note} + cosine to {min_lr} over {epochs} epochs, "
-                               f"set per {per} (recipe: warmup {recipe.warmup_epochs} + cosine to "
+                               f"set per {per} (recipe: warmup {recipe.warmup} + cosine to "
                                f"{fmt(recipe.min_lr)} over {recipe.schedule_epochs})")
-        rows["grad clip (global norm)"] = config("grad_clip")
+        rows["grad clip (global norm)"] = config("max_grad_norm")
         rows["loss"] = (f"{LOSS_NAMES[recipe.loss]} (smoothing {config('label_smoothing')}, "
                         f"ignore_index {recipe.ignore_index})")
         rows["model selection"] = (f"best val loss -> `{recipe.best_name}`; early stopping, patience "
@@ -128,7 +131,7 @@ def settings_rows(recipe: recipes.Recipe, training: dict[str, Any], results: dic
         rows["checkpointing"] = f"`{recipe.best_name}` when val loss improves, `last.pt` each epoch"
     rows["batch size"] = config("batch_size")
     rows["seed"] = config("seed")
-    rows["non-finite loss"] = used(nonfinite_text.get(nonfinite, nonfinite), nonfinite_text[recipe.non_finite_loss])
+    rows["non-finite loss"] = used(nonfinite_text.get(nonfinite, nonfinite), nonfinite_text[recipe.nonfinite])
     return rows
 
 

@@ -1,6 +1,6 @@
 """GeoLife staypoints -> (history, next location) samples, following Hong et al.'s protocol.
 
-The protocol (design brief section 6, checked against mie-lab/location-prediction,
+The protocol (docs/data.md; checked against mie-lab/location-prediction,
 ``utils/dataloader.py`` and ``preprocessing/utils.py::get_valid_sequence``):
 
 1. Per user, split by day: ``start_day < 0.6*max_day`` -> train, ``< 0.8*max_day`` ->
@@ -14,6 +14,8 @@ The protocol (design brief section 6, checked against mie-lab/location-predictio
    and ``diff`` ranges 0..7); the sample is kept when the history has >= 3 staypoints.
    See docs/data.md for why this (and not ``[day-7, day)``) is the reference convention.
 
+The split cache lives in ``geolife_cache.py``, the synthetic data in ``synthetic_data.py``.
+
 Batch format consumed by ``PointerV45`` (see ``splits_to_tensors``): ``(x, y, x_dict)`` with
 ``x`` [B, L] int64 location ids right-padded with 0, ``y`` [B] int64 target ids and
 ``x_dict`` = {"time", "weekday", "diff", "duration"} [B, L] int64 plus {"user", "len"} [B].
@@ -22,10 +24,8 @@ Batch format consumed by ``PointerV45`` (see ``splits_to_tensors``): ``(x, y, x_
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,10 +45,9 @@ MAX_DURATION_BUCKET = 95  # ... clamped to 95 (= the reference's 2-day truncatio
 PAD_ID, UNSEEN_ID = 0, 1
 # Bump when the sample construction changes: it is part of the cache key.
 PROTOCOL_VERSION = "geolife-hong-v1"
-# Bump when generate_synthetic_staypoints writes different data for the same arguments.
-SYNTHETIC_VERSION = "syn-v1"
 
 _INT_COLUMNS = ("id", "user_id", "location_id", "start_day", "start_min", "weekday")
+_INT64_BOUND = 2**63
 _Sample = tuple[np.ndarray, np.ndarray, int, int]  # (history rows, diff, target id, user id)
 
 
@@ -118,21 +117,14 @@ def load_staypoints(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             raise ValueError(f"{path}: missing required column(s) {', '.join(missing)} (header: {','.join(header)})")
         wanted = list(REQUIRED_COLUMNS) + (["id"] if "id" in header else [])
         index = {name: header.index(name) for name in wanted}
-        values: dict[str, list[float]] = {name: [] for name in wanted}
+        values: dict[str, list[float | int]] = {name: [] for name in wanted}
         for line_no, row in enumerate(reader, start=2):
             if not row or all(not cell.strip() for cell in row):
                 continue  # blank line
             for name, col in index.items():
                 cell = row[col].strip() if col < len(row) else ""
-                try:
-                    value = float(cell)
-                except ValueError:
-                    value = math.nan
-                if not math.isfinite(value):
-                    raise ValueError(f"{path}: line {line_no}, column {name!r}: non-numeric value {cell!r}")
-                if name in _INT_COLUMNS and value != int(value):
-                    raise ValueError(f"{path}: line {line_no}, column {name!r}: expected an integer, got {cell!r}")
-                values[name].append(value)
+                parse = _parse_int if name in _INT_COLUMNS else _parse_float
+                values[name].append(parse(cell, f"{path}: line {line_no}, column {name!r}"))
     if not values["user_id"]:
         raise ValueError(f"staypoint file has no rows: {path}")
     columns = {name: np.asarray(vals, dtype=np.float64 if name == "duration" else np.int64) for name, vals in values.items()}
@@ -143,6 +135,36 @@ def load_staypoints(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     _check_range(columns, "start_day", 0, None, path)
     _check_range(columns, "duration", 0, None, path)
     return columns
+
+
+def _parse_int(cell: str, where: str) -> int:
+    """An integer cell (ids, days, minutes): ``"42"`` or ``"42.0"``, parsed exactly, within int64.
+
+    Ids are parsed as integers, never through ``float``: ids of 2**53 and more stay distinct.
+    """
+    digits = cell[:-2] if cell.endswith(".0") else cell
+    try:
+        value = int(digits)
+    except ValueError:
+        try:
+            float(cell)
+        except ValueError:
+            raise ValueError(f"{where}: non-numeric value {cell!r}") from None
+        raise ValueError(f"{where}: expected an integer, got {cell!r}") from None
+    if not -_INT64_BOUND <= value < _INT64_BOUND:
+        raise ValueError(f"{where}: integer {cell!r} does not fit 64 bits")
+    return value
+
+
+def _parse_float(cell: str, where: str) -> float:
+    """A finite number cell (the duration in minutes)."""
+    try:
+        value = float(cell)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: non-numeric value {cell!r}")
+    return value
 
 
 def _check_range(columns: dict[str, np.ndarray], name: str, low: float, high: float | None, path: Path) -> None:
@@ -283,89 +305,6 @@ def _pad(samples: list[_Sample], feats: dict[str, np.ndarray], length: int) -> d
     return out
 
 
-# --------------------------------------------------------------------------- cache
-
-
-def load_or_build_splits(
-    csv_path: str | os.PathLike[str], cache_dir: str | os.PathLike[str], max_len: int | None = None
-) -> GeoLifeSplits:
-    """Return the splits of ``csv_path``, from a ``.npz`` cache when the source is unchanged.
-
-    The cache file is named by sha256(CSV bytes + PROTOCOL_VERSION + max_len), so an edited
-    CSV or a protocol change builds (and writes) a new file; the old one is left alone.
-    Written atomically: a temp file in ``cache_dir`` then ``os.replace``.
-
-    Args:
-        csv_path: Staypoint CSV (see ``load_staypoints``).
-        cache_dir: Directory for the cache (created if missing).
-        max_len: Forwarded to ``make_samples``.
-
-    Returns:
-        The splits.
-
-    Raises:
-        ValueError: as ``load_staypoints`` / ``make_samples``.
-    """
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise ValueError(f"staypoint file not found: {csv_path}")
-    digest = hashlib.sha256(csv_path.read_bytes())
-    digest.update(f"|{PROTOCOL_VERSION}|max_len={max_len}".encode())
-    cache_dir = Path(cache_dir)
-    cache_file = cache_dir / f"geolife-{digest.hexdigest()[:24]}.npz"
-    if cache_file.is_file():
-        try:
-            return _load_cache(cache_file)
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable or stale layout: rebuild below and overwrite
-    splits = make_samples(load_staypoints(csv_path), max_len=max_len)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    _save_cache(cache_file, splits)
-    return splits
-
-
-def _save_cache(path: Path, splits: GeoLifeSplits) -> None:
-    """Write ``splits`` to ``path`` atomically (plain arrays only, no pickled objects)."""
-    arrays: dict[str, np.ndarray] = {
-        f"{split}.{key}": splits.split(split)[key] for split in SPLITS for key in SAMPLE_KEYS
-    }
-    arrays["meta.protocol"] = np.array(PROTOCOL_VERSION)
-    arrays["meta.sizes"] = np.array([splits.num_locations, splits.num_users, splits.max_len], dtype=np.int64)
-    arrays["meta.skipped_users"] = np.array(splits.skipped_users, dtype=np.int64)
-    arrays["meta.warnings"] = np.array(splits.warnings, dtype=str)
-    arrays["meta.location_frequencies"] = splits.location_frequencies
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _load_cache(path: Path) -> GeoLifeSplits:
-    """Read a cache written by ``_save_cache``."""
-    # allow_pickle=False: only plain numeric/str arrays are accepted, so a tampered cache
-    # cannot execute code (the seed pipeline's pickled datasets could).
-    with np.load(path, allow_pickle=False) as data:
-        if str(data["meta.protocol"]) != PROTOCOL_VERSION:
-            raise ValueError(f"cache {path} has another protocol version")
-        parts = {split: {key: data[f"{split}.{key}"] for key in SAMPLE_KEYS} for split in SPLITS}
-        num_locations, num_users, max_len = (int(v) for v in data["meta.sizes"])
-        return GeoLifeSplits(
-            **parts,
-            num_locations=num_locations,
-            num_users=num_users,
-            max_len=max_len,
-            skipped_users=[int(u) for u in data["meta.skipped_users"]],
-            warnings=[str(w) for w in data["meta.warnings"]],
-            location_frequencies=data["meta.location_frequencies"],
-        )
-
-
 # --------------------------------------------------------------------------- batches, baseline
 
 
@@ -392,112 +331,3 @@ def most_frequent_baseline(splits: GeoLifeSplits, split: str = "test") -> float:
         return 0.0
     best = int(np.argmax(splits.location_frequencies))
     return 100.0 * float(np.mean(targets == best))
-
-
-# --------------------------------------------------------------------------- synthetic data
-
-
-def generate_synthetic_staypoints(
-    path: str | os.PathLike[str], num_users: int = 20, num_days: int = 100, seed: int = 0
-) -> Path:
-    """Write a deterministic synthetic staypoint CSV with the GeoLife schema (``CSV_COLUMNS``).
-
-    Each user has a home, a workplace (a shared "campus" for most users, as in GeoLife),
-    a lunch place, a few leisure places with personal preferences and a weekly rhythm:
-    weekdays home -> work -> (lunch -> work) -> (leisure) -> home, weekends home ->
-    1-2 leisure places -> home. Days go untracked at random, about 6% of visits are one-off
-    new places, and each user switches lunch place once (revisited, later-unseen locations).
-
-    Args:
-        path: Output CSV path (parent directories are created).
-        num_users: Users (>= 1).
-        num_days: Calendar days per user (>= 15 so that every split can have targets).
-        seed: RNG seed; the same arguments always write the same bytes.
-
-    Returns:
-        ``path`` as a Path.
-
-    Raises:
-        ValueError: ``num_users < 1`` or ``num_days < 15``.
-    """
-    if num_users < 1:
-        raise ValueError(f"num_users must be >= 1, got {num_users}")
-    if num_days < 15:
-        raise ValueError(f"num_days must be >= 15, got {num_days}")
-    rng = np.random.default_rng(seed)
-    next_loc = [0]
-
-    def new_location() -> int:
-        next_loc[0] += 1
-        return next_loc[0] - 1
-
-    campus = new_location()
-    shared_leisure = [new_location() for _ in range(12)]  # malls, parks, stations shared by users
-    rows: list[tuple[int, int, float, int, int, int, int, int]] = []
-    for user in range(1, num_users + 1):
-        home = new_location()
-        work = campus if rng.random() < 0.7 else new_location()
-        lunch = [new_location() for _ in range(3)]  # lunch[2] replaces lunch[1] from switch_day on
-        lunch_pref = rng.dirichlet(np.ones(2))
-        switch_day = int(rng.integers(num_days // 3, num_days))
-        own = [new_location() for _ in range(4)]
-        leisure = own + [int(v) for v in rng.choice(shared_leisure, size=3, replace=False)]
-        pref = rng.dirichlet(np.ones(len(leisure)))
-        first_weekday = int(rng.integers(0, 7))
-        user_rows: list[tuple[int, int, int]] = []  # (location, absolute start minute, end minute)
-
-        def visit(loc: int, start: int, end: int) -> None:
-            user_rows.append((loc, start, max(end, start + 10)))
-
-        def maybe_noise(t: int) -> int:
-            if rng.random() < 0.1:  # a one-off new place
-                stay = int(rng.integers(20, 120))
-                visit(new_location(), t, t + stay)
-                return t + stay + int(rng.integers(10, 40))
-            return t
-
-        wake = int(rng.integers(6 * 60, 9 * 60))  # absolute minute the user leaves home next
-        for d in range(num_days):
-            base = d * 1440
-            weekend = (first_weekday + d) % 7 >= 5
-            if d > 0 and rng.random() < 0.12:  # untracked day
-                wake = base + 1440 + int(rng.integers(6 * 60, 9 * 60))
-                continue
-            t = max(wake, base) + int(rng.integers(15, 50))  # commute
-            if weekend or rng.random() < 0.2:  # weekend, or a weekday off: 1-3 outings
-                for _ in range(int(rng.integers(1, 4))):
-                    stay = int(rng.gamma(3.0, 40))
-                    visit(int(rng.choice(leisure, p=pref)), t, t + stay)
-                    t = maybe_noise(t + stay + int(rng.integers(15, 60)))
-            else:
-                end_work = base + int(rng.normal(18 * 60, 40))
-                if rng.random() < 0.5:  # morning at work, lunch out, afternoon at work
-                    noon = base + 12 * 60 + int(rng.normal(0, 15))
-                    visit(work, t, noon)
-                    t = noon + int(rng.integers(5, 15))
-                    back = t + int(rng.integers(30, 70))
-                    choice = int(rng.choice(2, p=lunch_pref))
-                    visit(lunch[2 if choice == 1 and d >= switch_day else choice], t, back)
-                    t = back + int(rng.integers(5, 15))
-                visit(work, t, end_work)
-                t = maybe_noise(max(end_work, t + 30) + int(rng.integers(15, 45)))
-                if rng.random() < 0.4:
-                    stay = int(rng.gamma(2.0, 40))
-                    visit(int(rng.choice(leisure, p=pref)), t, t + stay)
-                    t += stay + int(rng.integers(15, 45))
-            # home overnight; later mornings before a weekend day
-            tomorrow_weekend = (first_weekday + d + 1) % 7 >= 5
-            wake = base + 1440 + int(rng.normal(9.5 * 60 if tomorrow_weekend else 7.5 * 60, 40))
-            visit(home, t, max(wake, t + 60))
-        for loc, start, end in user_rows:
-            rows.append((user, loc, float(end - start), start // 1440, end // 1440, start % 1440, end % 1440,
-                         (first_weekday + start // 1440) % 7))
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
-        for i, row in enumerate(rows):
-            writer.writerow((i, *row))
-    return path

@@ -333,10 +333,10 @@ def new_arm(name: str, model: PointerGenerator, out: Path, recipe: recipes.Recip
         name=name,
         model=model,
         optimizer=optimizer,
-        amp=AMPStep(optimizer, precision=recipe.precision, max_grad_norm=recipe.grad_clip),
+        amp=AMPStep(optimizer, precision=recipe.precision, max_grad_norm=recipe.max_grad_norm),
         averager=RunningAverage(recipe.running_avg_decay, recipe.running_avg_clip),
         manager=CheckpointManager(
-            out / name, keep_last=recipe.checkpoint_keep, every_seconds=every_seconds, pinned=(recipe.best_name,)
+            out / name, keep_last=recipe.keep_last, every_seconds=every_seconds, pinned=(recipe.best_name,)
         ),
     )
 

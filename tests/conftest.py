@@ -1,11 +1,13 @@
 """Shared test setup: ``src/`` first on sys.path, and the tiny Trainer job many tests build.
 
 Helpers are handed to tests as fixtures (``build_trainer``, ``tiny_data``, ``poisoned_loss``,
-``fake_clock``); test modules never import each other.
+``fake_clock``); test modules never import each other. The example's split cache goes to a temporary
+directory, never the user's home.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +16,9 @@ from typing import Any
 import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src"
-if str(SRC) not in sys.path:
+# TRAINKIT_TEST_INSTALLED=1 (`make test`): test the installed wheel, never src/.
+INSTALLED = os.environ.get("TRAINKIT_TEST_INSTALLED") == "1"
+if not INSTALLED and str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
 import torch  # noqa: E402
@@ -147,3 +151,16 @@ def poisoned_loss() -> Callable[..., Callable[..., torch.Tensor]]:
 def fake_clock() -> type[FakeClock]:
     """The :class:`FakeClock` class."""
     return FakeClock
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _data_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """The example's split cache goes to a temporary directory, never the user's ~/.cache
+    (subprocesses inherit the variable)."""
+    previous = os.environ.get("TRAINKIT_CACHE_DIR")
+    os.environ["TRAINKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("trainkit-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("TRAINKIT_CACHE_DIR", None)
+    else:
+        os.environ["TRAINKIT_CACHE_DIR"] = previous

@@ -1,20 +1,30 @@
-"""examples/pointer_v45.py from the command line: a 2-epoch smoke run and clear input errors."""
+"""examples/pointer_v45.py from the command line: a 2-epoch smoke run, clear input errors,
+and the run directory's guarantees (lock, resume checks, no leftovers from refused runs)."""
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "pointer_v45.py"
 sys.path.insert(0, str(ROOT / "examples"))
 
 import pointer_v45  # noqa: E402
+import pointer_v45_config  # noqa: E402
+import run_dir  # noqa: E402
+
+from trainkit import recipes  # noqa: E402
 
 RESULT_KEYS = ("acc@1", "acc@5", "acc@10", "mrr", "ndcg", "f1", "loss", "acc@1_seen")
 
@@ -46,11 +56,18 @@ def test_two_epoch_run_writes_the_run_directory(smoke_run: Path) -> None:
     assert all(n > 0 for n in results["num_samples"].values())
     assert results["num_locations"] > 2
     assert {"seed", "best_epoch", "wall_time_s"} <= set(results)
+    assert set(results["timings"]) == {"imports", "data", "device_init", "capture", "train", "eval", "final_eval",
+                                       "total_wall"}
+    assert all(isinstance(v, float) and v >= 0 for v in results["timings"].values())
+    assert results["timings"]["total_wall"] >= results["timings"]["train"] + results["timings"]["eval"]
     assert (smoke_run / "checkpoints" / "best.pt").is_file()
     assert (smoke_run / "checkpoints" / "last.pt").is_file()
     assert len((smoke_run / "metrics.jsonl").read_text().splitlines()) == 2
     config = json.loads((smoke_run / "config.json").read_text())
-    assert config["training"]["epochs"] == 2
+    assert config["recipe"] == "proposed" and config["training"]["epochs"] == 2
+    assert config["training"]["warmup"] == 0 and config["training"]["capture"] is True
+    assert not (smoke_run.parent / ".cache").exists()  # the split cache lives in the user cache directory
+    assert list(Path(os.environ["TRAINKIT_CACHE_DIR"]).glob("geolife-*.npz"))
     log = (smoke_run / "train.log").read_text()
     assert "reduced to 0" in log  # warmup 5 does not fit 2 epochs
     assert "baseline" in log and "Epoch 2/2" in log
@@ -69,42 +86,69 @@ def test_resume_of_a_finished_run_continues_to_more_epochs(smoke_run: Path) -> N
     assert "Resumed from" in (smoke_run / "train.log").read_text()
 
 
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """pointer_v45.main() points the root logger at this test's stdout; undo that afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+
+
+def one_line_error(code: int, err: str) -> str:
+    assert code == 2, err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--epochs", "0"], "epochs must be an integer >= 1"),
-        (["--data", "/nonexistent/staypoints.csv"], "data file not found"),
+        (["--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
+        (["--epochs", str(10**400)], "--epochs must be a 64-bit integer, got 1000"),
+        (["--seed", str(10**400)], "--seed must be a 64-bit integer, got 1000"),
+        (["--data", "/nonexistent/staypoints.csv"], "staypoint file not found"),
         (["--resume", "/nonexistent/run"], "no config.json"),
+        (["--recipe", "compare", "--seeds", "two"], "--seeds must be a count or a comma-separated list"),
     ],
 )
 def test_bad_input_gives_one_line_error(args: list[str], message: str, tmp_path: Path, capsys) -> None:
-    code = pointer_v45.main([*args, "--out", str(tmp_path)])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert message in err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    code = pointer_v45.main([*args, "--out", str(tmp_path / "runs"), "--device", "cpu"])
+    assert message in one_line_error(code, capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()  # refused before the run directory was made
 
 
-def test_unknown_config_key_is_named_with_a_suggestion(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        ("training:\n  learning_rate: 0.001\n", "unknown key training.learning_rate"),
+        ("training:\n  warmup_epochs: 3\n", "unknown key training.warmup_epochs (did you mean 'warmup'?)"),
+        ("trainng:\n  lr: 0.001\n", "unknown section 'trainng' (did you mean 'training'?)"),
+        ("training:\n  compile: 'no'\n", "training.compile must be true or false, got 'no'"),
+        ("training:\n  per_step_schedule: 'no'\n", "training.per_step_schedule must be true or false, got 'no'"),
+        ("training:\n  lr: .nan\n", "training.lr must be a finite number, got nan"),
+        ("model:\n  num_layers: 1.0\n", "model.num_layers must be a 64-bit integer, got 1.0"),
+        ("model:\n  d_model: 100000000\n", "model.d_model must be between 1 and 4096, got 100000000"),
+        ("data:\n  max_len: ten\n", "data.max_len must be a 64-bit integer or null, got 'ten'"),
+        ("data:\n  path: 5\n", "data.path must be a string or null, got 5"),
+        ("data:\n  path: [a.csv, b.csv]\n", "data.path must be a string or null, got ['a.csv', 'b.csv']"),
+        ("proposed:\n  optimizer: sgd\n", "proposed.optimizer must be one of 'adagrad', 'adamw', got 'sgd'"),
+        ("training: [1, 2]\n", "section 'training' must be a mapping"),
+        ("training:\n  epochs: 3\n  warmup: 5\n", "warmup must be <= total (3), got 5"),  # WarmupCosineSchedule
+        ("proposed:\n  lr: -0.001\n", "-0.001"),  # refused by the optimizer, after the run directory was made
+    ],
+)
+def test_bad_config_is_one_line_and_leaves_no_run_directory(yaml_text: str, message: str, tmp_path: Path,
+                                                            capsys) -> None:
     config = tmp_path / "bad.yaml"
-    config.write_text("training:\n  learning_rate: 0.001\n  lr: 0.001\n")
-    assert pointer_v45.main(["--config", str(config), "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "training.learning_rate" in err
-
-
-def test_config_warmup_longer_than_epochs_is_refused(tmp_path: Path, capsys) -> None:
-    config = tmp_path / "bad.yaml"
-    config.write_text("training:\n  epochs: 3\n  warmup_epochs: 5\n")
-    assert pointer_v45.main(["--config", str(config), "--out", str(tmp_path)]) == 2
-    assert "warmup_epochs (5) must not exceed epochs (3)" in capsys.readouterr().err
-
-
-def test_nan_hyperparameter_is_refused(tmp_path: Path, capsys) -> None:
-    config = tmp_path / "bad.yaml"
-    config.write_text("training:\n  lr: .nan\n")
-    assert pointer_v45.main(["--config", str(config), "--out", str(tmp_path)]) == 2
-    assert "lr must be a finite number" in capsys.readouterr().err
+    config.write_text(yaml_text)
+    code = pointer_v45.main(["--config", str(config), "--out", str(tmp_path / "runs"), "--device", "cpu"])
+    assert message in one_line_error(code, capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
 
 def test_csv_missing_a_column_is_refused(tmp_path: Path, capsys) -> None:
@@ -114,7 +158,164 @@ def test_csv_missing_a_column_is_refused(tmp_path: Path, capsys) -> None:
     assert "location_id" in capsys.readouterr().err
 
 
-def test_yaml_config_equals_the_embedded_defaults() -> None:
+def test_non_integral_location_id_names_the_row(tmp_path: Path, capsys) -> None:
+    csv = tmp_path / "bad.csv"
+    csv.write_text("id,user_id,location_id,duration,start_day,end_day,start_min,end_min,weekday\n"
+                   "0,1,5,30.0,0,0,60,90,1\n1,1,1e300,30.0,0,0,60,90,1\n")
+    err = one_line_error(pointer_v45.main(["--data", str(csv), "--out", str(tmp_path / "runs")]),
+                         capsys.readouterr().err)
+    assert "line 3, column 'location_id': expected an integer, got '1e300'" in err
+
+
+def test_yaml_config_equals_the_recipe_and_dataclass_defaults() -> None:
     yaml = pytest.importorskip("yaml")
     loaded = yaml.safe_load((ROOT / "examples" / "configs" / "pointer_v45.yaml").read_text())
-    assert loaded == pointer_v45.DEFAULT_CONFIG
+    proposed, original = recipes.proposed().to_dict(), recipes.original().to_dict()
+    assert set(loaded) == {"data", "model", "training", "proposed"}
+    assert loaded["data"] == dataclasses.asdict(pointer_v45_config.DataConfig())
+    assert loaded["model"] == dataclasses.asdict(pointer_v45_config.ModelConfig())
+    run_fields = dataclasses.asdict(pointer_v45_config.RunConfig())
+    shared = {k: v for k, v in loaded["training"].items() if k not in run_fields}
+    assert {k: v for k, v in loaded["training"].items() if k in run_fields} == run_fields
+    assert all(proposed[k] == original[k] == v for k, v in shared.items())  # for every recipe
+    assert all(proposed[k] == v for k, v in loaded["proposed"].items()), loaded["proposed"]
+    assert set(shared) | set(loaded["proposed"]) | {"name"} == set(proposed)  # every field spelled out
+    settings, chosen = pointer_v45_config.configure(loaded, {"proposed": recipes.proposed()})
+    assert chosen["proposed"] == recipes.proposed() and settings == pointer_v45_config.Settings()
+
+
+# --------------------------------------------------------------------- the run directory
+
+TINY = """\
+data: {synthetic_users: 4, synthetic_days: 40}
+model: {d_model: 16, nhead: 2, num_layers: 1, dim_feedforward: 32}
+training: {batch_size: 64, epochs: 1, precision: fp32, log_every: 1}
+proposed: {warmup: 0}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A finished one-epoch run of each recipe (in-process)."""
+    out = tmp_path_factory.mktemp("tiny")
+    config = out / "tiny.yaml"
+    config.write_text(TINY)
+    runs = {}
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    for name in recipes.NAMES:
+        code = pointer_v45.main(["--config", str(config), "--recipe", name, "--out", str(out / name), "--device", "cpu",
+                                 "--no-progress"])
+        assert code == 0
+        (runs[name],) = (out / name).iterdir()
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+    return runs
+
+
+def copy_run(tiny_runs: dict[str, Path], name: str, tmp_path: Path) -> Path:
+    target = tmp_path / tiny_runs[name].name
+    shutil.copytree(tiny_runs[name], target)
+    return target
+
+
+@pytest.mark.parametrize("flag, value", [("--seed", "7"), ("--recipe", "original"), ("--precision", "bf16"),
+                                         ("--data", "other.csv"), ("--config", "tiny.yaml")])
+def test_resume_refuses_a_conflicting_flag(flag: str, value: str, tiny_runs: dict[str, Path], tmp_path: Path,
+                                           capsys) -> None:
+    run = copy_run(tiny_runs, "proposed", tmp_path)
+    err = one_line_error(pointer_v45.main(["--resume", str(run), flag, value, "--no-progress"]), capsys.readouterr().err)
+    assert f"{flag} " in err and "conflicts with the run's" in err
+    assert pointer_v45.main(["--resume", str(run), "--seed", "42", "--recipe", "proposed", "--no-progress"]) == 0
+
+
+def test_resume_with_the_other_recipes_checkpoint_is_refused_before_loading(tiny_runs: dict[str, Path],
+                                                                           tmp_path: Path, capsys) -> None:
+    run = copy_run(tiny_runs, "proposed", tmp_path)
+    shutil.copy(tiny_runs["original"] / "checkpoints" / "last.pt", run / "checkpoints" / "last.pt")
+    out_err = capsys.readouterr()
+    code = pointer_v45.main(["--resume", str(run), "--epochs", "2", "--no-progress"])
+    captured = capsys.readouterr()
+    err = one_line_error(code, captured.err)
+    assert "written by another recipe" in err and "optimizer" in err
+    assert "Resumed from" not in captured.out, out_err
+
+    edited = copy_run(tiny_runs, "proposed", tmp_path / "edited")  # config.json edited to the other recipe
+    config = json.loads((tiny_runs["original"] / "config.json").read_text())
+    (edited / "config.json").write_text(json.dumps(config))
+    err = one_line_error(pointer_v45.main(["--resume", str(edited), "--epochs", "2", "--no-progress"]),
+                         capsys.readouterr().err)
+    assert "written by another recipe" in err
+
+
+@pytest.mark.parametrize("block, value", [("optimizer", {"state": {}, "param_groups": "x"}), ("rng", [1, 2]),
+                                          ("optimizer", None)])
+def test_resume_with_a_malformed_state_block_is_one_line(block: str, value, tiny_runs: dict[str, Path],
+                                                         tmp_path: Path, capsys) -> None:
+    run = copy_run(tiny_runs, "proposed", tmp_path)
+    for name in os.listdir(run / "checkpoints"):
+        if name != "best.pt":
+            state = torch.load(run / "checkpoints" / name, weights_only=True)
+            state[block] = value
+            torch.save(state, run / "checkpoints" / name)
+    err = one_line_error(pointer_v45.main(["--resume", str(run), "--epochs", "2", "--no-progress"]),
+                         capsys.readouterr().err)
+    assert block in err
+
+
+def test_resume_tolerates_malformed_steps_jsonl_lines(tiny_runs: dict[str, Path], tmp_path: Path) -> None:
+    run = copy_run(tiny_runs, "proposed", tmp_path)
+    with (run / "steps.jsonl").open("a") as handle:
+        handle.write('{"step": "x"}\n[1, 2]\n{"step": [3]}\n{broken\n')
+    assert pointer_v45.main(["--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    assert json.loads((run / "results.json").read_text())["epochs_run"] == 2
+
+
+def test_a_second_process_on_a_locked_run_directory_is_refused(tiny_runs: dict[str, Path], tmp_path: Path,
+                                                                capsys) -> None:
+    run = copy_run(tiny_runs, "proposed", tmp_path)
+    script = ("import fcntl, os, sys, time\n"
+              "f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.write(f'{os.getpid()}\\n'); f.flush()\n"
+              "print('locked', flush=True); time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(run / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        err = one_line_error(pointer_v45.main(["--resume", str(run), "--epochs", "2", "--no-progress"]),
+                             capsys.readouterr().err)
+        assert f"in use by process {holder.pid}" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert pointer_v45.main(["--resume", str(run), "--epochs", "2", "--no-progress"]) == 0  # the lock died with it
+    with open(run / ".lock") as handle:  # and a finished run holds no lock
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_run_killed_before_its_config_json_is_refused_clearly(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "pointer_v45-proposed-seed42-20260101-000000"
+    run.mkdir()  # as a kill between mkdir and the config.json write leaves it
+    err = one_line_error(pointer_v45.main(["--resume", str(run)]), capsys.readouterr().err)
+    assert "no config.json" in err and "stopped before it started" in err
+
+
+def test_compare_directory_with_a_malformed_results_json_is_one_line(tiny_runs: dict[str, Path], tmp_path: Path,
+                                                                     capsys) -> None:
+    pytest.importorskip("matplotlib")
+    compare = tmp_path / "pointer_v45-compare-seed42-x"
+    for name in recipes.NAMES:
+        shutil.copytree(tiny_runs[name], compare / name)
+    (compare / "original" / "results.json").write_text("[1, 2")
+    err = one_line_error(pointer_v45.main(["--resume", str(compare), "--no-progress"]), capsys.readouterr().err)
+    assert "results.json" in err
+
+
+def test_run_dir_lock_names_the_holder(tmp_path: Path) -> None:
+    with run_dir.locked(tmp_path):
+        with pytest.raises(run_dir.UsageError, match=f"in use by process {os.getpid()}"):
+            with run_dir.locked(tmp_path):
+                pass
+    with run_dir.locked(tmp_path):  # released
+        pass

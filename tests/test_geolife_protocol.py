@@ -1,4 +1,5 @@
-"""The GeoLife protocol (examples/geolife_data.py) against hand-derived samples."""
+"""The GeoLife protocol (examples/geolife_data.py) against hand-derived samples; the split
+cache (examples/geolife_cache.py) and the synthetic data (examples/synthetic_data.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import geolife_cache  # noqa: E402
 import geolife_data as gd  # noqa: E402
+import synthetic_data  # noqa: E402
 
 REAL_CSV = Path(__file__).resolve().parents[1].parent / "shared/data/geolife/dataSet_geolife.csv"
 HEADER = "id,user_id,location_id,duration,start_day,end_day,start_min,end_min,weekday"
@@ -127,6 +130,11 @@ def test_splits_to_tensors(tiny_csv: Path) -> None:
         ("id,user_id,location_id,duration,start_day,start_min\n0,1,1,1.0,0,0\n", "missing required column.*weekday"),
         (HEADER + "\n0,1,1,10.0,0,0,480,500,1\n1,1,2,10.0,0,0,abc,500,1\n", "line 3, column 'start_min'"),
         (HEADER + "\n0,1,1,10.0,0,0,480,500,9\n", "column 'weekday'"),
+        (HEADER + "\n0,1,1e300,10.0,0,0,480,500,1\n", "line 2, column 'location_id': expected an integer, got '1e300'"),
+        (HEADER + "\n0,1,3.5,10.0,0,0,480,500,1\n", "line 2, column 'location_id': expected an integer, got '3.5'"),
+        (HEADER + "\n0,1,3,10.0,0,0,480,500,1\n1,1.5,3,10.0,0,0,480,500,1\n", "line 3, column 'user_id': expected an integer"),
+        (HEADER + f"\n0,1,{2**63},10.0,0,0,480,500,1\n", "column 'location_id': integer .* does not fit 64 bits"),
+        (HEADER + "\n0,1,3,inf,0,0,480,500,1\n", "column 'duration': non-numeric value 'inf'"),
     ],
 )
 def test_load_errors(tmp_path: Path, content: str, message: str) -> None:
@@ -136,20 +144,35 @@ def test_load_errors(tmp_path: Path, content: str, message: str) -> None:
         gd.load_staypoints(path)
 
 
+def test_ids_beyond_2_to_the_53_stay_distinct(tmp_path: Path) -> None:
+    # float() would merge these (2**53 + 1 == 2**53 as a float): ids are parsed as integers
+    big = 2**62
+    rows = [(i, u, big + loc, dur, day, minute) for i, u, loc, dur, day, minute in ROWS]
+    columns = gd.load_staypoints(write_csv(tmp_path / "big.csv", rows))
+    assert columns["location_id"].dtype == np.int64
+    assert sorted(set(columns["location_id"].tolist())) == sorted({big + row[2] for row in ROWS})
+    s = gd.make_samples(columns)
+    expected = gd.make_samples(gd.load_staypoints(write_csv(tmp_path / "small.csv")))
+    assert s.num_locations == expected.num_locations == 8
+    for name in gd.SPLITS:
+        np.testing.assert_array_equal(s.split(name)["x"], expected.split(name)["x"])
+    assert gd.load_staypoints(write_csv(tmp_path / "float.csv", [(0, 1, 7, 1.0, 0, 0)]))["location_id"].tolist() == [7]
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not found"):
         gd.load_staypoints(tmp_path / "nope.csv")
     with pytest.raises(ValueError, match="not found"):
-        gd.load_or_build_splits(tmp_path / "nope.csv", tmp_path / "cache")
+        geolife_cache.load_or_build_splits(tmp_path / "nope.csv", tmp_path / "cache")
 
 
 def test_cache_reused_and_rebuilt(tiny_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     builds = []
     real = gd.make_samples
-    monkeypatch.setattr(gd, "make_samples", lambda *a, **k: builds.append(1) or real(*a, **k))
+    monkeypatch.setattr(geolife_cache, "make_samples", lambda *a, **k: builds.append(1) or real(*a, **k))
     cache = tmp_path / "cache"
-    first = gd.load_or_build_splits(tiny_csv, cache)
-    second = gd.load_or_build_splits(tiny_csv, cache)
+    first = geolife_cache.load_or_build_splits(tiny_csv, cache)
+    second = geolife_cache.load_or_build_splits(tiny_csv, cache)
     assert len(builds) == 1
     assert [p.suffix for p in cache.iterdir()] == [".npz"]  # no temp file left behind
     for name in gd.SPLITS:
@@ -159,25 +182,45 @@ def test_cache_reused_and_rebuilt(tiny_csv: Path, tmp_path: Path, monkeypatch: p
     assert second.skipped_users == [9] and second.warnings == first.warnings
     np.testing.assert_array_equal(second.location_frequencies, first.location_frequencies)
 
+    other = geolife_cache.load_or_build_splits(tiny_csv, cache, max_len=3)  # max_len is part of the key
+    assert len(builds) == 2 and other.max_len == 3 and len(list(cache.iterdir())) == 2
+
     write_csv(tiny_csv, ROWS[:-1])  # source changed -> rebuilt under a new name
-    third = gd.load_or_build_splits(tiny_csv, cache)
-    assert len(builds) == 2 and len(list(cache.iterdir())) == 2
+    third = geolife_cache.load_or_build_splits(tiny_csv, cache)
+    assert len(builds) == 3 and len(list(cache.iterdir())) == 3
     assert third.num_users == 4
+
+    (damaged,) = [p for p in cache.iterdir() if p.stat().st_mtime == max(q.stat().st_mtime for q in cache.iterdir())]
+    damaged.write_bytes(b"not an npz")  # an unreadable cache file is rebuilt, not an error
+    assert geolife_cache.load_or_build_splits(tiny_csv, cache).num_users == 4 and len(builds) == 4
+
+
+def test_cache_dir_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAINKIT_CACHE_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert geolife_cache.cache_dir(str(tmp_path / "cfg")) == tmp_path / "cfg"
+    assert geolife_cache.cache_dir(None) == tmp_path / "env"
+    monkeypatch.delenv("TRAINKIT_CACHE_DIR")
+    assert geolife_cache.cache_dir(None) == tmp_path / "xdg" / "trainkit"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert geolife_cache.cache_dir(None) == Path.home() / ".cache" / "trainkit"
 
 
 def test_synthetic_deterministic(tmp_path: Path) -> None:
-    a = gd.generate_synthetic_staypoints(tmp_path / "a.csv", num_users=4, num_days=40, seed=3)
-    b = gd.generate_synthetic_staypoints(tmp_path / "b.csv", num_users=4, num_days=40, seed=3)
-    c = gd.generate_synthetic_staypoints(tmp_path / "c.csv", num_users=4, num_days=40, seed=4)
+    a = synthetic_data.generate_synthetic_staypoints(tmp_path / "a.csv", num_users=4, num_days=40, seed=3)
+    b = synthetic_data.generate_synthetic_staypoints(tmp_path / "b.csv", num_users=4, num_days=40, seed=3)
+    c = synthetic_data.generate_synthetic_staypoints(tmp_path / "c.csv", num_users=4, num_days=40, seed=4)
     assert a.read_bytes() == b.read_bytes() != c.read_bytes()
     s = gd.make_samples(gd.load_staypoints(a))
     assert len(s.train["y"]) > 100 and len(s.test["y"]) > 0
     with pytest.raises(ValueError, match="num_days"):
-        gd.generate_synthetic_staypoints(tmp_path / "d.csv", num_days=5)
+        synthetic_data.generate_synthetic_staypoints(tmp_path / "d.csv", num_days=5)
+    cached = synthetic_data.cached_synthetic_csv(tmp_path / "cache", num_users=4, num_days=40, seed=3)
+    assert cached.read_bytes() == a.read_bytes() and cached.name.startswith(synthetic_data.SYNTHETIC_VERSION)
 
 
 def test_synthetic_default_is_small_and_learnable(tmp_path: Path) -> None:
-    s = gd.make_samples(gd.load_staypoints(gd.generate_synthetic_staypoints(tmp_path / "syn.csv")))
+    s = gd.make_samples(gd.load_staypoints(synthetic_data.generate_synthetic_staypoints(tmp_path / "syn.csv")))
     assert 2000 <= len(s.train["y"]) <= 5000
     assert len(s.validation["y"]) >= 300 and len(s.test["y"]) >= 300
     assert 10.0 <= gd.most_frequent_baseline(s) <= 25.0

@@ -309,3 +309,27 @@ def test_amp_step_loop_gets_no_warnings() -> None:
             scheduler.step()
             assert lrs(optimizer) == [SEED(k / 2)]
     assert [str(w.message) for w in caught] == []
+
+
+# --------------------------------------------------------------------- Lightning (docs/interop.md)
+def _have_lightning() -> bool:
+    try:
+        import lightning.pytorch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _have_lightning(), reason="lightning is not installed (not a trainkit dependency)")
+def test_lightning_example_of_docs_interop_runs(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The page's one `python no-run` block: schedule, stopper, checkpoint manager and AMP step
+    # inside a LightningModule and a Callback; it asserts the best epoch, the step count and
+    # that the LR equals sched(epochs run) exactly.
+    from test_docs import DOCS, python_blocks
+
+    blocks = [code for _, code, skipped in python_blocks(DOCS / "interop.md") if skipped]
+    assert len(blocks) == 1
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "docs_interop"}
+    exec(compile(blocks[0], "docs/interop.md", "exec"), namespace)
+    assert namespace["selection"].stopper.epoch >= 1

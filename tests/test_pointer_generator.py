@@ -124,7 +124,7 @@ def test_a_few_original_recipe_steps_reduce_the_loss() -> None:
     model = small_model()
     recipe = recipes.original()
     optimizer = build_optimizer(model, recipe.optimizer, **recipe.optimizer_kwargs())
-    amp = AMPStep(optimizer, precision=recipe.precision, max_grad_norm=recipe.grad_clip)
+    amp = AMPStep(optimizer, precision=recipe.precision, max_grad_norm=recipe.max_grad_norm)
 
     def loss() -> torch.Tensor:
         log_final, attn = model(batch)

@@ -1,4 +1,4 @@
-"""Every number of the seed's summary tables, asserted against trainkit.recipes."""
+"""Every number of the reference's summary tables, asserted against trainkit.recipes."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def test_original_pipeline_numbers():
     assert r.initial_accumulator_value == 0.1
     assert r.schedule == "fixed"
     # Gradient clipping: global norm 2.0
-    assert r.grad_clip == 2.0
+    assert r.max_grad_norm == 2.0
     # Loss: masked NLL, optional coverage with weight 1.0
     assert r.loss == "masked_nll"
     assert r.coverage_optional is True
@@ -39,12 +39,12 @@ def test_original_pipeline_numbers():
     assert "bestmodel" in r.best_name
     # Checkpoints every 60 s, keep 3
     assert r.checkpoint_every_seconds == 60
-    assert r.checkpoint_keep == 3
+    assert r.keep_last == 3
     # Precision fp32, no AMP
     assert r.precision == "fp32"
     assert r.amp is False
     # Non-finite loss: raise and stop; infinite loop
-    assert r.non_finite_loss == "raise"
+    assert r.nonfinite == "raise"
     assert r.loop == "infinite"
 
 
@@ -60,11 +60,11 @@ def test_proposed_pipeline_numbers():
     assert r.weight_decay == 0.015
     # LR: linear warmup 5 epochs + cosine to 1e-6 over 50
     assert r.schedule == "warmup_cosine"
-    assert r.warmup_epochs == 5
+    assert r.warmup == 5
     assert r.schedule_epochs == 50
     assert r.min_lr == 1e-6
     # Gradient clipping: global norm 0.8
-    assert r.grad_clip == 0.8
+    assert r.max_grad_norm == 0.8
     # Loss: CE with label smoothing 0.03, ignore_index 0, on log-probs
     assert r.loss == "label_smoothed_nll"
     assert r.label_smoothing == 0.03
@@ -82,8 +82,8 @@ def test_proposed_pipeline_numbers():
     assert r.batch_size == 128
     assert r.seed == 42
     assert r.loop == "epochs"
-    # the seed left non-finite losses unhandled; the design says we must handle them
-    assert r.non_finite_loss == "raise"
+    # the reference left non-finite losses unhandled; the design says we must handle them
+    assert r.nonfinite == "raise"
 
 
 def test_recipes_are_fresh_values():
@@ -110,7 +110,40 @@ def test_proposed_schedule_from_recipe():
     from trainkit import WarmupCosineSchedule
 
     r = recipes.proposed()
-    sched = WarmupCosineSchedule(r.lr, r.warmup_epochs, r.schedule_epochs, r.min_lr)
+    sched = WarmupCosineSchedule(r.lr, r.warmup, r.schedule_epochs, r.min_lr)
     assert sched(0) == 1.3e-4
     assert sched(4) == 6.5e-4
     assert sched(50) == 1e-6
+
+
+def test_replace_checks_names_and_types():
+    p = recipes.proposed()
+    assert p.replace(lr=1e-3, epochs=3).lr == 1e-3
+    assert p.replace(lr=1).lr == 1.0 and isinstance(p.replace(lr=1).lr, float)
+    assert p.replace(betas=[0.8, 0.9]).betas == (0.8, 0.9)  # YAML lists become tuples
+    with pytest.raises(ValueError, match=r"unknown key Recipe.grad_clip \(did you mean 'max_grad_norm'\?\)"):
+        p.replace(grad_clip=1.0)
+    cases = [
+        ({"epochs": 2.0}, "Recipe.epochs must be a 64-bit integer, got 2.0"),
+        ({"epochs": 10**400}, "Recipe.epochs must be a 64-bit integer, got 1000"),
+        ({"seed": True}, "Recipe.seed must be a 64-bit integer, got True"),
+        ({"lr": float("nan")}, "Recipe.lr must be a finite number, got nan"),
+        ({"lr": "0.1"}, "Recipe.lr must be a finite number, got '0.1'"),
+        ({"precision": "fp8"}, "Recipe.precision must be one of 'auto', 'fp32', 'bf16', 'fp16', got 'fp8'"),
+        ({"warmup": "5"}, "Recipe.warmup must be a 64-bit integer or null, got '5'"),
+        ({"betas": [0.9]}, "Recipe.betas must be a list of 2 numbers or null"),
+        ({"amp": "no"}, "Recipe.amp must be true or false, got 'no'"),
+    ]
+    for change, message in cases:
+        with pytest.raises(ValueError) as info:
+            p.replace(**change)
+        assert str(info.value).startswith(message) and "\n" not in str(info.value), (change, str(info.value))
+
+
+def test_from_dict_inverts_to_dict():
+    for recipe in (recipes.original(), recipes.proposed(), recipes.proposed().replace(optimizer="adagrad")):
+        assert recipes.from_dict(recipe.to_dict()) == recipe
+    values = recipes.original().to_dict()
+    del values["lr"]
+    with pytest.raises(ValueError, match="lacks field.*lr"):
+        recipes.from_dict(values)

@@ -6,7 +6,6 @@ docs/reliability.md lists each guarantee with the tests here that back it.
 
 from __future__ import annotations
 
-import copy
 import errno
 import json
 import logging
@@ -46,8 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
-import geolife_data  # noqa: E402
 import pointer_v45  # noqa: E402
+import pointer_v45_config  # noqa: E402
+import synthetic_data  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -132,7 +132,7 @@ def comparable(state: dict[str, Any]) -> dict[str, Any]:
 TINY_CONFIG = """\
 data: {synthetic_users: 4, synthetic_days: 40}
 model: {d_model: 16, nhead: 2, num_layers: 1, dim_feedforward: 32, dropout: 0.15}
-training: {batch_size: 16, epochs: 4, warmup_epochs: 1, log_every: 4, precision: fp32}
+training: {batch_size: 16, epochs: 4, warmup: 1, log_every: 4, precision: fp32}
 """
 STEPS_PER_EPOCH = 12  # 189 training samples of the 4x40 synthetic data, batch 16
 
@@ -658,13 +658,13 @@ HEADER = "id,user_id,location_id,duration,start_day,end_day,start_min,end_min,we
 @pytest.mark.parametrize(
     "make_args, message",
     [
-        (lambda tmp: ["--epochs", "-3"], "epochs must be an integer >= 1, got -3"),
-        (lambda tmp: ["--seed", "-1"], "seed must be an integer >= 0, got -1"),
-        (lambda tmp: _write_config(tmp, "training:\n  lr: -0.001\n"), "lr must be a finite number > 0, got -0.001"),
-        (lambda tmp: _write_config(tmp, "training:\n  weight_decay: -1\n"), "weight_decay must be a finite number >= 0"),
-        (lambda tmp: _write_config(tmp, "training:\n  grad_clip: .nan\n"), "grad_clip must be a finite number > 0, got nan"),
-        (lambda tmp: _write_config(tmp, "training:\n  min_lr: .inf\n"), "min_lr must be a finite number >= 0, got inf"),
-        (lambda tmp: _write_config(tmp, "training:\n  warmup: 3\n"), "unknown key training.warmup (did you mean 'warmup_epochs'?)"),
+        (lambda tmp: ["--epochs", "-3"], "--epochs must be an integer >= 1, got -3"),
+        (lambda tmp: ["--seed", "-1"], "seed must be an int >= 0, got -1"),
+        (lambda tmp: _write_config(tmp, "training:\n  lr: -0.001\n"), "Invalid learning rate: -0.001"),
+        (lambda tmp: _write_config(tmp, "training:\n  weight_decay: -1\n"), "Invalid weight_decay value: -1.0"),
+        (lambda tmp: _write_config(tmp, "training:\n  max_grad_norm: .nan\n"), "training.max_grad_norm must be a finite number, got nan"),
+        (lambda tmp: _write_config(tmp, "training:\n  min_lr: .inf\n"), "training.min_lr must be a finite number or null, got inf"),
+        (lambda tmp: _write_config(tmp, "training:\n  warmup_epochs: 3\n"), "unknown key training.warmup_epochs (did you mean 'warmup'?)"),
         (lambda tmp: _write_config(tmp, "trainng:\n  lr: 0.001\n"), "unknown section 'trainng' (did you mean 'training'?)"),
         (lambda tmp: _write_csv(tmp, HEADER + "0,1,5,30.0,0,0,60,90,abc\n"), "column 'weekday': non-numeric value 'abc'"),
         (lambda tmp: _write_csv(tmp, ""), "staypoint file is empty"),
@@ -696,13 +696,12 @@ def test_resume_of_a_directory_with_a_bad_config_json(content: str, tmp_path: Pa
 
 
 def test_user_with_too_few_days_is_reported_not_fatal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    csv = geolife_data.generate_synthetic_staypoints(tmp_path / "data.csv", num_users=4, num_days=40)
+    csv = synthetic_data.generate_synthetic_staypoints(tmp_path / "data.csv", num_users=4, num_days=40)
     rows = "".join(f"{9000 + d},99,{d % 3},60.0,{d},{d},480,540,{d % 7}\n" for d in range(3))  # 3 days only
     csv.write_text(csv.read_text() + rows)
-    config = copy.deepcopy(pointer_v45.DEFAULT_CONFIG)
-    config["data"].update(path=str(csv), cache_dir=str(tmp_path / "cache"))
+    data = pointer_v45_config.DataConfig(path=str(csv), cache_dir=str(tmp_path / "cache"))
     with caplog.at_level(logging.WARNING, logger="pointer_v45"):
-        splits = pointer_v45.load_data(config, tmp_path)
+        splits = pointer_v45.load_data(data)
     assert "data: user 99: no train samples" in caplog.text
     assert 99 in splits.skipped_users and len(splits.train["y"]) > 0
 

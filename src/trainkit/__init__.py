@@ -10,7 +10,9 @@ from trainkit.captured import CapturedEval, CapturedStep
 from trainkit.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, load_model_state
 from trainkit.evaluation import default_forward, evaluate
 from trainkit.interrupt import TrainingInterrupted
-from trainkit.loggers import CSVLogger, JSONLinesLogger, Logger, TensorBoardLogger
+from trainkit.loggers import CSVLogger, JSONLinesLogger, Logger, MLflowLogger, TensorBoardLogger
+from trainkit.ema import EMA
+from trainkit.export import load_safetensors, save_safetensors
 from trainkit.losses import LabelSmoothedNLLLoss, coverage_loss, mask_and_avg, masked_nll
 from trainkit.metrics import RankingMetrics
 from trainkit.nonfinite import NonFiniteLossError, NonFinitePolicy
@@ -21,7 +23,7 @@ from trainkit.schedule import WarmupCosineSchedule
 from trainkit.stopping import BestValue, EarlyStopper, RunningAverage
 from trainkit.trainer import Trainer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is set (pyproject reads it)
 
 __all__ = [
     "AMPStep",
@@ -54,9 +56,13 @@ __all__ = [
     "JSONLinesLogger",
     "CSVLogger",
     "TensorBoardLogger",
+    "MLflowLogger",
     "seed_everything",
     "get_rng_state",
     "set_rng_state",
     "recipes",
+    "EMA",
+    "save_safetensors",
+    "load_safetensors",
     "__version__",
 ]

@@ -1,19 +1,31 @@
-"""The seed's two training pipelines as plain data.
+"""The reference's two training pipelines as plain data.
 
-Every number in the seed's summary tables lives here once. ``original()`` is the TF1
+Every number in the reference's summary tables lives here once. ``original()`` is the TF1
 pointer-generator pipeline (See et al.), ``proposed()`` the PyTorch pointer_v45 pipeline.
-The example and the Trainer read these; ``tests/test_recipes.py`` checks each number.
+Field names are the parameter names they feed (``max_grad_norm``, ``keep_last``,
+``nonfinite``, ``warmup``). The example reads these; ``tests/test_recipes.py`` checks each
+number. :func:`replace_checked` is the one type check for changes from a config file or the
+command line (docs/recipes.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import types
+import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeVar, Union
 
-__all__ = ["Recipe", "original", "proposed", "by_name", "NAMES"]
+__all__ = ["Recipe", "original", "proposed", "by_name", "from_dict", "replace_checked", "NAMES"]
 
 NAMES = ("original", "proposed")
+_INT_BOUND = 2**63  # ints must fit int64 (torch, numpy)
+T = TypeVar("T")
+# Fields renamed in 0.2 to the parameter they feed: suggested when the old name is used.
+RENAMED = {"grad_clip": "max_grad_norm", "checkpoint_keep": "keep_last", "non_finite_loss": "nonfinite",
+           "warmup_epochs": "warmup"}
 
 
 @dataclass(frozen=True)
@@ -21,16 +33,17 @@ class Recipe:
     """All settings of one training pipeline.
 
     Attributes:
-        name: ``"original"`` or ``"proposed"``.
-        framework: What the seed ran it on.
+        name: ``"original"``, ``"proposed"`` or any label (an ablation row); the name
+            never changes how a recipe trains.
+        framework: What the reference ran it on.
         optimizer: ``build_optimizer`` name (``"adagrad"`` or ``"adamw"``).
         lr: Base learning rate.
-        lr_range: Range of learning rates the seed quotes.
+        lr_range: Range of learning rates the reference quotes.
         betas, eps, weight_decay: AdamW settings (None for Adagrad).
         initial_accumulator_value: Adagrad's initial accumulator (None for AdamW).
         schedule: ``"fixed"`` or ``"warmup_cosine"``.
-        warmup_epochs, schedule_epochs, min_lr: The warmup + cosine schedule.
-        grad_clip: Global gradient-norm clip.
+        warmup, schedule_epochs, min_lr: The warmup + cosine schedule.
+        max_grad_norm: Global gradient-norm clip.
         loss: ``"masked_nll"`` or ``"label_smoothed_nll"``.
         label_smoothing, ignore_index: The proposed loss's settings.
         coverage_optional, cov_loss_wt: The original's optional coverage loss and its weight.
@@ -39,44 +52,45 @@ class Recipe:
         patience, min_epochs: The early-stopping rule.
         precision: ``"fp32"`` or ``"auto"`` (AMP).
         amp: Whether the pipeline uses mixed precision.
-        checkpoint_every_seconds, checkpoint_keep: Time-based checkpoints (original).
+        checkpoint_every_seconds, keep_last: Time-based checkpoints (original).
         best_name: File name of the best model.
-        non_finite_loss: What a non-finite loss does (``"raise"``).
+        nonfinite: What a non-finite loss does (``"raise"``).
         loop: ``"infinite"`` (user stops it) or ``"epochs"``.
-        epochs, batch_size, seed: The proposed GeoLife training config.
+        epochs, batch_size: The proposed GeoLife training config.
+        seed: The RNG seed.
     """
 
     name: str
     framework: str
-    optimizer: str
+    optimizer: Literal["adagrad", "adamw"]
     lr: float
     lr_range: tuple[float, float]
     betas: tuple[float, float] | None
     eps: float | None
     weight_decay: float | None
     initial_accumulator_value: float | None
-    schedule: str
-    warmup_epochs: int | None
+    schedule: Literal["fixed", "warmup_cosine"]
+    warmup: int | None
     schedule_epochs: int | None
     min_lr: float | None
-    grad_clip: float
-    loss: str
+    max_grad_norm: float
+    loss: Literal["masked_nll", "label_smoothed_nll"]
     label_smoothing: float
     ignore_index: int | None
     coverage_optional: bool
     cov_loss_wt: float | None
-    selection: str
+    selection: Literal["running_average", "early_stopping"]
     running_avg_decay: float | None
     running_avg_clip: float | None
     patience: int | None
     min_epochs: int | None
-    precision: str
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
     amp: bool
     checkpoint_every_seconds: float | None
-    checkpoint_keep: int
+    keep_last: int
     best_name: str
-    non_finite_loss: str
-    loop: str
+    nonfinite: Literal["raise", "skip"]
+    loop: Literal["infinite", "epochs"]
     epochs: int
     batch_size: int
     seed: int
@@ -92,19 +106,115 @@ class Recipe:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def replace(self, **changes: Any) -> Recipe:
-        """A copy with some fields changed.
+        """A copy with some fields changed, each checked against the field's type.
 
         Raises:
-            ValueError: a field name that does not exist.
+            ValueError: a field name that does not exist (with the closest name), or a value
+                of the wrong type (``"no"`` for a bool, ``1.5`` for an int, NaN for a float).
         """
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ValueError(f"unknown recipe field(s): {sorted(unknown)}")
-        return dataclasses.replace(self, **changes)
+        return replace_checked(self, changes, prefix="Recipe.")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(arg) for arg in args)
+    if origin is tuple:
+        return f"a list of {len(args)} numbers"
+    names = {bool: "true or false", int: "a 64-bit integer", float: "a finite number", str: "a string",
+             type(None): "null"}
+    return names.get(hint, str(hint))
+
+
+def _convert(value: Any, hint: Any) -> tuple[bool, Any]:
+    """``(True, value converted to hint)`` if ``value`` fits the type ``hint``, else ``(False, None)``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        for arg in args:
+            ok, converted = _convert(value, arg)
+            if ok:
+                return True, converted
+        return False, None
+    if origin is Literal:
+        return (value in args and not isinstance(value, bool)), value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            return False, None
+        items = [_convert(item, arg) for item, arg in zip(value, args)]
+        return all(ok for ok, _ in items), tuple(item for _, item in items)
+    if hint is type(None):
+        return value is None, None
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return (isinstance(value, int) and not isinstance(value, bool) and -_INT_BOUND <= value < _INT_BOUND), value
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return ok, float(value) if ok else None
+    if hint is str:
+        return isinstance(value, str), value
+    raise TypeError(f"replace_checked does not handle the field type {hint!r}")
+
+
+def replace_checked(instance: T, changes: typing.Mapping[str, Any], prefix: str = "") -> T:
+    """``dataclasses.replace(instance, **changes)`` with every change checked against its field's type.
+
+    Ints must fit 64 bits, floats must be finite (ints are accepted and made floats), lists
+    become tuples, ``Literal`` fields take only their values. The instance's own
+    ``__post_init__`` checks (if any) run too.
+
+    Args:
+        instance: A dataclass instance.
+        changes: Field name -> new value (e.g. one section of a YAML file).
+        prefix: Put before field names in messages (``"training."``).
+
+    Returns:
+        The changed copy.
+
+    Raises:
+        ValueError: an unknown field (naming the closest known one) or a wrong-typed value,
+            in one line: ``training.compile must be true or false, got 'no'``.
+    """
+    if not isinstance(changes, typing.Mapping):
+        raise ValueError(f"{prefix.rstrip('.') or 'changes'} must be a mapping of names to values, "
+                         f"got {type(changes).__name__}")
+    hints = typing.get_type_hints(type(instance), include_extras=False)
+    known = [field.name for field in dataclasses.fields(instance)]  # type: ignore[arg-type]
+    converted = {}
+    for name, value in changes.items():
+        if name not in known:
+            close = [RENAMED[name]] if RENAMED.get(name) in known else difflib.get_close_matches(str(name), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+            raise ValueError(f"unknown key {prefix}{name}{hint}")
+        ok, converted[name] = _convert(value, hints[name])
+        if not ok:
+            raise ValueError(f"{prefix}{name} must be {_describe(hints[name])}, got {_short(value)}")
+    return dataclasses.replace(instance, **converted)  # type: ignore[type-var]
+
+
+def from_dict(values: typing.Mapping[str, Any]) -> Recipe:
+    """The recipe whose fields are ``values`` (the inverse of :meth:`Recipe.to_dict`).
+
+    Raises:
+        ValueError: a missing, unknown or wrong-typed field.
+    """
+    if not isinstance(values, typing.Mapping):
+        raise ValueError(f"a recipe must be a mapping of fields, got {type(values).__name__}")
+    missing = [field.name for field in dataclasses.fields(Recipe) if field.name not in values]
+    if missing:
+        raise ValueError(f"recipe lacks field(s) {', '.join(missing)}")
+    return replace_checked(proposed(), values, prefix="recipe.")
 
 
 def original() -> Recipe:
-    """The TF1 pointer-generator pipeline (seed: "Original Training Pipeline")."""
+    """The TF1 pointer-generator pipeline (the reference: "Original Training Pipeline")."""
     return Recipe(
         name="original",
         framework="TensorFlow 1.x",
@@ -116,10 +226,10 @@ def original() -> Recipe:
         weight_decay=None,
         initial_accumulator_value=0.1,
         schedule="fixed",
-        warmup_epochs=None,
+        warmup=None,
         schedule_epochs=None,
         min_lr=None,
-        grad_clip=2.0,
+        max_grad_norm=2.0,
         loss="masked_nll",
         label_smoothing=0.0,
         ignore_index=None,
@@ -133,9 +243,9 @@ def original() -> Recipe:
         precision="fp32",
         amp=False,
         checkpoint_every_seconds=60.0,
-        checkpoint_keep=3,
+        keep_last=3,
         best_name="bestmodel.pt",
-        non_finite_loss="raise",
+        nonfinite="raise",
         loop="infinite",
         epochs=50,
         batch_size=128,
@@ -144,7 +254,7 @@ def original() -> Recipe:
 
 
 def proposed() -> Recipe:
-    """The PyTorch pointer_v45 pipeline (seed: "Proposed Training Pipeline")."""
+    """The PyTorch pointer_v45 pipeline (the reference: "Proposed Training Pipeline")."""
     return Recipe(
         name="proposed",
         framework="PyTorch",
@@ -156,10 +266,10 @@ def proposed() -> Recipe:
         weight_decay=0.015,
         initial_accumulator_value=None,
         schedule="warmup_cosine",
-        warmup_epochs=5,
+        warmup=5,
         schedule_epochs=50,
         min_lr=1e-6,
-        grad_clip=0.8,
+        max_grad_norm=0.8,
         loss="label_smoothed_nll",
         label_smoothing=0.03,
         ignore_index=0,
@@ -173,9 +283,9 @@ def proposed() -> Recipe:
         precision="auto",
         amp=True,
         checkpoint_every_seconds=None,
-        checkpoint_keep=3,
+        keep_last=3,
         best_name="best.pt",
-        non_finite_loss="raise",
+        nonfinite="raise",
         loop="epochs",
         epochs=50,
         batch_size=128,
@@ -185,6 +295,12 @@ def proposed() -> Recipe:
 
 def by_name(name: str) -> Recipe:
     """Return ``original()`` or ``proposed()`` by name.
+
+    Args:
+        name: ``"original"`` or ``"proposed"``.
+
+    Returns:
+        A fresh recipe.
 
     Raises:
         ValueError: unknown name.

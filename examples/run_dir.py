@@ -1,0 +1,292 @@
+"""The run directory of examples/pointer_v45.py: its lock, its JSON files, its log, resuming it.
+
+A run directory holds ``config.json`` (written first), ``train.log``, ``metrics.jsonl``,
+``steps.jsonl``, ``checkpoints/`` and, once finished, ``results.json`` (docs/recipes.md).
+One process at a time works in it: :func:`locked` takes ``fcntl.flock`` on ``RUN_DIR/.lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import logging.handlers
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainkit import distributed
+from trainkit.atomic import atomic_write
+from trainkit.recipes import from_dict
+
+log = logging.getLogger("pointer_v45")
+_FORMAT = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+# Fields a resumed run may change: a longer run extends the schedule (and may shorten the warmup).
+RESUME_MAY_CHANGE = ("epochs", "schedule_epochs", "warmup")
+
+
+class UsageError(Exception):
+    """Bad command-line, config or run-directory input: printed as one line, exit status 2."""
+
+
+def process_seconds() -> float:
+    """Seconds since this process started (Linux: from /proc; elsewhere since this import)."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED
+
+
+_IMPORTED = time.perf_counter()
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write ``path`` atomically: a kill never leaves half a file."""
+    atomic_write(path, json.dumps(value, indent=2))
+
+
+def read_json(path: Path, hint: str = "") -> Any:
+    """``path`` parsed as JSON.
+
+    Raises:
+        UsageError: missing or not valid JSON (one line naming the file, then ``hint``).
+    """
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path} is not readable JSON ({exc}){hint}") from None
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path, create: bool = False) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` (``fcntl.flock``) while the body runs; ``create``: make ``run_dir`` first.
+
+    Raises:
+        UsageError: another process holds the lock (the message names its pid).
+        OSError: ``run_dir`` cannot be created (exists already, a file in the way, ...).
+    """
+    if create:
+        run_dir.mkdir(parents=True)
+    handle = (run_dir / ".lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = (handle.read().split() or ["unknown"])[-1]  # the newest pid written
+        handle.close()
+        raise UsageError(f"{run_dir} is in use by process {holder} (it holds {run_dir / '.lock'})") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    try:
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+def setup_logging(main_process: bool = True) -> None:
+    """Log to stdout, and keep the records until :func:`log_to_file` names the run directory."""
+    root = logging.getLogger()
+    root.setLevel(logging.INFO if main_process else logging.WARNING)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    stream = logging.StreamHandler(sys.stdout)
+    stream.setFormatter(_FORMAT)
+    root.addHandler(stream)
+    root.addHandler(logging.handlers.MemoryHandler(100_000, flushLevel=logging.CRITICAL + 1))
+
+
+def log_to_file(run_dir: Path) -> None:
+    """From now on also log to ``run_dir/train.log`` (the records kept so far first)."""
+    root = logging.getLogger()
+    file = logging.FileHandler(run_dir / "train.log")
+    file.setFormatter(_FORMAT)
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+        elif isinstance(handler, logging.handlers.MemoryHandler):
+            handler.setTarget(file)
+            handler.flush()
+            root.removeHandler(handler)
+    root.addHandler(file)
+
+
+def missing_config(run_dir: Path) -> UsageError:
+    """The error for ``--resume`` of a directory without ``config.json``."""
+    message = f"--resume {run_dir}: no config.json there (not a run directory?)"
+    if run_dir.name.startswith("pointer_v45-") and run_dir.is_dir():
+        message += "; the run stopped before it started: nothing to resume, start a new run"
+    return UsageError(message)
+
+
+def check_resume_flags(run_dir: Path, asked: Mapping[str, Any], saved: Mapping[str, Any]) -> None:
+    """Refuse a flag given with ``--resume`` whose value differs from the run's own.
+
+    Args:
+        asked: Flag -> value given (None: not given).
+        saved: Flag -> the run's value (from its config.json).
+    """
+    for flag, value in asked.items():
+        if value is not None and value != saved.get(flag):
+            raise UsageError(f"--resume {run_dir}: {flag} {value} conflicts with the run's {saved.get(flag)!r} "
+                             "(its config.json); leave the flag out")
+
+
+def resume(trainer: Any, run_dir: Path, training: Mapping[str, Any]) -> None:
+    """Continue ``trainer`` from the newest loadable checkpoint, after checking it fits this run.
+
+    Killed before its first checkpoint, the run starts over. Skipped unloadable files are
+    logged, one line each.
+
+    Args:
+        training: The run's recipe fields, as in config.json's ``training`` section.
+
+    Raises:
+        UsageError: the checkpoint was written by another recipe or optimizer, or a state
+            block of it is malformed.
+    """
+    manager = trainer.checkpoints
+    if not manager.checkpoints():
+        log.warning("resume: no checkpoint in %s yet: starting the run from the beginning", manager.directory)
+        for name in ("metrics.jsonl", "steps.jsonl"):
+            (run_dir / name).unlink(missing_ok=True)
+        return
+    _drop_malformed_steps(run_dir / "steps.jsonl")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # trainer.resume() below reports each skipped file
+        found = manager.load_latest(map_location="cpu")
+    if found is not None:
+        _check_fits(trainer, found[0], found[1], training)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            trainer.resume()
+        except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as exc:
+            raise UsageError(f"cannot resume {run_dir}: a checkpoint's state is malformed "
+                             f"({type(exc).__name__}: {exc})") from None
+        finally:
+            for warning in caught:
+                log.warning("resume: %s", warning.message)
+
+
+def _drop_malformed_steps(path: Path) -> None:
+    """Drop lines of ``steps.jsonl`` that are not a record with an integer step (a torn write)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            kept.append(line + "\n")
+    atomic_write(path, "".join(kept))
+
+
+def _check_fits(trainer: Any, path: Path, state: Any, training: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint of another recipe or optimizer before anything is loaded."""
+    saved = ((state.get("config") or {}).get("training") or {}) if isinstance(state, dict) else {}
+    differ = [key for key, value in training.items()
+              if key in saved and key not in RESUME_MAY_CHANGE and saved[key] != value]
+    if differ:
+        raise UsageError(f"{path} was written by another recipe (it differs in {', '.join(differ)}): "
+                         "resume each run from its own directory")
+    optimizer = state.get("optimizer") if isinstance(state, dict) else None
+    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+    ours = trainer.optimizer.state_dict()["param_groups"]
+    if not (isinstance(groups, list) and len(groups) == len(ours) and all(isinstance(g, dict) for g in groups)):
+        raise UsageError(f"{path}: its optimizer state is malformed or has another number of parameter groups")
+    theirs = sorted(set(groups[0]) - {"params"})
+    if theirs != sorted(set(ours[0]) - {"params"}):
+        raise UsageError(f"{path} holds the state of another optimizer than this run's "
+                         f"{type(trainer.optimizer).__name__} (its settings: {', '.join(theirs)})")
+    if not isinstance(state.get("rng"), dict):
+        raise UsageError(f"{path}: its rng state is malformed")
+
+
+def sweep(kind: str, base: Mapping[str, Any], out_dir: Path, seeds: list[int], run: Any, resume: bool = False) -> Path:
+    """``--recipe compare`` / ``ablate`` over ``seeds`` (``resume``: continue ``out_dir``):
+    examples/compare.py runs them, calling ``run(recipe, run_dir, resume)`` for each run."""
+    try:
+        import compare
+    except ModuleNotFoundError as exc:  # until compare.py lands: one seed, both recipes
+        if exc.name != "compare" or kind == "ablate":
+            raise UsageError(f"--recipe {kind} needs examples/compare.py ({exc})") from None
+        return single_seed_compare(base, out_dir, seeds[0], run)
+    if resume:
+        return compare.resume_sweep(out_dir, run, from_dict)
+    if kind == "ablate":
+        return compare.run_ablation(base["proposed"], base["original"], out_dir, seeds, run)
+    return compare.run_compare(base, out_dir, seeds, run)
+
+
+def single_seed_compare(base: Mapping[str, Any], out_dir: Path, seed: int, run_one: Any) -> Path:
+    """Both recipes once, with RNG seed ``seed``, in ``out_dir/<name>``; ``report.md`` beside them.
+
+    Stands in for ``examples/compare.py`` (multi-seed sweeps) while that module is absent.
+    A run with ``results.json`` is not run again; one with ``config.json`` is resumed.
+    """
+    try:
+        import compare_report
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("matplotlib"):
+            raise
+        raise UsageError("--recipe compare needs matplotlib: pip install 'trainkit[examples]'") from None
+    run_dirs = {name: out_dir / name for name in base}
+    for name, recipe in base.items():
+        done = run_dirs[name] / "results.json"
+        if done.is_file():
+            results = read_json(done)
+            if not isinstance(results, dict):
+                raise UsageError(f"{done} does not hold a results object")
+            epochs_run = results.get("epochs_run")
+            if results.get("stopped_early") is True or (isinstance(epochs_run, int) and epochs_run >= recipe.epochs):
+                log_to_file(run_dirs[name])
+                log.info("%s: finished already (%s), not run again", name, done)
+                continue
+        run_one(recipe.replace(seed=seed), run_dirs[name], (run_dirs[name] / "config.json").is_file())
+    if not distributed.launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes it
+        report = compare_report.write_report(out_dir, run_dirs)
+        log.info("comparison report: %s", report)
+    return out_dir / "report.md"
+
+
+class TimedLoader:
+    """A loader that adds the wall time of each full pass over it to ``seconds``."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader, self.seconds = loader, 0.0
+
+    def __iter__(self) -> Any:
+        start = time.perf_counter()
+        yield from self.loader
+        self.seconds += time.perf_counter() - start
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:  # shard(), set_epoch(), ...
+        return getattr(self.loader, name)
+
+
+def pick_device(name: str) -> torch.device:
+    """cpu, cuda or auto; under torchrun each process takes the GPU of its local rank."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and distributed.launched_by_torchrun():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)
