@@ -60,8 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs"), help="the run directory is created inside (default: runs)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run (or comparison) in RUN_DIR")
     parser.add_argument("--recipe", choices=("proposed", "original", "compare", "ablate"), help="default: proposed")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the step (CUDA graphs on GPU), static shapes")
-    parser.add_argument("--no-capture", action="store_true", help="no captured step on CUDA (recorded; eager today)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (inside the captured step on CUDA)")
+    parser.add_argument("--no-capture", action="store_true", help="eager step and evaluation on CUDA (no CUDA graphs)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -118,10 +118,12 @@ def build_trainer(recipe: Recipe, run: RunConfig, model: torch.nn.Module, loader
     if recipe.loop == "infinite":
         log.info("the original loop never ends on its own; running %d epochs", recipe.epochs)
     step_model: Any = model
-    if run.compile:  # CUDA graphs on a GPU, plain compilation on CPU
-        step_model = torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
-    log.info("model: %s parameters | optimizer: %s | precision: %s | device: %s | compile: %s",
-             f"{model.count_parameters():,}", type(optimizer).__name__, amp.precision, device, run.compile)
+    if run.compile:  # captured on CUDA: inductor's kernels inside the whole-step graph (docs/captured.md)
+        inductor_graphs = device.type == "cuda" and not run.capture  # --no-capture on CUDA: inductor's own graphs
+        step_model = torch.compile(model, mode="reduce-overhead") if inductor_graphs else torch.compile(model, dynamic=False)
+    log.info("model: %s parameters | optimizer: %s | precision: %s | device: %s | compile: %s | capture: %s",
+             f"{model.count_parameters():,}", type(optimizer).__name__, amp.precision, device, run.compile,
+             "auto" if run.capture else "off (--no-capture)")
     checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=recipe.keep_last,
                                     every_seconds=recipe.checkpoint_every_seconds, pinned=(recipe.best_name,))
     train, val, test = loaders
@@ -132,7 +134,7 @@ def build_trainer(recipe: Recipe, run: RunConfig, model: torch.nn.Module, loader
         nonfinite=recipe.nonfinite, log_every=run.log_every, progress=run.progress,
         loggers=[JSONLinesLogger(run_dir / "metrics.jsonl"), JSONLinesLogger(run_dir / "steps.jsonl", kind="step"),
                  TensorBoardLogger(run_dir / "tensorboard")],
-        config=config, on_epoch_end=on_epoch_end,
+        config=config, on_epoch_end=on_epoch_end, capture="auto" if run.capture else False,
     )
 
 
@@ -163,10 +165,11 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, settings: Settings, held: 
     seed_everything(recipe.seed)
     model = PointerV45(splits.num_locations, splits.num_users, max_len=splits.max_len,
                        **dataclasses.asdict(settings.model)).to(device)
+    static = settings.run.compile or (device.type == "cuda" and settings.run.capture)  # padded: one batch shape
     loaders: list[Any] = [make_batches(splits.split(name), recipe.batch_size, name == "train", recipe.seed, device,
-                                       settings.run.compile) for name in geolife_data.SPLITS]
+                                       static) for name in geolife_data.SPLITS]
     loaders[1] = val_timer = rd.TimedLoader(loaders[1])
-    eval_seconds = [0.0]
+    eval_seconds = [0.0, 0.0]  # validation passes, capture inside fit's epochs (read at each epoch's end)
     if not resume and dist.is_main:
         held.enter_context(rd.locked(run_dir, create=True))
         rd.write_json(run_dir / "config.json", config)
@@ -180,7 +183,8 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, settings: Settings, held: 
     log.info("baseline (most frequent train location): test Acc@1 %.2f%%", baseline)
     try:
         trainer = build_trainer(recipe, settings.run, model, loaders, run_dir, device, config,
-                                on_epoch_end=lambda record: eval_seconds.__setitem__(0, val_timer.seconds))
+                                on_epoch_end=lambda record: eval_seconds.__setitem__(
+                                    slice(None), [val_timer.seconds, trainer.capture.seconds]))
     except ValueError:
         if not resume and dist.is_main:  # refused before training: leave no run directory behind
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -189,8 +193,10 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, settings: Settings, held: 
         rd.resume(trainer, run_dir, config["training"])
     fit_start = time.perf_counter()
     outcome = trainer.fit()
-    timings.update(train=outcome["train_seconds"] - eval_seconds[0], eval=eval_seconds[0],
-                   final_eval=time.perf_counter() - fit_start - outcome["train_seconds"])
+    capture = outcome["capture"]  # {"step": "captured" | "eager", "reason", "seconds"}
+    timings.update(capture=capture["seconds"], train=outcome["train_seconds"] - eval_seconds[0] - eval_seconds[1],
+                   eval=eval_seconds[0], final_eval=time.perf_counter() - fit_start - outcome["train_seconds"]
+                   - (capture["seconds"] - eval_seconds[1]))
     timings["total_wall"] = rd.process_seconds()
     results = {
         "recipe": recipe.name, "validation": outcome["validation"], "test": outcome["test"],
@@ -199,7 +205,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, settings: Settings, held: 
         "stopped_early": outcome["stopped_early"], "fp16_overflow_steps": outcome["fp16_overflow_steps"],
         "nonfinite_steps": outcome["nonfinite_steps"], "evaluated": outcome["evaluated"],
         "world_size": dist.world_size, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": trainer.amp.precision, "capture": settings.run.capture, "train_seconds": outcome["train_seconds"],
+        "precision": trainer.amp.precision, "capture": {"requested": settings.run.capture, **capture}, "train_seconds": outcome["train_seconds"],
         "wall_time_s": time.perf_counter() - start, "timings": timings, "data": settings.data.path or "synthetic",
     }
     if dist.is_main:

@@ -68,8 +68,8 @@ class RunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = 50
     per_step_schedule: bool = False  # the reference sets the LR once per epoch
-    compile: bool = False  # torch.compile (CUDA graphs on a GPU), static batch shapes
-    capture: bool = True  # the captured whole step on CUDA (--no-capture: eager; not wired yet)
+    compile: bool = False  # torch.compile the model (inside the captured step on CUDA), static batch shapes
+    capture: bool = True  # the captured whole step and evaluation on CUDA (--no-capture: eager)
     progress: bool = True
 
 

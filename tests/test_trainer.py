@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 import math
 from pathlib import Path
 from typing import Any
@@ -304,3 +305,188 @@ def test_a_checkpoint_of_another_optimizer_is_refused_before_anything_changes(tm
     del state["selector"]["counter"]
     with pytest.raises(ValueError, match=r"not a EarlyStopper \('selector'\) state: it lacks 'counter'"):
         other.load_state_dict(state)
+
+
+# ------------------------------------------------------------- capture (docs/captured.md, "In the Trainer")
+from trainkit import CapturedStep, TensorBatches as _Batches  # noqa: E402
+from trainkit.captured import CaptureError  # noqa: E402
+from trainkit.trainer_capture import TrainerCapture, capture_reason  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+
+
+def test_capture_auto_on_cpu_is_eager_with_one_logged_reason(tmp_path: Path, build_trainer, caplog) -> None:
+    with caplog.at_level("INFO", logger="trainkit.trainer"):
+        result = build_trainer(tmp_path, epochs=2).fit()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(("training step", "evaluation:"))]
+    assert lines == ["training step: eager (device is cpu: a CUDA graph needs CUDA)"]
+    assert result["capture"] == {"step": "eager", "reason": "device is cpu: a CUDA graph needs CUDA", "seconds": 0.0}
+
+
+def test_capture_true_without_cuda_raises_the_reason_and_bad_values_are_refused(tmp_path: Path, build_trainer) -> None:
+    with pytest.raises(CaptureError, match="capture=True, but device is cpu"):
+        build_trainer(tmp_path, capture=True)
+    with pytest.raises(ValueError, match="capture must be 'auto', True or False, got 'yes'"):
+        build_trainer(tmp_path, capture="yes")
+    with pytest.raises(ValueError, match="capture must be"):
+        build_trainer(tmp_path, capture=1)
+
+
+def test_capture_decision_names_each_reason(tiny_model) -> None:
+    cuda = torch.device("cuda")
+    assert capture_reason(False, cuda, False) == "capture=False"
+    assert "torchrun/DDP" in capture_reason("auto", cuda, True)
+    assert capture_reason("auto", cuda, False) is None and capture_reason(True, cuda, False) is None
+    model = tiny_model()
+    amp = types.SimpleNamespace(precision="fp16", max_grad_norm=None)
+    progress = types.SimpleNamespace(global_step=0)
+    cases = [(torch.optim.Adagrad(model.parameters(), lr=0.1), "fp32", "Adagrad is not captured"),
+             (torch.optim.AdamW(model.parameters(), lr=0.1, foreach=True), "fp16", "fp16 needs fused=True")]
+    for optimizer, precision, reason in cases:  # the optimizer and precision rules come before the device's
+        decision = TrainerCapture("auto", cuda, False)
+        amp.precision = precision
+        assert decision.training(model, optimizer, None, None, [], amp, progress, None) is None
+        assert reason in decision.reason and decision.summary()["step"] == "eager"
+    strict = TrainerCapture(True, cuda, False)
+    with pytest.raises(CaptureError, match="Adagrad"):
+        strict.training(model, cases[0][0], None, None, [], amp, progress, None)
+
+
+def _captured_bookkeeping(trainer: Trainer, **step_options: Any) -> None:
+    """Route the Trainer through the captured path's bookkeeping with the CapturedStep run eagerly (CPU)."""
+    batch = next(iter(trainer.train_loader))
+    step = CapturedStep(trainer.model, trainer.optimizer, trainer.loss_fn, trainer.forward, batch, precision="fp32",
+                        max_grad_norm=trainer.amp.max_grad_norm, nonfinite=trainer.nonfinite.mode, capture=False,
+                        **step_options)
+    trainer.capture._adopt(step, trainer.amp, trainer.progress, trainer.ema)
+    trainer.capture._decided = True
+
+
+def test_captured_bookkeeping_matches_the_eager_epoch_sums(tmp_path: Path, build_trainer) -> None:
+    eager = build_trainer(tmp_path / "eager", epochs=3, selector="best")
+    eager.fit()
+    routed = build_trainer(tmp_path / "routed", epochs=3, selector="best")
+    _captured_bookkeeping(routed)
+    result = routed.fit()
+    assert result["capture"]["step"] == "captured"
+    for mine, theirs in zip(routed.progress.history, eager.progress.history):
+        assert mine["step"] == theirs["step"]
+        for key in ("train_loss", "grad_norm", "val_loss", "lr"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-5), key
+
+
+def _poisoned_data(bad_index: int) -> dict[str, torch.Tensor]:
+    from conftest import make_data  # noqa: PLC0415  (the tiny job's data, one NaN feature)
+
+    data = make_data(96, 1)
+    data["scale"][bad_index] = float("nan")
+    return data
+
+
+def test_captured_bookkeeping_raise_names_epoch_and_step(tmp_path: Path, build_trainer) -> None:
+    trainer = build_trainer(tmp_path, epochs=3)
+    trainer.train_loader = _Batches(_poisoned_data(16 * 4 + 3), 16, shuffle=False,
+                                    transform=lambda b: (b["x"], b["y"], {"scale": b["scale"]}))
+    _captured_bookkeeping(trainer)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 5;"):
+        trainer.fit()
+
+
+def test_captured_bookkeeping_skip_counts_and_caps(tmp_path: Path, build_trainer) -> None:
+    loader = _Batches(_poisoned_data(16 * 2), 16, shuffle=False,
+                      transform=lambda b: (b["x"], b["y"], {"scale": b["scale"]}))
+    trainer = build_trainer(tmp_path / "a", epochs=2, nonfinite="skip", max_nonfinite_steps=5)
+    trainer.train_loader = loader
+    trainer.optimizer.param_groups[0]["fused"] = True  # the device-side skip is the fused kernel's found_inf
+    _captured_bookkeeping(trainer)
+    result = trainer.fit()
+    assert result["nonfinite_steps"] == 2 and [r["nonfinite_steps"] for r in result["history"]] == [1, 1]
+    assert result["history"][-1]["step"] == 12  # a skipped step still counts under capture
+    assert all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters())
+    capped = build_trainer(tmp_path / "b", epochs=2, nonfinite="skip", max_nonfinite_steps=0)
+    capped.train_loader = loader
+    capped.optimizer.param_groups[0]["fused"] = True
+    _captured_bookkeeping(capped)
+    with pytest.raises(NonFiniteLossError, match="max_nonfinite_steps=0"):
+        capped.fit()
+
+
+def test_resume_on_cpu_from_a_captured_runs_optimizer_state(tmp_path: Path, build_trainer) -> None:
+    """A checkpoint written under capture (capturable groups, LR tensors) resumes bit-identically on CPU."""
+    full = build_trainer(tmp_path / "full", epochs=4)
+    full.fit()
+    expected = _weights(full)
+    first = build_trainer(tmp_path / "split", epochs=4, on_epoch_end=kill_after(2))
+    with pytest.raises(Killed):
+        first.fit()
+    path = tmp_path / "split" / "ckpt" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    for group in state["optimizer"]["param_groups"]:  # what make_capturable leaves in a saved state
+        group["capturable"], group["lr"] = True, torch.tensor(group["lr"], dtype=torch.float32)
+    for saved in state["optimizer"]["state"].values():
+        saved["step"] = saved["step"].to(torch.float32)
+    torch.save(state, path)
+    second = build_trainer(tmp_path / "split", epochs=4)
+    second.resume()
+    group = second.optimizer.param_groups[0]
+    assert group["capturable"] is False and isinstance(group["lr"], float)
+    second.fit()
+    for name, tensor in _weights(second).items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+# ------------------------------------------------------------------------------------------ CUDA
+def _cuda_trainer(directory: Path, epochs: int, **kwargs: Any) -> Trainer:
+    from conftest import build  # noqa: PLC0415
+
+    trainer = build(directory, epochs, **kwargs)
+    device = torch.device("cuda")
+    trainer.model.to(device)
+    trainer.device = device
+    trainer.capture = TrainerCapture(kwargs.get("capture", "auto"), device, False, trainer.nonfinite.mode)
+    trainer.amp.device_type = "cuda"
+    for name in ("train_loader", "val_loader", "test_loader"):
+        old = getattr(trainer, name)
+        setattr(trainer, name, _Batches({k: v.to(device) for k, v in old.tensors.items()}, 16, shuffle=old.shuffle,
+                                        seed=old.seed, transform=old.transform, pad_to_full_batch=True,
+                                        pad_values={"y": 0}))
+    return trainer
+
+
+@needs_cuda
+def test_cuda_trainer_captures_step_and_evaluation(tmp_path: Path) -> None:
+    from trainkit.evaluation import evaluate  # noqa: PLC0415
+
+    trainer = _cuda_trainer(tmp_path, 3, selector="running_average")
+    result = trainer.fit()
+    assert result["capture"]["step"] == "captured" and result["capture"]["seconds"] > 0
+    assert trainer.capture.step is not None and trainer.capture.step.eager_steps == 0
+    assert [r["step"] for r in result["history"]] == [6, 12, 18]
+    assert all(math.isfinite(r["train_loss"]) and "running_avg_loss" in r for r in result["history"])
+    captured = trainer.evaluate(trainer.val_loader)
+    assert len(captured["batch_losses"]) == 3
+    eager = evaluate(trainer.model, trainer.val_loader, trainer.loss_fn, metrics=trainer.metrics, device=trainer.device,
+                     forward=trainer.forward)
+    for key in ("loss", "acc@1", "mrr"):
+        assert captured[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-6), key
+    assert captured["batch_losses"] == pytest.approx(eager["batch_losses"], rel=1e-4)
+
+
+@needs_cuda
+def test_cuda_captured_resume_continues_optimizer_state_and_schedule(tmp_path: Path) -> None:
+    full = _cuda_trainer(tmp_path / "full", 4)
+    full.fit()
+    first = _cuda_trainer(tmp_path / "split", 4, on_epoch_end=kill_after(2))
+    with pytest.raises(Killed):
+        first.fit()
+    second = _cuda_trainer(tmp_path / "split", 4)
+    second.resume()
+    second.fit()
+    assert second.capture.step is not None
+    for mine, theirs in zip(second.optimizer.state.values(), full.optimizer.state.values()):
+        assert mine["step"].item() == theirs["step"].item() == 24
+    assert float(second.optimizer.param_groups[0]["lr"]) == pytest.approx(float(full.optimizer.param_groups[0]["lr"]))
+    for (name, a), b in zip(second.model.state_dict().items(), full.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
+    assert [r["epoch"] for r in second.progress.history] == [1, 2, 3, 4]

@@ -22,7 +22,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from trainkit.atomic import atomic_write
 
-__all__ = ["Logger", "JSONLinesLogger", "CSVLogger", "TensorBoardLogger", "MLflowLogger", "metric_name", "is_step_record", "describe_epoch"]
+__all__ = ["Logger", "JSONLinesLogger", "CSVLogger", "TensorBoardLogger", "MLflowLogger", "metric_name", "is_step_record",
+           "describe_epoch", "epoch_record"]
 
 log = logging.getLogger("trainkit.loggers")
 _KINDS = ("epoch", "step")
@@ -45,6 +46,30 @@ class Logger(Protocol):
 def is_step_record(record: Mapping[str, Any]) -> bool:
     """Whether ``record`` is a per-step record (it has ``"step_train_loss"``)."""
     return "step_train_loss" in record
+
+
+def epoch_record(epoch: int, step: int, lr: float, train: Mapping[str, float], val: Mapping[str, Any], improved: bool,
+                 seconds: float, running_avg_loss: float | None = None) -> dict[str, Any]:
+    """An epoch record: the Trainer's ``train_epoch`` and ``evaluate`` results under the logged names.
+
+    Args:
+        epoch, step: Completed epochs and the global step at the epoch's end.
+        lr, train, val: The epoch's LR, training sums and validation result (``batch_losses`` is dropped).
+        improved, seconds: Whether the selector saw a new best; the epoch's wall time.
+        running_avg_loss: A ``RunningAverage`` selector's average (None: no such key).
+
+    Returns:
+        ``{"epoch", "step", "lr", "train_loss", "grad_norm", "fp16_overflow_steps", "nonfinite_steps",
+        "val_loss", "val_<metric>"..., ["running_avg_loss"], "improved", "epoch_seconds"}``.
+    """
+    record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, "train_loss": train["loss"],
+                              "grad_norm": train["grad_norm"], "fp16_overflow_steps": train["fp16_overflow_steps"],
+                              "nonfinite_steps": train["nonfinite_steps"], "val_loss": val["loss"]}
+    record.update((f"val_{key}", value) for key, value in val.items() if key not in ("loss", "batch_losses"))
+    if running_avg_loss is not None:
+        record["running_avg_loss"] = running_avg_loss
+    record.update(improved=improved, epoch_seconds=seconds)
+    return record
 
 
 def describe_epoch(record: Mapping[str, Any], epochs: int) -> str:

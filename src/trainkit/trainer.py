@@ -1,7 +1,7 @@
 """A thin reference Trainer: the reference's proposed loop, built from trainkit's components.
 
-``fit`` reads like the reference's ``train()``; side jobs live in their own modules (loggers,
-nonfinite, stopping, progress, evaluation, training_state, distributed, interrupt). See docs/trainer.md.
+``fit`` reads like the reference's ``train()``; side jobs live in their own modules (loggers, nonfinite,
+stopping, progress, evaluation, training_state, distributed, interrupt, trainer_capture). See docs/trainer.md.
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ from trainkit import distributed
 from trainkit.amp import AMPStep
 from trainkit.batching import set_loader_epoch
 from trainkit.checkpoint import CheckpointError, CheckpointManager, load_model_state
-from trainkit.evaluation import ForwardFn, default_forward, evaluate
+from trainkit.evaluation import ForwardFn, default_forward
 from trainkit.interrupt import InterruptHandler, TrainingInterrupted
-from trainkit.loggers import Logger, describe_epoch
+from trainkit.loggers import Logger, describe_epoch, epoch_record
 from trainkit.metrics import RankingMetrics
 from trainkit.nonfinite import NonFiniteLossError, NonFinitePolicy
 from trainkit.progress import TrainingProgress
 from trainkit.schedule import WarmupCosineSchedule
 from trainkit.stopping import BestValue, RunningAverage, Selector, feed
+from trainkit.trainer_capture import TrainerCapture, eager_optimizer
 from trainkit.training_state import load_best, load_resume_state, load_training_state, training_state
 
 __all__ = ["Trainer", "NonFiniteLossError", "TrainingInterrupted", "default_forward"]
@@ -44,7 +45,9 @@ class Trainer:
         train_loader, val_loader, test_loader: Iterables of batches; ``set_epoch(e)`` is called when they have it.
         epochs: Maximum number of epochs.
         schedule, per_step_schedule: LR as a function of the epoch (or, per step, ``epoch + step/steps``).
-        amp: The step (default ``AMPStep(optimizer, "fp32")``). ``step``: reserved, must be None.
+        amp: The eager step (default ``AMPStep(optimizer, "fp32")``); its precision and clipping hold when captured.
+        capture: ``"auto"``: on CUDA, capture step and evaluation (docs/captured.md) where possible, else eager with
+            one log line saying why; True: capture or raise ``CaptureError``; False: eager. ``step``: reserved (None).
         selector: Model selection (``EarlyStopper``, ``RunningAverage``, default ``BestValue()``).
         checkpoints, best_name, epoch_checkpoints: Where ``best_name``/``last.pt`` go (None: nowhere);
             ``best_name`` must be pinned in the manager; also rotating ``epoch-NNNN.pt`` files.
@@ -58,7 +61,8 @@ class Trainer:
 
     Raises:
         ValueError: bad ``epochs``, ``log_every``, ``nonfinite``, ``max_nonfinite_steps``, a
-            ``best_name`` that ``checkpoints`` would rotate away, or a ``step``.
+            ``best_name`` that ``checkpoints`` would rotate away, a ``step``, or a bad ``capture``.
+        CaptureError: ``capture=True`` where capture is impossible (here or at the first epoch).
     """
 
     def __init__(
@@ -70,7 +74,7 @@ class Trainer:
         device: str | torch.device = "cpu", ignore_index: int | None = 0, nonfinite: str = "raise",
         max_nonfinite_steps: int = 100, log_every: int = 50, loggers: Sequence[Logger] = (), progress: bool = True,
         config: dict[str, Any] | None = None, on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
-        ema: Any = None, step: Any = None,
+        ema: Any = None, step: Any = None, capture: bool | str = "auto",
     ) -> None:
         for name, value in (("epochs", epochs), ("log_every", log_every)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -82,6 +86,7 @@ class Trainer:
             raise ValueError(f"step must be None (the eager AMPStep path), got {step!r}")
         self.nonfinite, self.device = NonFinitePolicy(nonfinite, max_nonfinite_steps), torch.device(device)
         self.model, self.dist = distributed.prepare(model, self.device, train_loader, val_loader, test_loader)
+        self.capture = TrainerCapture(capture, self.device, self.dist.enabled, self.nonfinite.mode)
         self.optimizer, self.loss_fn, self.forward, self.metrics = optimizer, loss_fn, forward, metrics
         self.train_loader, self.val_loader, self.test_loader = train_loader, val_loader, test_loader
         self.epochs, self.schedule, self.per_step_schedule = epochs, schedule, per_step_schedule
@@ -99,7 +104,8 @@ class Trainer:
 
         Returns:
             ``{"validation", "test", "best_epoch", "epochs_run", "stopped_early", "fp16_overflow_steps",
-            "nonfinite_steps", "train_seconds", "history", "evaluated"}`` (what weights were evaluated).
+            "nonfinite_steps", "train_seconds", "history", "evaluated", "capture"}`` (what weights were
+            evaluated; ``TrainerCapture.summary()``: which step ran, why, capture seconds).
 
         Raises:
             NonFiniteLossError: a non-finite loss (see ``nonfinite``).
@@ -115,7 +121,9 @@ class Trainer:
                 p.epoch += 1
                 improved = distributed.broadcast_object(feed(self.selector, val["loss"], val["batch_losses"]))  # on rank 0
                 p.stopped_early = distributed.broadcast_object(bool(self.selector.should_stop))
-                record = self._epoch_record(lr, train, val, improved, time.perf_counter() - epoch_start)
+                average = self.selector.avg if isinstance(self.selector, RunningAverage) else None
+                record = epoch_record(p.epoch, p.global_step, lr, train, val, improved, time.perf_counter() - epoch_start, average)
+                logger.info("%s", describe_epoch(record, self.epochs))
                 p.history.append(record)  # before saving: the checkpoint's history includes this epoch
                 self._log(record)  # before saving too: a resume from this epoch's checkpoint keeps it once
                 record["checkpoint_seconds"] = self._save_epoch_checkpoints(improved)
@@ -135,7 +143,8 @@ class Trainer:
         steps = len(self.train_loader) if isinstance(self.train_loader, Sized) else None
         # [loss, grad norm, finite steps, fp16 overflows, non-finite steps] on the device; restored mid-epoch
         sums = p.epoch_sums = torch.zeros(5, device=self.device) if p.epoch_sums is None else p.epoch_sums
-        first = p.step_in_epoch
+        first, train_step = p.step_in_epoch, self.capture.training(  # None: eager (logged once with the reason)
+            self.model, self.optimizer, self.loss_fn, self.forward, self.train_loader, self.amp, p, self.ema) or self._train_step
         bar = tqdm(total=steps, initial=first, desc=f"Epoch {p.epoch + 1}", disable=not self.show_progress,
                    leave=False, mininterval=1.0)
         for index, batch in enumerate(self.train_loader):
@@ -143,14 +152,14 @@ class Trainer:
                 continue
             if self.schedule is not None and self.per_step_schedule and steps:
                 self.schedule.apply(self.optimizer, p.epoch + index / steps)
-            stepped = self._train_step(batch, sums, index + 1)
+            stepped = train_step(batch, sums, index + 1)
             p.step_in_epoch = index + 1
             if not stepped:
                 continue
             bar.update(1)
             at_log_step = (index + 1) % self.log_every == 0
             if at_log_step:
-                self.nonfinite.check(p.epoch + 1, self._last_good, self.device)
+                self._check_nonfinite()
                 running = (sums[0] / sums[2].clamp(min=1)).item()
                 bar.set_postfix(loss=f"{running:.4f}")
                 self._log({"step": p.global_step, "epoch": p.epoch + 1, "step_train_loss": running,
@@ -160,7 +169,7 @@ class Trainer:
             if at_log_step or not self.dist.enabled:  # under torchrun the ranks agree on signals at log steps
                 self._stop_if_interrupted(saved=False)
         bar.close()
-        self.nonfinite.check(p.epoch + 1, self._last_good, self.device)
+        self._check_nonfinite()
         loss, grad_norm, count = distributed.all_reduce_sum(sums[:3].clone()).tolist()
         overflow, nonfinite = (int(v) for v in sums[3:].tolist())  # the same on every rank
         p.step_in_epoch, p.epoch_sums = 0, None
@@ -193,10 +202,10 @@ class Trainer:
         return True
 
     def evaluate(self, loader: Iterable[Any]) -> dict[str, Any]:
-        """:func:`trainkit.evaluation.evaluate` of the current weights (the EMA's when ``ema`` is set)."""
-        return evaluate(self.ema.module if self.ema is not None else self.model, loader, self.loss_fn,
-                        metrics=self.metrics, device=self.device, forward=self.forward,
-                        ignore_index=self.ignore_index, autocast=self.amp.autocast)
+        """:func:`trainkit.evaluation.evaluate` of the current weights (the EMA's when ``ema`` is set), captured on CUDA."""
+        return self.capture.evaluate(self.ema.module if self.ema is not None else self.model, loader, self.loss_fn,
+                                     metrics=self.metrics, device=self.device, forward=self.forward,
+                                     ignore_index=self.ignore_index, autocast=self.amp.autocast, precision=self.amp.precision)
 
     def final_evaluation(self, train_seconds: float = 0.0) -> dict[str, Any]:
         """Load the best model (its epoch checkpoint if it is damaged) and evaluate it on validation and test."""
@@ -211,7 +220,7 @@ class Trainer:
         return {"validation": validation, "test": test, "best_epoch": self.selector.best_epoch, "epochs_run": p.epoch,
                 "stopped_early": p.stopped_early, "fp16_overflow_steps": p.fp16_overflow_steps,
                 "nonfinite_steps": p.nonfinite_steps, "train_seconds": train_seconds, "history": p.history,
-                "evaluated": evaluated}
+                "evaluated": evaluated, "capture": self.capture.summary()}
 
     def _load_weights(self, state: dict[str, Any]) -> None:
         if self.ema is not None:
@@ -219,19 +228,6 @@ class Trainer:
         load_model_state(distributed.unwrap(self.model), state["model"])
 
     # ------------------------------------------------------------ selection and saving
-    def _epoch_record(self, lr: float, train: dict[str, float], val: dict[str, Any], improved: bool,
-                      seconds: float) -> dict[str, Any]:
-        p = self.progress
-        record: dict[str, Any] = {"epoch": p.epoch, "step": p.global_step, "lr": lr, "train_loss": train["loss"],
-                                  "grad_norm": train["grad_norm"], "fp16_overflow_steps": train["fp16_overflow_steps"],
-                                  "nonfinite_steps": train["nonfinite_steps"], "val_loss": val["loss"]}
-        record.update((f"val_{key}", value) for key, value in val.items() if key not in ("loss", "batch_losses"))
-        if isinstance(self.selector, RunningAverage):
-            record["running_avg_loss"] = self.selector.avg
-        record.update(improved=improved, epoch_seconds=seconds)
-        logger.info("%s", describe_epoch(record, self.epochs))
-        return record
-
     def _save_epoch_checkpoints(self, improved: bool) -> float:
         names = [f"epoch-{self.progress.epoch:04d}.pt"] * self.epoch_checkpoints + ["last.pt"]
         weights = self.ema.module if self.ema is not None else self.model
@@ -254,12 +250,16 @@ class Trainer:
         """After SIGINT/SIGTERM: write ``last.pt`` (unless ``saved`` just now) and raise."""
         if (requested := self.interrupts.requested_anywhere(self.device)) is None:
             return
-        self.nonfinite.check(self.progress.epoch + 1, self._last_good, self.device)
+        self._check_nonfinite()
         if not saved:
             self._save(["last.pt"])
         where = f"saved {self.checkpoints.directory / 'last.pt'}" if self.checkpoints else "nothing saved (no checkpoints)"
         raise TrainingInterrupted(f"interrupted by {requested} at epoch {self.progress.epoch + (not saved)}, "
                                   f"step {self.progress.global_step}: {where}; resume to continue")
+
+    def _check_nonfinite(self) -> None:  # at a sync point: log steps, epoch end, a signal
+        self.nonfinite.check(self.progress.epoch + 1, self._last_good, self.device)
+        self.capture.check_nonfinite(self.nonfinite, self.progress, self.progress.epoch_sums, self._last_good)
 
     def _last_good(self) -> Path | None:
         return None if self.checkpoints is None else self.checkpoints.latest()
@@ -276,12 +276,14 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """``{name: component.state_dict()}``, the progress counters, the RNG states and ``config``."""
+        self.capture.fold(self.progress.epoch_sums)  # mid-epoch: the captured step's sums too
         return training_state(self._parts(), self.progress, self.config)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (schedule excluded); :func:`~trainkit.training_state.load_training_state`
         checks every block first and raises ``ValueError`` (one line) for a missing or unfitting one."""
         load_training_state(self._parts(), self.progress, state, self.device)
+        eager_optimizer(self.optimizer)  # a captured run's state on CPU: capturable off (docs/captured.md)
 
     def resume(self, path: str | Path | None = None) -> Path:
         """Continue from ``path``, or the newest loadable checkpoint (falling back past damaged ones).
