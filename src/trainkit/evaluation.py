@@ -49,12 +49,14 @@ def evaluate(
     Args:
         model: The model to evaluate.
         loader: Batches that ``forward`` understands.
-        loss_fn: ``loss_fn(scores, targets) -> scalar`` (a mean over valid targets).
+        loss_fn: ``loss_fn(scores, targets) -> scalar`` (a mean over valid targets). ``scores``
+            is what ``forward`` returned: a tensor (cast to float32 here) or any other object
+            that ``loss_fn`` and ``metrics`` understand, such as a NamedTuple of tensors.
         metrics: Factory ``metrics(device=...)`` of an object with ``update(scores, targets,
             valid=...)``, ``compute()``, ``sums()`` and ``compute_from_sums(sums)``, such as
             :class:`~trainkit.metrics.RankingMetrics`.
         device: Where the model runs.
-        forward: ``forward(model, batch, device) -> (scores, targets)``.
+        forward: ``forward(model, batch, device) -> (scores, targets)``; ``targets`` is a tensor.
         ignore_index: Target id that is padding (excluded from the loss weights and metrics).
         autocast: Context manager factory for the forward pass (e.g. ``AMPStep.autocast``).
 
@@ -70,7 +72,7 @@ def evaluate(
     for batch in loader:
         with autocast():
             scores, targets = forward(model, batch, device)
-        scores = scores.float()
+        scores = scores.float() if isinstance(scores, torch.Tensor) else scores  # structured outputs: as they are
         loss = loss_fn(scores, targets)
         valid = targets != ignore_index if ignore_index is not None else torch.ones_like(targets, dtype=torch.bool)
         totals += torch.stack([loss.double() * valid.sum(), valid.sum().double()])
