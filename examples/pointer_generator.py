@@ -10,17 +10,19 @@ vocabulary (OOV) and get per-example extended ids ``V, V+1, ...`` as in See et a
 summary is the source's content words in order, fillers dropped, then ``<stop>``: the model
 must copy (OOVs can only be copied) and should attend to each word once.
 
-Training follows ``trainkit.recipes.original()``: Adagrad (lr 0.15, initial accumulator
-0.1) at a fixed LR, fp32, global-norm clip 2.0, loss ``masked_nll`` (+ 1.0 x
-``coverage_loss`` with coverage on), "Loss is not finite. Stopping.", a running average
-(decay 0.99, clip 12) of the validation NLL that selects ``bestmodel.pt``, and time-based
-checkpoints (every 60 s, keep 3).
+Training goes through ``trainkit.Trainer`` with ``trainkit.recipes.original()``: Adagrad
+(lr 0.15, initial accumulator 0.1) at a fixed LR, fp32, global-norm clip 2.0, loss
+``masked_nll`` (+ 1.0 x ``coverage_loss`` with coverage on), "Loss is not finite.
+Stopping.", a running average (decay 0.99, clip 12) of the validation NLL that selects
+``bestmodel.pt``, and time-based checkpoints (every 60 s, keep 3). A Trainer "epoch" is the
+``--eval-every`` steps up to the next one-batch evaluation (docs/pointer_generator.md).
 
 ``--coverage both`` (the default) does what See et al. did: train without coverage, then
 turn coverage on for the last ``--coverage-steps`` steps. The baseline arm continues from
-the same state for the same steps on the same batches without coverage, so the two arms
-differ only by coverage. Both arms' best models are evaluated on the validation set; the
-figures are printed and written to ``OUT/coverage_report.json``.
+the same state (the shared run's ``last.pt``) for the same steps on the same batches
+without coverage, so the two arms differ only by coverage. Both arms' best models are
+evaluated on the validation set; the figures are printed and written to
+``OUT/coverage_report.json``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -300,7 +302,7 @@ class Setup:
     device: torch.device
     config: dict[str, Any]  # the command line, saved into checkpoints
     out: Path  # each arm writes OUT/<arm>/
-    checkpoint_every: float  # seconds between time-based checkpoints
+    checkpoint_every: float | None  # seconds between time-based checkpoints (None: none)
     ends: list[int]  # the global step at which each Trainer epoch ends (epoch_ends)
 
 
@@ -473,6 +475,11 @@ class Arm:
     first_epoch: int  # epochs inherited from the shared run with another selector (coverage arm)
     coverage_steps: int
     seconds: float  # training time, the shared steps included
+
+    @property
+    def model(self) -> PointerGenerator:
+        """The arm's model: after ``fit``, its best weights (or its final ones when it made no new best)."""
+        return cast(PointerGenerator, self.trainer.model)
 
     def best_step(self) -> int:
         """The step of this arm's ``bestmodel.pt`` (0: it made no new best)."""
@@ -654,7 +661,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
     report: dict[str, Any] = {"config": setup.config, "recipe": recipe.name, "device": str(device), "runs": {}}
-    models = {name: arm.trainer.model for name, arm in arms.items()}  # the best weights (Trainer.fit loaded them)
+    models = {name: arm.model for name, arm in arms.items()}  # the best weights (Trainer.fit loaded them)
     for name, arm in arms.items():
         report["runs"][name] = {
             "steps": arm.trainer.progress.global_step,

@@ -17,7 +17,7 @@ from trainkit import distributed
 
 __all__ = ["evaluate", "default_forward"]
 
-ForwardFn = Callable[[nn.Module, Any, torch.device], tuple[torch.Tensor, torch.Tensor]]
+ForwardFn = Callable[[nn.Module, Any, torch.device], tuple[Any, torch.Tensor]]  # -> (scores, targets)
 
 
 def default_forward(model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +36,7 @@ def default_forward(model: nn.Module, batch: Any, device: torch.device) -> tuple
 def evaluate(
     model: nn.Module,
     loader: Iterable[Any],
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
     *,
     metrics: Callable[..., Any],
     device: torch.device,
