@@ -10,38 +10,41 @@ vocabulary (OOV) and get per-example extended ids ``V, V+1, ...`` as in See et a
 summary is the source's content words in order, fillers dropped, then ``<stop>``: the model
 must copy (OOVs can only be copied) and should attend to each word once.
 
-Training follows ``trainkit.recipes.original()``: Adagrad (lr 0.15, initial accumulator
-0.1) at a fixed LR, fp32, global-norm clip 2.0, loss ``masked_nll`` (+ 1.0 x
-``coverage_loss`` with coverage on), "Loss is not finite. Stopping.", a running average
-(decay 0.99, clip 12) of the validation NLL that selects ``bestmodel.pt``, and time-based
-checkpoints (every 60 s, keep 3).
+Training goes through ``trainkit.Trainer`` with ``trainkit.recipes.original()``: Adagrad
+(lr 0.15, initial accumulator 0.1) at a fixed LR, fp32, global-norm clip 2.0, loss
+``masked_nll`` (+ 1.0 x ``coverage_loss`` with coverage on), "Loss is not finite.
+Stopping.", a running average (decay 0.99, clip 12) of the validation NLL that selects
+``bestmodel.pt``, and time-based checkpoints (every 60 s, keep 3). A Trainer "epoch" is the
+``--eval-every`` steps up to the next one-batch evaluation (docs/pointer_generator.md).
 
 ``--coverage both`` (the default) does what See et al. did: train without coverage, then
 turn coverage on for the last ``--coverage-steps`` steps. The baseline arm continues from
-the same state for the same steps on the same batches without coverage, so the two arms
-differ only by coverage. Both arms' best models are evaluated on the validation set; the
-figures are printed and written to ``OUT/coverage_report.json``.
+the same state (the shared run's ``last.pt``) for the same steps on the same batches
+without coverage, so the two arms differ only by coverage. Both arms' best models are
+evaluated on the validation set; the figures are printed and written to
+``OUT/coverage_report.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+import math
 import sys
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainkit import AMPStep, CheckpointManager, RunningAverage, build_optimizer, coverage_loss, masked_nll, recipes
-from trainkit.rng import seed_everything
+from trainkit import (AMPStep, CheckpointManager, RunningAverage, Trainer, build_optimizer, coverage_loss,
+                      load_checkpoint, masked_nll, recipes)
 from trainkit.nonfinite import NonFiniteLossError
+from trainkit.rng import seed_everything
 
 # ------------------------------------------------------------------ vocabulary and task
 PAD, UNK, START, STOP = 0, 1, 2, 3
@@ -282,7 +285,11 @@ class PointerGenerator(nn.Module):
         return torch.stack(tokens, 1), torch.stack(attns, 1)
 
 
-# ------------------------------------------------------------------ training (the original recipe)
+# ------------------------------------------------------------------ training through the Trainer (the original recipe)
+# The original pipeline counts steps, not epochs: its eval process read ONE validation batch
+# every so often and fed its NLL to the running average. Here a Trainer "epoch" is the run of
+# steps up to the next such evaluation (every --eval-every steps), so the Trainer's
+# validation pass is that one batch and RunningAverage gets its loss, as the original did.
 @dataclass
 class Setup:
     """What every arm trains and evaluates on."""
@@ -294,22 +301,9 @@ class Setup:
     eval_every: int
     device: torch.device
     config: dict[str, Any]  # the command line, saved into checkpoints
-
-
-@dataclass
-class Arm:
-    """One training run: model, optimizer, AMP step, best-model rule and checkpoints."""
-
-    name: str
-    model: PointerGenerator
-    optimizer: torch.optim.Optimizer
-    amp: AMPStep
-    averager: RunningAverage
-    manager: CheckpointManager
-    step: int = 0
-    coverage_steps: int = 0
-    best_step: int = 0
-    seconds: float = 0.0
+    out: Path  # each arm writes OUT/<arm>/
+    checkpoint_every: float | None  # seconds between time-based checkpoints (None: none)
+    ends: list[int]  # the global step at which each Trainer epoch ends (epoch_ends)
 
 
 def batch_order(n: int, batch_size: int, steps: int, seed: int) -> torch.Tensor:
@@ -326,86 +320,203 @@ def batch_order(n: int, batch_size: int, steps: int, seed: int) -> torch.Tensor:
     return torch.cat(epochs or [torch.zeros(0, dtype=torch.long)]).view(-1, batch_size)[:steps]
 
 
-def new_arm(name: str, model: PointerGenerator, out: Path, recipe: recipes.Recipe, every_seconds: float) -> Arm:
-    """The original recipe's optimizer, AMP step, running average and checkpoints for ``model``."""
+def epoch_ends(steps: int, eval_every: int, switch: int) -> list[int]:
+    """The global step at which each Trainer epoch ends: every multiple of ``eval_every``, the
+    step where the arms part (``switch``, when inside the run) and the last step.
+
+    Raises:
+        ValueError: ``steps < 1`` or ``eval_every < 1``.
+    """
+    if steps < 1 or eval_every < 1:
+        raise ValueError(f"need steps >= 1 and eval_every >= 1; got steps={steps}, eval_every={eval_every}")
+    return sorted({*range(eval_every, steps + 1, eval_every), steps} | ({switch} if 0 < switch < steps else set()))
+
+
+class StepBatches:
+    """The training loader: epoch ``e`` yields the batches of steps ``ends[e-1] .. ends[e]-1``.
+
+    The Trainer calls ``set_epoch`` with its epoch counter before each epoch (after a
+    resume too), so the batch of every global step is fixed by ``order`` whatever the arm.
+    """
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup, self.ends, self.epoch = setup, setup.ends, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select epoch ``epoch`` (0-based)."""
+        self.epoch = epoch
+
+    def steps(self) -> range:
+        """The global steps of the selected epoch."""
+        return range(self.ends[self.epoch - 1] if self.epoch else 0, self.ends[self.epoch])
+
+    def __len__(self) -> int:
+        return len(self.steps())
+
+    def __iter__(self) -> Iterator[Split]:
+        for step in self.steps():
+            yield self.setup.train_data.take(self.setup.order[step], self.setup.device)
+
+
+class EvalBatch:
+    """The validation loader: the one batch the original's eval process read at the end of the
+    selected epoch, batch ``(step // eval_every) % len(val_batches)``; none when the epoch ends
+    between two evaluations (at the coverage switch)."""
+
+    def __init__(self, train: StepBatches) -> None:
+        self.train = train
+
+    def __iter__(self) -> Iterator[Split]:
+        step, setup = self.train.steps().stop, self.train.setup
+        if step % setup.eval_every == 0:
+            yield setup.val_batches[(step // setup.eval_every) % len(setup.val_batches)]
+
+
+class Outputs(NamedTuple):
+    """What the Trainer's ``forward`` returns as scores: the model's two outputs."""
+
+    log_final: torch.Tensor  # [B, T, V_ext] log final distribution
+    attention: torch.Tensor  # [B, T, L]
+
+
+def forward(model: nn.Module, batch: Split, device: torch.device) -> tuple[Outputs, torch.Tensor]:
+    """The Trainer's batch adapter: ``(Outputs(log final distribution, attention), target)``.
+
+    The loaders put batches on the device already (``Split.take``). ``target`` is ``PAD``
+    exactly at the padded decoder steps, so ``target != PAD`` is the decoder mask (and the
+    Trainer's ``ignore_index=PAD`` counts the valid steps).
+    """
+    log_final, attention = model(batch)
+    return Outputs(log_final, attention), batch.target
+
+
+class SummaryLoss:
+    """``masked_nll``, plus ``cov_loss_wt * coverage_loss`` while the model trains with coverage.
+
+    In eval mode it is the NLL alone: See et al.'s eval process fed the running average the
+    NLL (it only printed the coverage loss, which :class:`TeacherForcedMetrics` records).
+    """
+
+    def __init__(self, model: PointerGenerator, cov_loss_wt: float) -> None:
+        self.model, self.cov_loss_wt = model, cov_loss_wt
+
+    def __call__(self, outputs: Outputs, target: torch.Tensor) -> torch.Tensor:
+        mask = (target != PAD).float()
+        loss = masked_nll(outputs.log_final, target, mask)
+        if self.model.training and self.model.coverage:
+            loss = loss + self.cov_loss_wt * coverage_loss(outputs.attention, mask)
+        return loss
+
+
+class TeacherForcedMetrics:
+    """The Trainer's validation metrics: ``coverage_loss`` and ``next_token_accuracy`` (argmax
+    of the teacher-forced final distribution) per validation pass; ``val_coverage_loss`` and
+    ``val_next_token_accuracy`` in each epoch record.
+
+    Args:
+        device: Where the sums live.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.totals = torch.zeros(4, dtype=torch.float64, device=device)  # [coverage loss x seqs, seqs, hits, tokens]
+
+    @torch.no_grad()
+    def update(self, outputs: Outputs, target: torch.Tensor, valid: torch.Tensor) -> None:
+        """Add one batch (``valid``: ``[B, T]`` True at real decoder steps)."""
+        size = target.new_tensor(target.shape[0], dtype=torch.float64)
+        hits = ((outputs.log_final.argmax(-1) == target) & valid).sum().double()
+        cov = coverage_loss(outputs.attention, valid.float()).double() * size
+        self.totals += torch.stack([cov, size, hits, valid.sum().double()])
+
+    def sums(self) -> torch.Tensor:
+        """A copy of the additive counters."""
+        return self.totals.clone()
+
+    def compute(self) -> dict[str, float]:
+        """The metrics of everything added (NaN before any batch)."""
+        return self.compute_from_sums(self.totals)
+
+    @staticmethod
+    def compute_from_sums(sums: torch.Tensor) -> dict[str, float]:
+        """The metrics from (possibly all-reduced) :meth:`sums`."""
+        cov, seqs, hits, tokens = sums.tolist()
+        return {"coverage_loss": cov / seqs if seqs else math.nan, "next_token_accuracy": hits / tokens if tokens else math.nan}
+
+
+def build_trainer(setup: Setup, name: str, epochs: int, coverage: bool) -> Trainer:
+    """A Trainer with the original recipe's components for one arm, writing ``OUT/<name>/``.
+
+    Adagrad at a fixed LR, fp32 with global-norm clipping, "Loss is not finite. Stopping."
+    (checked every step: ``log_every=1``), a ``RunningAverage`` selecting ``bestmodel.pt``
+    and time-based checkpoints (plus ``last.pt`` at each epoch end, from which arms fork).
+    """
+    recipe = setup.recipe
+    model = PointerGenerator(coverage=coverage).to(setup.device)
     optimizer = build_optimizer(model, recipe.optimizer, **recipe.optimizer_kwargs())
-    return Arm(
-        name=name,
-        model=model,
-        optimizer=optimizer,
+    train_batches = StepBatches(setup)
+    return Trainer(
+        model, optimizer, SummaryLoss(model, recipe.cov_loss_wt or 0.0), train_batches, EvalBatch(train_batches),
+        epochs=epochs,
         amp=AMPStep(optimizer, precision=recipe.precision, max_grad_norm=recipe.max_grad_norm),
-        averager=RunningAverage(recipe.running_avg_decay, recipe.running_avg_clip),
-        manager=CheckpointManager(
-            out / name, keep_last=recipe.keep_last, every_seconds=every_seconds, pinned=(recipe.best_name,)
-        ),
+        selector=RunningAverage(recipe.running_avg_decay, recipe.running_avg_clip),
+        checkpoints=CheckpointManager(setup.out / name, keep_last=recipe.keep_last,
+                                      every_seconds=setup.checkpoint_every, pinned=(recipe.best_name,)),
+        best_name=recipe.best_name, forward=forward, metrics=TeacherForcedMetrics, device=setup.device,
+        ignore_index=PAD, nonfinite=recipe.nonfinite, log_every=1, progress=False,
+        config={**setup.config, "model_coverage": coverage},
     )
 
 
-def fork(arm: Arm, name: str, out: Path, recipe: recipes.Recipe, every_seconds: float) -> Arm:
-    """A copy of ``arm`` (model and optimizer state) in its own directory.
+@dataclass
+class Arm:
+    """One trained arm. After ``fit`` its Trainer's model holds the best weights."""
 
-    The running average starts afresh, as See et al.'s eval process of the coverage run did.
-    """
-    new = new_arm(name, copy.deepcopy(arm.model), out, recipe, every_seconds)
-    new.optimizer.load_state_dict(copy.deepcopy(arm.optimizer.state_dict()))
-    new.step, new.seconds = arm.step, arm.seconds
-    return new
+    trainer: Trainer
+    first_epoch: int  # epochs inherited from the shared run with another selector (coverage arm)
+    coverage_steps: int
+    seconds: float  # training time, the shared steps included
 
+    @property
+    def model(self) -> PointerGenerator:
+        """The arm's model: after ``fit``, its best weights (or its final ones when it made no new best)."""
+        return cast(PointerGenerator, self.trainer.model)
 
-def checkpoint_state(arm: Arm, setup: Setup) -> dict[str, Any]:
-    """A checkpoint: tensors and plain values only, so ``weights_only`` loading accepts it."""
-    return {
-        "model": arm.model.state_dict(),
-        "coverage": arm.model.coverage,
-        "optimizer": arm.optimizer.state_dict(),
-        "amp": arm.amp.state_dict(),
-        "running_avg": arm.averager.state_dict(),
-        "step": arm.step,
-        "coverage_steps": arm.coverage_steps,
-        "config": setup.config,
-    }
+    def best_step(self) -> int:
+        """The step of this arm's ``bestmodel.pt`` (0: it made no new best)."""
+        history = self.trainer.progress.history[self.first_epoch :]
+        return max((record["step"] for record in history if record["improved"]), default=0)
 
 
-def train(arm: Arm, setup: Setup, steps: int) -> None:
-    """Run ``steps`` training steps from ``arm.step`` the way the original pipeline did.
+def train_arms(args: argparse.Namespace, setup: Setup, shared: int) -> dict[str, Arm]:
+    """Train ``shared`` steps without coverage, then each requested arm to ``--steps``.
 
-    Loss: ``masked_nll`` plus ``cov_loss_wt * coverage_loss`` when the model uses coverage.
-    Every ``eval_every`` steps, one validation batch's NLL updates the running average and a
-    new best is saved as ``bestmodel.pt`` (the eval process). A rotating checkpoint is
-    written whenever ``every_seconds`` have passed, and at the end.
+    Both arms continue from the shared run's ``last.pt``; the coverage arm with a fresh
+    running average, as See et al.'s eval process of the coverage run started afresh.
 
     Raises:
-        NonFiniteLossError: the loss is NaN or infinite ("Loss is not finite. Stopping.");
-            no update is made with it.
+        NonFiniteLossError: a non-finite training loss ("Loss is not finite. Stopping.").
     """
-    recipe, model = setup.recipe, arm.model
-    started = time.perf_counter()
-    for _ in range(steps):
-        model.train()
-        batch = setup.train_data.take(setup.order[arm.step], setup.device)
-        with arm.amp.autocast():
-            log_final, attn = model(batch)
-            loss = masked_nll(log_final, batch.target, batch.dec_mask)
-            if model.coverage:
-                loss = loss + recipe.cov_loss_wt * coverage_loss(attn, batch.dec_mask)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError("Loss is not finite. Stopping.")
-        arm.amp.step(loss)
-        arm.step += 1
-        arm.coverage_steps += int(model.coverage)
-        if arm.step % setup.eval_every == 0:
-            val = setup.val_batches[(arm.step // setup.eval_every) % len(setup.val_batches)]
-            model.eval()
-            with torch.no_grad():
-                val_log_final, _ = model(val)
-                arm.averager.update(masked_nll(val_log_final, val.target, val.dec_mask))
-            if arm.averager.is_best:
-                arm.best_step = arm.step
-                arm.manager.save(recipe.best_name, checkpoint_state(arm, setup))
-        if arm.manager.due():
-            arm.manager.save(f"ckpt-{arm.step:06d}.pt", checkpoint_state(arm, setup))
-    arm.seconds += time.perf_counter() - started
-    arm.manager.save(f"ckpt-{arm.step:06d}.pt", checkpoint_state(arm, setup))
+    shared_epochs = setup.ends.index(shared) + 1 if shared else 0
+    switch = setup.out / "no_coverage" / "last.pt"
+    seconds = 0.0
+    if shared:  # the common start, in OUT/no_coverage
+        seed_everything(args.seed)
+        base = build_trainer(setup, "no_coverage", shared_epochs, coverage=False)
+        seconds = base.fit()["train_seconds"]
+        if args.coverage == "off":
+            return {"no_coverage": Arm(base, 0, 0, seconds)}
+    arms: dict[str, Arm] = {}
+    for name in ("coverage",) if args.coverage == "on" else ("coverage", "no_coverage"):
+        seed_everything(args.seed)  # without shared steps both arms start from the same initial model
+        trainer = build_trainer(setup, name, len(setup.ends), coverage=name == "coverage")
+        if shared:
+            state = load_checkpoint(switch, map_location=setup.device)
+            if name == "coverage":
+                state["selector"] = trainer.selector.state_dict()  # a fresh running average
+            trainer.load_state_dict(state)
+        fork_epoch, cov_steps = (shared_epochs, args.steps - shared) if name == "coverage" else (0, 0)
+        arms[name] = Arm(trainer, fork_epoch, cov_steps, seconds + trainer.fit()["train_seconds"])
+    return {name: arms[name] for name in ("no_coverage", "coverage") if name in arms}
 
 
 # ------------------------------------------------------------------ evaluation
@@ -469,14 +580,6 @@ def evaluate(model: PointerGenerator, batches: list[Split]) -> dict[str, float]:
     }
 
 
-def best_model(arm: Arm, recipe: recipes.Recipe, device: torch.device) -> PointerGenerator:
-    """The arm's ``bestmodel.pt`` (loaded safely), or its current model when none was saved."""
-    model = copy.deepcopy(arm.model)
-    if (arm.manager.directory / recipe.best_name).is_file():
-        model.load_state_dict(arm.manager.load(recipe.best_name, map_location=device)["model"])
-    return model
-
-
 # ------------------------------------------------------------------ command line
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the command line (a bad value exits with status 2 and a one-line message)."""
@@ -534,9 +637,10 @@ def run(args: argparse.Namespace) -> int:
     recipe = recipes.original()
     if args.cov_loss_wt is not None:
         recipe = recipe.replace(cov_loss_wt=args.cov_loss_wt)
-    every = recipe.checkpoint_every_seconds if args.checkpoint_every is None else args.checkpoint_every
     train_data = make_split(args.train_size, DATA_SEED)
     val_data = make_split(args.val_size, DATA_SEED + 1)
+    # The first steps - coverage_steps steps are shared, without coverage; then the arms part (See et al.).
+    shared = args.steps - (args.coverage_steps if args.coverage != "off" else 0)
     setup = Setup(
         train_data=train_data,
         val_batches=[val_data.take(index, device) for index in torch.arange(len(val_data)).split(100)],
@@ -545,35 +649,24 @@ def run(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         device=device,
         config={key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        out=args.out,
+        checkpoint_every=recipe.checkpoint_every_seconds if args.checkpoint_every is None else args.checkpoint_every,
+        ends=epoch_ends(args.steps, args.eval_every, shared),
     )
-    seed_everything(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-
-    # The first steps - coverage_steps steps are shared, without coverage; then the arms part (See et al.).
-    shared = args.steps - (args.coverage_steps if args.coverage != "off" else 0)
-    baseline = new_arm("no_coverage", PointerGenerator().to(device), args.out, recipe, every)
-    arms: dict[str, Arm] = {}
     try:
-        train(baseline, setup, shared)
-        if args.coverage in ("off", "both"):
-            arms["no_coverage"] = baseline
-        if args.coverage in ("on", "both"):
-            arms["coverage"] = fork(baseline, "coverage", args.out, recipe, every)
-            arms["coverage"].model.coverage = True
-            train(arms["coverage"], setup, args.coverage_steps)
-        if "no_coverage" in arms:
-            train(baseline, setup, args.steps - shared)
+        arms = train_arms(args, setup, shared)
     except NonFiniteLossError as exc:
         print(exc, file=sys.stderr)
         return 1
 
     report: dict[str, Any] = {"config": setup.config, "recipe": recipe.name, "device": str(device), "runs": {}}
-    models = {name: best_model(arm, recipe, device) for name, arm in arms.items()}
+    models = {name: arm.model for name, arm in arms.items()}  # the best weights (Trainer.fit loaded them)
     for name, arm in arms.items():
         report["runs"][name] = {
-            "steps": arm.step,
+            "steps": arm.trainer.progress.global_step,
             "coverage_steps": arm.coverage_steps,
-            "best_step": arm.best_step,
+            "best_step": arm.best_step(),
             "train_seconds": round(arm.seconds, 2),
             **evaluate(models[name], setup.val_batches),
         }

@@ -13,8 +13,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import pointer_generator as pg  # noqa: E402
 
-from trainkit import AMPStep, build_optimizer, coverage_loss, load_checkpoint, masked_nll, recipes  # noqa: E402
-from trainkit.trainer import NonFiniteLossError  # noqa: E402
+from trainkit import AMPStep, RunningAverage, build_optimizer, coverage_loss, load_checkpoint, masked_nll, recipes  # noqa: E402
+from trainkit.nonfinite import NonFiniteLossError  # noqa: E402
 
 V = pg.VOCAB_SIZE
 REPORT_KEYS = {
@@ -139,20 +139,87 @@ def test_a_few_original_recipe_steps_reduce_the_loss() -> None:
     assert loss().item() < before.item() - 0.1
 
 
-def test_a_non_finite_loss_stops_training_before_any_update(tmp_path: Path) -> None:
-    data = pg.make_split(16, 0)
-    model = small_model(coverage=False)
+def tiny_setup(tmp_path: Path, steps: int = 5, eval_every: int = 2, switch: int = 0) -> pg.Setup:
+    """40 training examples, two validation batches of 8, batches of 8."""
+    val = pg.make_split(16, 1)
+    return pg.Setup(pg.make_split(40, 0), [val.take(torch.arange(8)), val.take(torch.arange(8, 16))],
+                    pg.batch_order(40, 8, steps, seed=0), recipes.original(), eval_every, torch.device("cpu"), {},
+                    tmp_path, 60.0, pg.epoch_ends(steps, eval_every, switch))
+
+
+def test_epochs_end_at_each_evaluation_and_at_the_switch(tmp_path: Path) -> None:
+    assert pg.epoch_ends(7, 2, 3) == [2, 3, 4, 6, 7]
+    assert pg.epoch_ends(6, 2, 0) == pg.epoch_ends(6, 2, 6) == [2, 4, 6]
+    setup = tiny_setup(tmp_path, steps=7, switch=3)
+    train = pg.StepBatches(setup)
+    seen, evaluated = [], []
+    for epoch in range(len(setup.ends)):
+        train.set_epoch(epoch)
+        batches = list(train)
+        assert len(batches) == len(train)
+        seen += [batch.src for batch in batches]
+        evaluated.append([batch is b for batch in pg.EvalBatch(train) for b in setup.val_batches])
+    assert len(seen) == 7
+    assert all(torch.equal(src, setup.train_data.take(setup.order[i]).src) for i, src in enumerate(seen))
+    # steps 2, 4, 6 read validation batch (step // 2) % 2; the epochs ending at 3 and 7 read none
+    assert evaluated == [[False, True], [], [True, False], [False, True], []]
+
+
+def test_the_trainer_reproduces_the_original_step_loop(tmp_path: Path) -> None:
+    """Same updates, same one-batch evaluations, same running average and best step as the original loop."""
+    setup = tiny_setup(tmp_path)
+    trainer = pg.build_trainer(setup, "coverage", len(setup.ends), coverage=True)
+    recipe = setup.recipe
+    model = pg.PointerGenerator(coverage=True)
+    model.load_state_dict(trainer.model.state_dict())
+    optimizer = build_optimizer(model, recipe.optimizer, **recipe.optimizer_kwargs())
+    amp = AMPStep(optimizer, precision=recipe.precision, max_grad_norm=recipe.max_grad_norm)
+    averager, best_step, best = RunningAverage(recipe.running_avg_decay, recipe.running_avg_clip), 0, {}
+    for step in range(1, 6):  # the original's loop, written out
+        model.train()
+        batch = setup.train_data.take(setup.order[step - 1])
+        log_final, attn = model(batch)
+        amp.step(masked_nll(log_final, batch.target, batch.dec_mask)
+                 + recipe.cov_loss_wt * coverage_loss(attn, batch.dec_mask))
+        if step % 2 == 0:
+            model.eval()
+            val = setup.val_batches[(step // 2) % 2]
+            with torch.no_grad():
+                averager.update(masked_nll(model(val)[0], val.target, val.dec_mask))
+            if averager.is_best:
+                best_step, best = step, {k: v.clone() for k, v in model.state_dict().items()}
+    trainer.fit()
+    assert trainer.selector.avg == averager.avg and trainer.selector.count == averager.count == 2
+    arm = pg.Arm(trainer, 0, 5, 0.0)
+    assert arm.best_step() == best_step > 0
+    last, saved_best = (load_checkpoint(tmp_path / "coverage" / name)["model"] for name in ("last.pt", "bestmodel.pt"))
+    assert all(torch.equal(last[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(saved_best[k], v) for k, v in best.items())
+    assert trainer.progress.history[0]["val_coverage_loss"] > 0  # TeacherForcedMetrics in the epoch record
+
+
+def test_teacher_forced_metrics_match_the_losses() -> None:
+    batch = oov_batch()
+    log_final, attn = small_model()(batch)
+    valid = batch.target != pg.PAD
+    metrics = pg.TeacherForcedMetrics()
+    metrics.update(pg.Outputs(log_final, attn), batch.target, valid=valid)
+    result = metrics.compute()
+    assert result == pg.TeacherForcedMetrics.compute_from_sums(metrics.sums())
+    assert result["coverage_loss"] == pytest.approx(coverage_loss(attn, batch.dec_mask).item())
+    hits = (log_final.argmax(-1) == batch.target)[valid]
+    assert result["next_token_accuracy"] == pytest.approx(hits.float().mean().item())
+    assert all(v != v for v in pg.TeacherForcedMetrics().compute().values())  # NaN before any batch
+
+
+def test_a_non_finite_loss_stops_training_with_the_originals_message(tmp_path: Path) -> None:
+    trainer = pg.build_trainer(tiny_setup(tmp_path), "no_coverage", 3, coverage=False)
     with torch.no_grad():
-        model.out2.bias.fill_(float("nan"))
-    recipe = recipes.original()
-    setup = pg.Setup(data, [data.take(torch.arange(8))], pg.batch_order(16, 8, 2, seed=0), recipe, 1,
-                     torch.device("cpu"), {})
-    arm = pg.new_arm("no_coverage", model, tmp_path, recipe, 60.0)
-    weights = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(NonFiniteLossError, match=r"^Loss is not finite\. Stopping\.$"):
-        pg.train(arm, setup, 2)
-    assert arm.step == 0
-    assert all(torch.allclose(v, weights[k], equal_nan=True) for k, v in model.state_dict().items())
+        trainer.model.out2.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"^Loss is not finite\. Stopping\. \(epoch 1, step 1;"):
+        trainer.fit()
+    assert trainer.progress.global_step == 1  # checked right after the step, as the original did
+    assert not list((tmp_path / "no_coverage").glob("*.pt"))  # no checkpoint holds weights trained on it
 
 
 def test_greedy_decoding_stays_in_the_extended_vocabulary() -> None:
@@ -177,6 +244,8 @@ def test_bad_arguments_are_refused() -> None:
         pg.PointerGenerator(vocab_size=2)
     with pytest.raises(ValueError, match="batch_size"):
         pg.batch_order(4, 5, 1, seed=0)
+    with pytest.raises(ValueError, match="eval_every"):
+        pg.epoch_ends(5, 0, 0)
     for argv in (["--steps", "0"], ["--coverage-steps", "700"], ["--coverage", "sometimes"], ["--cov-loss-wt", "-1"]):
         with pytest.raises(SystemExit):
             pg.parse_args(argv)
@@ -184,8 +253,8 @@ def test_bad_arguments_are_refused() -> None:
 
 def test_main_runs_a_tiny_configuration_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--steps", "6", "--coverage-steps", "3", "--train-size", "48", "--val-size", "20", "--batch-size", "8",
-            "--eval-every", "2", "--seed", "1", "--out", str(tmp_path)]
-    assert pg.main(argv) == 0
+            "--eval-every", "2", "--seed", "1"]
+    assert pg.main([*argv, "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "coverage_report.json").read_text())
     assert set(report) == {"config", "recipe", "device", "runs"}
     assert report["recipe"] == "original" and report["config"]["coverage"] == "both"
@@ -194,7 +263,12 @@ def test_main_runs_a_tiny_configuration_end_to_end(tmp_path: Path, capsys: pytes
         assert set(run) == REPORT_KEYS, name
         assert run["steps"] == 6
         best = load_checkpoint(tmp_path / name / "bestmodel.pt")  # loads with weights_only=True
-        assert best["step"] == run["best_step"] and best["coverage"] == (name == "coverage")
+        assert best["global_step"] == run["best_step"] and best["config"]["model_coverage"] == (name == "coverage")
     assert report["runs"]["coverage"]["coverage_steps"] == 3 and report["runs"]["no_coverage"]["coverage_steps"] == 0
     out = capsys.readouterr().out
     assert "no_coverage" in out and "rep attn" in out and "coverage_report.json" in out
+    # the baseline arm, continued from the shared last.pt, is the run that never parted
+    assert pg.main([*argv, "--coverage", "off", "--out", str(tmp_path / "off")]) == 0
+    for name in ("last.pt", "bestmodel.pt"):
+        forked, straight = (load_checkpoint(d / "no_coverage" / name)["model"] for d in (tmp_path, tmp_path / "off"))
+        assert all(torch.equal(forked[k], v) for k, v in straight.items()), name

@@ -17,7 +17,7 @@ from trainkit import distributed
 
 __all__ = ["evaluate", "default_forward"]
 
-ForwardFn = Callable[[nn.Module, Any, torch.device], tuple[torch.Tensor, torch.Tensor]]
+ForwardFn = Callable[[nn.Module, Any, torch.device], tuple[Any, torch.Tensor]]  # -> (scores, targets)
 
 
 def default_forward(model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +36,7 @@ def default_forward(model: nn.Module, batch: Any, device: torch.device) -> tuple
 def evaluate(
     model: nn.Module,
     loader: Iterable[Any],
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
     *,
     metrics: Callable[..., Any],
     device: torch.device,
@@ -49,12 +49,14 @@ def evaluate(
     Args:
         model: The model to evaluate.
         loader: Batches that ``forward`` understands.
-        loss_fn: ``loss_fn(scores, targets) -> scalar`` (a mean over valid targets).
+        loss_fn: ``loss_fn(scores, targets) -> scalar`` (a mean over valid targets). ``scores``
+            is what ``forward`` returned: a tensor (cast to float32 here) or any other object
+            that ``loss_fn`` and ``metrics`` understand, such as a NamedTuple of tensors.
         metrics: Factory ``metrics(device=...)`` of an object with ``update(scores, targets,
             valid=...)``, ``compute()``, ``sums()`` and ``compute_from_sums(sums)``, such as
             :class:`~trainkit.metrics.RankingMetrics`.
         device: Where the model runs.
-        forward: ``forward(model, batch, device) -> (scores, targets)``.
+        forward: ``forward(model, batch, device) -> (scores, targets)``; ``targets`` is a tensor.
         ignore_index: Target id that is padding (excluded from the loss weights and metrics).
         autocast: Context manager factory for the forward pass (e.g. ``AMPStep.autocast``).
 
@@ -70,7 +72,7 @@ def evaluate(
     for batch in loader:
         with autocast():
             scores, targets = forward(model, batch, device)
-        scores = scores.float()
+        scores = scores.float() if isinstance(scores, torch.Tensor) else scores  # structured outputs: as they are
         loss = loss_fn(scores, targets)
         valid = targets != ignore_index if ignore_index is not None else torch.ones_like(targets, dtype=torch.bool)
         totals += torch.stack([loss.double() * valid.sum(), valid.sum().double()])

@@ -51,8 +51,8 @@ class Trainer:
         selector: Model selection (``EarlyStopper``, ``RunningAverage``, default ``BestValue()``).
         checkpoints, best_name, epoch_checkpoints: Where ``best_name``/``last.pt`` go (None: nowhere);
             ``best_name`` must be pinned in the manager; also rotating ``epoch-NNNN.pt`` files.
-        forward, metrics: ``forward(model, batch, device) -> (scores, targets)``; ``metrics(device=...)``
-            builds the evaluation metrics (default ``RankingMetrics``).
+        forward, metrics: ``forward(model, batch, device) -> (scores, targets)`` (``scores`` may be any
+            object ``loss_fn`` and the metrics take); ``metrics(device=...)`` builds the evaluation metrics.
         device, ignore_index: Where the model runs; the padding target id (None: none).
         nonfinite, max_nonfinite_steps: ``"raise"`` or ``"skip"`` a non-finite loss, and the skip cap.
         log_every, loggers, progress: Steps between step records; where records go; a tqdm bar.
@@ -66,7 +66,7 @@ class Trainer:
     """
 
     def __init__(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
         train_loader: Iterable[Any], val_loader: Iterable[Any], *, epochs: int, test_loader: Iterable[Any] | None = None,
         schedule: WarmupCosineSchedule | None = None, per_step_schedule: bool = False, amp: AMPStep | None = None,
         selector: Selector | None = None, checkpoints: CheckpointManager | None = None, best_name: str = "best.pt",
