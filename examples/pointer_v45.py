@@ -2,7 +2,6 @@
 
     python examples/pointer_v45.py                       # synthetic data, proposed recipe
     python examples/pointer_v45.py --data ../shared/data/geolife/dataSet_geolife.csv
-    python examples/pointer_v45.py --recipe original --epochs 10 --config my.yaml
     python examples/pointer_v45.py --recipe compare --seeds 3   # both recipes, RNG seeds 42..44
     python examples/pointer_v45.py --resume runs/pointer_v45-proposed-...
 
@@ -33,7 +32,7 @@ import geolife_data
 import run_dir as rd
 import synthetic_data
 from pointer_v45_config import (DataConfig, RunConfig, Settings, check_same_run, config_sections, configure_new_run,
-                               read_run_config, resume_settings, seeds_of)
+                               resume_settings, seeds_of)
 from pointer_v45_model import PointerV45
 from trainkit import (AMPStep, CheckpointError, CheckpointManager, EarlyStopper, JSONLinesLogger, LabelSmoothedNLLLoss,
                       NonFiniteLossError, RunningAverage, TensorBoardLogger, Trainer, TrainingInterrupted,
@@ -121,9 +120,8 @@ def build_trainer(recipe: Recipe, run: RunConfig, model: torch.nn.Module, loader
     if run.compile:  # captured on CUDA: inductor's kernels inside the whole-step graph (docs/captured.md)
         inductor_graphs = device.type == "cuda" and not run.capture  # --no-capture on CUDA: inductor's own graphs
         step_model = torch.compile(model, mode="reduce-overhead") if inductor_graphs else torch.compile(model, dynamic=False)
-    log.info("model: %s parameters | optimizer: %s | precision: %s | device: %s | compile: %s | capture: %s",
-             f"{model.count_parameters():,}", type(optimizer).__name__, amp.precision, device, run.compile,
-             "auto" if run.capture else "off (--no-capture)")
+    log.info("model: %s parameters | optimizer: %s | precision: %s | device: %s | compile: %s | capture: %s", f"{model.count_parameters():,}",
+             type(optimizer).__name__, amp.precision, device, run.compile, "auto" if run.capture else "off (--no-capture)")
     checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=recipe.keep_last,
                                     every_seconds=recipe.checkpoint_every_seconds, pinned=(recipe.best_name,))
     train, val, test = loaders
@@ -149,8 +147,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, settings: Settings, held: 
     start, timings = time.perf_counter(), {"imports": IMPORT_SECONDS, "capture": 0.0}
     config = config_sections(recipe, settings)
     device = rd.pick_device(settings.run.device)
-    dist = distributed.init_from_env(device.type)  # a no-op without torchrun
-    run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's name (its timestamp) for all
+    dist, run_dir = distributed.init_from_env(device.type), Path(distributed.broadcast_object(str(run_dir)))  # torchrun: rank 0's name
     if resume and dist.is_main:
         held.enter_context(rd.locked(run_dir))
         check_same_run(run_dir, recipe, settings)
@@ -158,8 +155,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, settings: Settings, held: 
         if dist.is_main == rank_builds_cache:
             splits = load_data(settings.data)
         distributed.barrier()
-    timings["data"] = time.perf_counter() - start
-    mark = time.perf_counter()
+    timings["data"], mark = time.perf_counter() - start, time.perf_counter()
     torch.empty(0, device=device)  # the device's context, so that "data" and "train" do not count it
     timings["device_init"] = time.perf_counter() - mark
     seed_everything(recipe.seed)
@@ -178,9 +174,8 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, settings: Settings, held: 
         rd.log_to_file(run_dir)
     counts = {name: len(splits.split(name)["y"]) for name in geolife_data.SPLITS}
     baseline = geolife_data.most_frequent_baseline(splits)
-    log.info("data: %s samples | %d locations (with padding and unseen) | %d users", counts, splits.num_locations,
-             splits.num_users - 1)
-    log.info("baseline (most frequent train location): test Acc@1 %.2f%%", baseline)
+    log.info("data: %s samples | %d locations (with padding and unseen) | %d users | baseline (most frequent train "
+             "location): test Acc@1 %.2f%%", counts, splits.num_locations, splits.num_users - 1, baseline)
     try:
         trainer = build_trainer(recipe, settings.run, model, loaders, run_dir, device, config,
                                 on_epoch_end=lambda record: eval_seconds.__setitem__(
@@ -210,9 +205,8 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, settings: Settings, held: 
     }
     if dist.is_main:
         rd.write_json(run_dir / "results.json", results)
-    test = outcome["test"]
     log.info("test: Acc@1 %.2f%% (seen targets %.2f%%) | Acc@5 %.2f%% | Acc@10 %.2f%% | MRR %.2f%% | NDCG %.2f%% | baseline "
-             "Acc@1 %.2f%%", *(test[k] for k in ("acc@1", "acc@1_seen", "acc@5", "acc@10", "mrr", "ndcg")), baseline)
+             "Acc@1 %.2f%%", *(outcome["test"][k] for k in ("acc@1", "acc@1_seen", "acc@5", "acc@10", "mrr", "ndcg")), baseline)
     log.info("results: %s", run_dir / "results.json")
     return results
 
@@ -234,20 +228,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_one(base[kind], run_dir, False, settings)
         return 0
-    except (rd.UsageError, ValueError, OSError, CheckpointError, NonFiniteLossError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingInterrupted as exc:  # SIGINT/SIGTERM: last.pt is written, --resume continues
-        print(f"{exc}", file=sys.stderr)
-        return 130
+    except (rd.UsageError, ValueError, OSError, CheckpointError, NonFiniteLossError, TrainingInterrupted) as exc:
+        print(exc if isinstance(exc, TrainingInterrupted) else f"error: {exc}", file=sys.stderr)
+        return 130 if isinstance(exc, TrainingInterrupted) else 2  # 130: SIGINT/SIGTERM, last.pt written
 
 
 def resume_main(args: argparse.Namespace) -> int:
     """``--resume RUN_DIR``: a run, or a comparison, with the settings saved in it."""
     recipe, settings, found = resume_settings(args)
-    if found:
-        base = {p.parent.name: read_run_config(p)[0] for p in found if p.parent.parent == args.resume}
-        rd.sweep("compare", base, args.resume, [recipe.seed], functools.partial(run_one, settings=settings), resume=True)
+    if found:  # a sweep: its sweep.json names the rows and seeds
+        rd.sweep("compare", {}, args.resume, [], functools.partial(run_one, settings=settings), resume=True)
     else:
         run_one(recipe, args.resume, True, settings)
     return 0
