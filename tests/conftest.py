@@ -7,9 +7,10 @@ directory, never the user's home.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +165,16 @@ def _data_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN20
         os.environ.pop("TRAINKIT_CACHE_DIR", None)
     else:
         os.environ["TRAINKIT_CACHE_DIR"] = previous
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Iterator[None]:
+    """Every test: pointer_v45.main() points the root logger at this test's stdout; undo that afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)

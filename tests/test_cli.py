@@ -86,19 +86,6 @@ def test_resume_of_a_finished_run_continues_to_more_epochs(smoke_run: Path) -> N
     assert "Resumed from" in (smoke_run / "train.log").read_text()
 
 
-@pytest.fixture(autouse=True)
-def _restore_root_logging():
-    """pointer_v45.main() points the root logger at this test's stdout; undo that afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(level)
-
-
 def one_line_error(code: int, err: str) -> str:
     assert code == 2, err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

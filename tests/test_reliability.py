@@ -50,19 +50,6 @@ import pointer_v45_config  # noqa: E402
 import synthetic_data  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _restore_root_logging():
-    """pointer_v45.main() points the root logger at this test's stdout; undo that afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(level)
-
-
 # --------------------------------------------------------------------------- a tiny Trainer
 NUM_CLASSES = 7  # the classes of conftest's tiny job
 
