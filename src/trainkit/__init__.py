@@ -10,7 +10,7 @@ from trainkit.captured import CapturedEval, CapturedStep
 from trainkit.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, load_model_state
 from trainkit.evaluation import default_forward, evaluate
 from trainkit.interrupt import TrainingInterrupted
-from trainkit.loggers import CSVLogger, JSONLinesLogger, Logger, MLflowLogger, TensorBoardLogger
+from trainkit.loggers import CSVLogger, JSONLinesLogger, Logger, MLflowLogger, TensorBoardLogger, WandbLogger
 from trainkit.ema import EMA
 from trainkit.export import load_safetensors, save_safetensors
 from trainkit.losses import LabelSmoothedNLLLoss, coverage_loss, mask_and_avg, masked_nll
@@ -57,6 +57,7 @@ __all__ = [
     "CSVLogger",
     "TensorBoardLogger",
     "MLflowLogger",
+    "WandbLogger",
     "seed_everything",
     "get_rng_state",
     "set_rng_state",

@@ -1,4 +1,4 @@
-"""Where training records go: JSON lines, CSV, TensorBoard, MLflow (docs/trainer.md, docs/loggers.md).
+"""Where training records go: JSON lines, CSV, TensorBoard, MLflow, W&B (docs/trainer.md, docs/loggers.md).
 
 A logger receives every record with the global step it belongs to. Epoch records and step
 records both reach every logger; a record is a step record when it has the key
@@ -16,13 +16,14 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from trainkit.atomic import atomic_write
 
-__all__ = ["Logger", "JSONLinesLogger", "CSVLogger", "TensorBoardLogger", "MLflowLogger", "metric_name", "is_step_record",
+__all__ = ["Logger", "JSONLinesLogger", "CSVLogger", "TensorBoardLogger", "MLflowLogger", "WandbLogger", "metric_name", "is_step_record",
            "describe_epoch", "epoch_record"]
 
 log = logging.getLogger("trainkit.loggers")
@@ -339,4 +340,115 @@ class MLflowLogger:
         """Mark the run finished (calling it again does nothing)."""
         if not self._closed:
             self.client.set_terminated(self.run_id, status="FINISHED")
+            self._closed = True
+
+
+# ---------------------------------------------------------------- W&B (docs/loggers.md)
+_WANDB_MISSING = "WandbLogger needs the wandb package: pip install 'trainkit-pt[wandb]'"
+_WANDB_STEP = "global_step"                        # the x-axis of every chart (a metric of its own)
+
+
+class WandbLogger:
+    """Log every numeric value of each record to a Weights & Biases run, against ``global_step``.
+
+    The global step is logged as the metric ``global_step`` and declared the x-axis of every
+    other metric (``define_metric``), instead of being passed as W&B's own ``step``: W&B drops
+    a point whose ``step`` is lower than the last one it saw, which a resumed run would hit.
+    The run starts at the first record (a logger that never logs, as on the other ranks of a
+    torchrun job, starts nothing) and always has the id :attr:`run_id`.
+
+    Args:
+        project: The W&B project.
+        run_id: Continue the W&B run with this id (resuming a training run); ``None`` makes a new id.
+        name: The run's display name.
+        config: Stored as the run's config.
+        tags: The run's tags.
+        directory: Where W&B writes its files (``wandb.init(dir=...)``); ``None``: W&B's default.
+        mode: ``"online"``, ``"offline"`` or ``"disabled"``; ``None``: W&B's default (``WANDB_MODE``).
+
+    Raises:
+        ImportError: ``wandb`` is not installed (a one-line message with the install command).
+        ValueError: ``project`` or ``run_id`` is empty, or ``mode`` is unknown.
+    """
+
+    def __init__(
+        self,
+        project: str = "trainkit",
+        *,
+        run_id: str | None = None,
+        name: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        tags: list[str] | None = None,
+        directory: str | Path | None = None,
+        mode: str | None = None,
+    ) -> None:
+        try:
+            import wandb
+        except ImportError as exc:
+            raise ImportError(_WANDB_MISSING) from exc
+        if not isinstance(project, str) or not project:
+            raise ValueError(f"project must be a non-empty string, got {project!r}")
+        if run_id is not None and (not isinstance(run_id, str) or not run_id):
+            raise ValueError(f"run_id must be a non-empty string or None, got {run_id!r}")
+        if mode not in (None, "online", "offline", "disabled"):
+            raise ValueError(f"mode must be 'online', 'offline', 'disabled' or None, got {mode!r}")
+        self._wandb = wandb
+        self.run_id = run_id if run_id is not None else uuid.uuid4().hex[:12]
+        self._init = {"project": project, "id": self.run_id, "name": name, "config": dict(config or {}),
+                      "tags": list(tags) if tags else None, "dir": None if directory is None else str(directory),
+                      "mode": mode, "resume": "allow", "reinit": "create_new"}
+        self.run: Any = None
+        self._resumed_at: int | None = None
+        self._closed = False
+
+    def _start(self) -> Any:
+        if self.run is None:
+            self.run = self._wandb.init(**self._init)
+            self.run.define_metric(_WANDB_STEP)
+            self.run.define_metric("*", step_metric=_WANDB_STEP)
+            if self._resumed_at is not None:
+                self.run.summary["trainkit/resumed_at_step"] = self._resumed_at
+        return self.run
+
+    def log(self, record: Mapping[str, Any], step: int) -> None:
+        """Log each int/float value of ``record`` (bools, strings and ``epoch``/``step`` skipped) with ``global_step=step``.
+
+        Args:
+            record: An epoch or step record.
+            step: The global step (the x-axis).
+
+        Raises:
+            ValueError: the logger is closed.
+        """
+        if self._closed:
+            raise ValueError("WandbLogger.log called after close()")
+        metrics = {key: value for key, value in record.items()
+                   if key not in ("epoch", "step") and isinstance(value, (int, float)) and not isinstance(value, bool)}
+        if metrics:
+            self._start().log({_WANDB_STEP: int(step), **metrics})
+
+    def truncate(self, step: int) -> None:
+        """Mark a resume at ``step`` in the run summary; W&B keeps the points already logged.
+
+        Points the interrupted run logged after ``step`` stay in the run's history; the
+        resumed run logs those global steps again, and the summary key
+        ``trainkit/resumed_at_step`` records where that starts (docs/loggers.md#weights-biases).
+
+        Args:
+            step: The global step of the checkpoint the run resumes from.
+
+        Raises:
+            ValueError: ``step`` is not a non-negative int.
+        """
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        self._resumed_at = step
+        if self.run is not None:
+            self.run.summary["trainkit/resumed_at_step"] = step
+
+    def close(self) -> None:
+        """Finish the run (calling it again does nothing)."""
+        if not self._closed:
+            if self.run is not None:
+                self.run.finish()
             self._closed = True
