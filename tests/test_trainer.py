@@ -490,3 +490,49 @@ def test_cuda_captured_resume_continues_optimizer_state_and_schedule(tmp_path: P
     for (name, a), b in zip(second.model.state_dict().items(), full.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
     assert [r["epoch"] for r in second.progress.history] == [1, 2, 3, 4]
+
+
+def _without_prefix(averaged: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An ``AveragedModel`` state under the model's own keys (``module.x`` -> ``x``; ``n_averaged`` dropped)."""
+    return {k.removeprefix("module."): v for k, v in averaged.items() if k != "n_averaged"}
+
+
+def test_real_ema_is_evaluated_saved_as_best_and_resumes_bit_identically(tmp_path: Path, build_trainer) -> None:
+    from trainkit import EMA
+
+    full = build_trainer(tmp_path / "full", epochs=3)
+    full.ema = EMA(full.model, decay=0.8)
+    result = full.fit()
+    best = torch.load(tmp_path / "full" / "ckpt" / "best.pt", weights_only=True)
+    assert best["ema"]["module"]["n_averaged"] == 6 * result["best_epoch"]
+    averaged = _without_prefix(best["ema"]["module"])
+    assert any(not torch.equal(averaged[k], best["model"][k]) for k in averaged)  # the average is not the raw model
+    # validation, selection and the final evaluation all ran on the EMA weights of best.pt
+    assert result["validation"]["loss"] == result["history"][result["best_epoch"] - 1]["val_loss"]
+    for name, tensor in full.ema.model_state_dict().items():
+        assert torch.equal(tensor, averaged[name]), name
+    full.ema = None
+    full.model.load_state_dict(averaged)
+    assert full.evaluate(full.val_loader)["loss"] == result["validation"]["loss"]
+    full.model.load_state_dict(best["model"])
+    assert full.evaluate(full.val_loader)["loss"] != result["validation"]["loss"]
+
+    first = build_trainer(tmp_path / "split", epochs=3, on_epoch_end=kill_after(2))
+    first.ema = EMA(first.model, decay=0.8)
+    with pytest.raises(Killed):
+        first.fit()
+    torch.manual_seed(1234)  # a different global RNG state: resume must restore the saved one
+    second = build_trainer(tmp_path / "split", epochs=3)
+    second.ema = EMA(second.model, decay=0.8)
+    second.resume(tmp_path / "split" / "ckpt" / "last.pt")
+    assert second.ema.num_updates == 12
+    resumed = second.fit()
+    assert [r["val_loss"] for r in resumed["history"]] == [r["val_loss"] for r in result["history"]]
+    assert resumed["validation"] == result["validation"] and resumed["test"] == result["test"]
+    for name in ("best.pt", "last.pt"):
+        a, b = (torch.load(tmp_path / run / "ckpt" / name, weights_only=True) for run in ("full", "split"))
+        for part in ("model", "ema"):
+            flat_a = a[part] if part == "model" else a[part]["module"]
+            flat_b = b[part] if part == "model" else b[part]["module"]
+            for key, tensor in flat_a.items():
+                assert torch.equal(tensor, flat_b[key]), (name, part, key)
