@@ -1,12 +1,12 @@
 """Type-check the Python snippets of docs/*.md with ``mypy --strict``.
 
 Users copy these snippets into typed code bases, so the types trainkit declares must accept
-what the docs pass (a 0-d tensor to ``EarlyStopper.step``, a ``Path | None`` handled before
-use, ...). Each runnable snippet (not fenced ``python no-run``) of a checked page becomes a
-module in a temporary directory; one ``mypy --strict`` run checks them all against ``src/``.
+what the docs pass (a 0-d tensor to ``EarlyStopper.step``, a recipe's numbers through its typed
+builders, a ``Path | None`` handled before use, ...). Each runnable snippet (not fenced
+``python no-run``) of every page under docs/ becomes a module in a temporary directory; one
+``mypy --strict`` run checks them all against ``src/``.
 
-Run:  python tests/docs_snippets_typecheck.py            # the pages in CHECKED_PAGES
-      python tests/docs_snippets_typecheck.py --all      # every page, to see what is left
+Run:  python tests/docs_snippets_typecheck.py            # every page under docs/
       python tests/docs_snippets_typecheck.py stopping.md trainer.md
 
 Settings beyond ``--strict``:
@@ -32,11 +32,14 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 CACHE = ROOT / ".cache" / "mypy-docs"
 
-# Pages whose snippets pass today; add a page here once its snippets are typed.
-CHECKED_PAGES = ("amp.md", "checkpoint.md", "losses.md", "metrics.md", "optim.md", "reliability.md", "schedule.md")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_docs import python_blocks  # noqa: E402  (the docs test's own block parser)
+
+
+def docs_pages() -> list[str]:
+    """Every page under docs/ (file names), sorted."""
+    return sorted(page.name for page in DOCS.glob("*.md"))
 
 
 def write_snippets(pages: list[str], directory: Path) -> dict[str, tuple[str, int]]:
@@ -94,13 +97,13 @@ def mypy_available() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("pages", nargs="*", help="pages under docs/ (default: CHECKED_PAGES)")
-    parser.add_argument("--all", action="store_true", help="every page under docs/")
+    parser.add_argument("pages", nargs="*", help="pages under docs/ (default: every page)")
+    parser.add_argument("--all", action="store_true", help="every page under docs/ (the default)")
     args = parser.parse_args(argv)
     if not mypy_available():
         print("mypy is not installed: pip install mypy", file=sys.stderr)
         return 2
-    pages = sorted(p.name for p in DOCS.glob("*.md")) if args.all else (args.pages or list(CHECKED_PAGES))
+    pages = docs_pages() if args.all or not args.pages else args.pages
     errors, report = check(pages)
     if report:
         print(report)

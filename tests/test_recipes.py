@@ -116,6 +116,31 @@ def test_proposed_schedule_from_recipe():
     assert sched(50) == 1e-6
 
 
+def test_typed_builders_pass_the_recipe_numbers_on():
+    p, o = recipes.proposed(), recipes.original()
+    sched = p.lr_schedule()
+    assert (sched.base_lr, sched.warmup, sched.total, sched.min_lr) == (6.5e-4, 5, 50, 1e-6)
+    loss = p.label_smoothed_loss()
+    assert (loss.smoothing, loss.ignore_index) == (0.03, 0)
+    stopper = p.early_stopper()
+    assert (stopper.patience, stopper.min_epochs) == (5, 8)
+    ra = o.running_average()
+    assert (ra.decay, ra.clip) == (0.99, 12.0)
+    assert p.replace(patience=2).early_stopper().patience == 2
+
+
+@pytest.mark.parametrize("factory, builder, missing", [
+    (recipes.original, "lr_schedule", "warmup, schedule_epochs, min_lr"),
+    (recipes.original, "label_smoothed_loss", "ignore_index"),
+    (recipes.original, "early_stopper", "patience, min_epochs"),
+    (recipes.proposed, "running_average", "running_avg_decay, running_avg_clip"),
+])
+def test_typed_builders_name_the_fields_a_recipe_lacks(factory, builder, missing):
+    recipe = factory()
+    with pytest.raises(ValueError, match=f"recipe '{recipe.name}' has no {missing} \\(None\\), which {builder}"):
+        getattr(recipe, builder)()
+
+
 def test_replace_checks_names_and_types():
     p = recipes.proposed()
     assert p.replace(lr=1e-3, epochs=3).lr == 1e-3

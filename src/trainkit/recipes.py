@@ -5,7 +5,9 @@ pointer-generator pipeline (See et al.), ``proposed()`` the PyTorch pointer_v45 
 Field names are the parameter names they feed (``max_grad_norm``, ``keep_last``,
 ``nonfinite``, ``warmup``). The example reads these; ``tests/test_recipes.py`` checks each
 number. :func:`replace_checked` is the one type check for changes from a config file or the
-command line (docs/recipes.md).
+command line (docs/recipes.md). Fields that only one pipeline uses are ``None`` in the
+other; the typed builders (:meth:`Recipe.lr_schedule`, :meth:`Recipe.label_smoothed_loss`,
+:meth:`Recipe.early_stopper`, :meth:`Recipe.running_average`) pass them on checked.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ import math
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
+
+if TYPE_CHECKING:
+    from trainkit.losses import LabelSmoothedNLLLoss
+    from trainkit.schedule import WarmupCosineSchedule
+    from trainkit.stopping import EarlyStopper, RunningAverage
 
 __all__ = ["Recipe", "original", "proposed", "by_name", "from_dict", "replace_checked", "NAMES"]
 
@@ -100,6 +107,73 @@ class Recipe:
         if self.optimizer == "adagrad":
             return {"lr": self.lr, "initial_accumulator_value": self.initial_accumulator_value}
         return {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay}
+
+    def _required(self, builder: str, *names: str) -> list[Any]:
+        """The values of fields ``names``; ValueError naming those that are None."""
+        values = [getattr(self, name) for name in names]
+        missing = [name for name, value in zip(names, values) if value is None]
+        if missing:
+            raise ValueError(f"recipe {self.name!r} has no {', '.join(missing)} (None), "
+                             f"which {builder} needs")
+        return values
+
+    def lr_schedule(self) -> WarmupCosineSchedule:
+        """``WarmupCosineSchedule(lr, warmup, schedule_epochs, min_lr)``.
+
+        Returns:
+            The schedule of this recipe's numbers.
+
+        Raises:
+            ValueError: ``warmup``, ``schedule_epochs`` or ``min_lr`` is None (the original
+                recipe's fixed LR), naming the field.
+        """
+        from trainkit.schedule import WarmupCosineSchedule
+
+        warmup, total, min_lr = self._required("lr_schedule()", "warmup", "schedule_epochs", "min_lr")
+        return WarmupCosineSchedule(self.lr, warmup, total, min_lr)
+
+    def label_smoothed_loss(self) -> LabelSmoothedNLLLoss:
+        """``LabelSmoothedNLLLoss(label_smoothing, ignore_index)``.
+
+        Returns:
+            The loss module of this recipe's numbers.
+
+        Raises:
+            ValueError: ``ignore_index`` is None (the original recipe masks padding instead).
+        """
+        from trainkit.losses import LabelSmoothedNLLLoss
+
+        (ignore_index,) = self._required("label_smoothed_loss()", "ignore_index")
+        return LabelSmoothedNLLLoss(self.label_smoothing, ignore_index)
+
+    def early_stopper(self) -> EarlyStopper:
+        """``EarlyStopper(patience=patience, min_epochs=min_epochs)``.
+
+        Returns:
+            A fresh stopper.
+
+        Raises:
+            ValueError: ``patience`` or ``min_epochs`` is None (the original recipe), naming it.
+        """
+        from trainkit.stopping import EarlyStopper
+
+        patience, min_epochs = self._required("early_stopper()", "patience", "min_epochs")
+        return EarlyStopper(patience=patience, min_epochs=min_epochs)
+
+    def running_average(self) -> RunningAverage:
+        """``RunningAverage(running_avg_decay, running_avg_clip)``.
+
+        Returns:
+            A fresh running average.
+
+        Raises:
+            ValueError: ``running_avg_decay`` or ``running_avg_clip`` is None (the proposed
+                recipe), naming it.
+        """
+        from trainkit.stopping import RunningAverage
+
+        decay, clip = self._required("running_average()", "running_avg_decay", "running_avg_clip")
+        return RunningAverage(decay, clip)
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as a plain dict (tuples become lists)."""
