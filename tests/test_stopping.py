@@ -349,3 +349,13 @@ def test_step_and_update_are_typed_to_take_0d_tensors(tmp_path) -> None:
     namespace: dict[str, object] = {}
     exec(_TENSOR_VALUES, namespace)  # and they run
     assert namespace["average"] == 2.0
+
+
+@pytest.mark.parametrize("selector", [EarlyStopper(), RunningAverage()], ids=["EarlyStopper", "RunningAverage"])
+def test_load_state_dict_names_missing_keys_with_a_value_error(selector) -> None:
+    state = selector.state_dict()
+    del state["best"]
+    with pytest.raises(ValueError, match=r"lacks 'best'"):
+        type(selector)().load_state_dict(state)
+    with pytest.raises(ValueError, match="must be a mapping"):
+        type(selector)().load_state_dict([1, 2])  # type: ignore[arg-type]

@@ -169,8 +169,10 @@ class EarlyStopper:
         """Restore a state from :meth:`state_dict`; later decisions are identical.
 
         Raises:
-            ValueError: the saved settings are invalid.
+            ValueError: a key is missing, or the saved settings are invalid.
         """
+        require_keys(state, ("patience", "min_epochs", "mode", "min_delta", "best", "best_epoch", "counter", "epoch",
+                             "should_stop"), "EarlyStopper")
         self.__init__(state["patience"], state["min_epochs"], state["mode"], state["min_delta"])  # type: ignore[misc]
         self.best = float(state["best"])
         self.best_epoch = int(state["best_epoch"])
@@ -287,7 +289,12 @@ class RunningAverage:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict`."""
+        """Restore a state from :meth:`state_dict`.
+
+        Raises:
+            ValueError: a key is missing, or the saved settings are invalid.
+        """
+        require_keys(state, ("decay", "clip", "avg", "best", "is_best", "count"), "RunningAverage")
         self.__init__(state["decay"], state["clip"])  # type: ignore[misc]
         self.avg = None if state["avg"] is None else float(state["avg"])
         self.best = float(state["best"])
