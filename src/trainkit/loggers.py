@@ -235,8 +235,17 @@ class TensorBoardLogger:
 
 # ---------------------------------------------------------------- MLflow (docs/loggers.md)
 _MLFLOW_MISSING = "MLflowLogger needs the mlflow package: pip install 'trainkit-pt[mlflow]'"
-_MLFLOW_NOT_A_METRIC = ("epoch", "step")          # the x-axes, not metrics (as in the TensorBoard logs)
 _MLFLOW_INVALID = re.compile(r"[^\w\-. :/]")      # what MLflow refuses in a metric name
+
+
+_X_AXES = ("epoch", "step")  # record keys that are positions, not metrics
+
+
+def _metric_values(record: Mapping[str, Any]) -> dict[str, int | float]:
+    """The int/float values of ``record`` for a tracking service: bools, strings and the x-axes
+    (``epoch``, ``step``) left out."""
+    return {key: value for key, value in record.items()
+            if key not in _X_AXES and isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
 def metric_name(key: str) -> str:
@@ -311,11 +320,8 @@ class MLflowLogger:
         if self._closed:
             raise ValueError("MLflowLogger.log called after close()")
         stamp = int(time.time() * 1000)
-        metrics = [
-            self._Metric(metric_name(key), float(value), stamp, int(step))
-            for key, value in record.items()
-            if key not in _MLFLOW_NOT_A_METRIC and isinstance(value, (int, float)) and not isinstance(value, bool)
-        ]
+        metrics = [self._Metric(metric_name(key), float(value), stamp, int(step))
+                   for key, value in _metric_values(record).items()]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
 
@@ -422,8 +428,7 @@ class WandbLogger:
         """
         if self._closed:
             raise ValueError("WandbLogger.log called after close()")
-        metrics = {key: value for key, value in record.items()
-                   if key not in ("epoch", "step") and isinstance(value, (int, float)) and not isinstance(value, bool)}
+        metrics = _metric_values(record)
         if metrics:
             self._start().log({_WANDB_STEP: int(step), **metrics})
 
