@@ -167,7 +167,7 @@ def resume(trainer: Any, run_dir: Path, training: Mapping[str, Any]) -> None:
         warnings.simplefilter("ignore")  # trainer.resume() below reports each skipped file
         found = manager.load_latest(map_location="cpu")
     if found is not None:
-        _check_fits(trainer, found[0], found[1], training)
+        _check_fits(found[0], found[1], training)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -195,23 +195,15 @@ def _drop_malformed_steps(path: Path) -> None:
     atomic_write(path, "".join(kept))
 
 
-def _check_fits(trainer: Any, path: Path, state: Any, training: Mapping[str, Any]) -> None:
-    """Refuse a checkpoint of another recipe or optimizer before anything is loaded."""
+def _check_fits(path: Path, state: Any, training: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint of another recipe before anything is loaded (another model or optimizer
+    is refused by ``Trainer.resume`` itself, block by block, before it changes anything)."""
     saved = ((state.get("config") or {}).get("training") or {}) if isinstance(state, dict) else {}
     differ = [key for key, value in training.items()
               if key in saved and key not in RESUME_MAY_CHANGE and saved[key] != value]
     if differ:
         raise UsageError(f"{path} was written by another recipe (it differs in {', '.join(differ)}): "
                          "resume each run from its own directory")
-    optimizer = state.get("optimizer") if isinstance(state, dict) else None
-    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
-    ours = trainer.optimizer.state_dict()["param_groups"]
-    if not (isinstance(groups, list) and len(groups) == len(ours) and all(isinstance(g, dict) for g in groups)):
-        raise UsageError(f"{path}: its optimizer state is malformed or has another number of parameter groups")
-    theirs = sorted(set(groups[0]) - {"params"})
-    if theirs != sorted(set(ours[0]) - {"params"}):
-        raise UsageError(f"{path} holds the state of another optimizer than this run's "
-                         f"{type(trainer.optimizer).__name__} (its settings: {', '.join(theirs)})")
     if not isinstance(state.get("rng"), dict):
         raise UsageError(f"{path}: its rng state is malformed")
 

@@ -114,7 +114,7 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, state: Any) -> None:
     name = type(optimizer).__name__
     groups = state.get("param_groups") if isinstance(state, dict) and "state" in state else None
     if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
-        raise ValueError(f"not a {name} state_dict: it lacks 'state' or a list of 'param_groups'")
+        raise ValueError(f"not a {name} optimizer state_dict: it lacks 'state' or a list of 'param_groups'")
     if len(groups) != len(optimizer.param_groups):
         raise ValueError(f"optimizer state has {len(groups)} param groups, this {name} has {len(optimizer.param_groups)}")
     for index, (saved, mine) in enumerate(zip(groups, optimizer.param_groups)):
