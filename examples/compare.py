@@ -30,15 +30,12 @@ import json
 import logging
 import math
 import shutil
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # compare_report, next to this file
-
-from trainkit.atomic import atomic_write  # noqa: E402
-from trainkit.recipes import Recipe  # noqa: E402
+from trainkit.atomic import atomic_write
+from trainkit.recipes import Recipe
 
 __all__ = ["RunOne", "SweepError", "ABLATION_ROWS", "run_compare", "run_ablation", "is_sweep_dir", "resume_sweep"]
 
