@@ -194,10 +194,10 @@ class Trainer:
         info = self.amp.step(loss)
         if self.ema is not None:
             self.ema.update()
-        zero = torch.zeros((), device=sums.device)
-        overflow = zero if info.found_inf is None else (info.found_inf > 0).float()
-        grad_norm = torch.where(torch.isfinite(info.grad_norm), info.grad_norm.float(), zero)
-        sums[:4] += torch.stack([torch.where(finite, detached, zero), grad_norm, finite.float(), overflow])
+        grad_norm = torch.where(torch.isfinite(info.grad_norm), info.grad_norm.float(), 0.0)
+        sums[:3] += torch.stack([torch.where(finite, detached, 0.0), grad_norm, finite.float()])
+        if info.found_inf is not None:  # fp16: the GradScaler skipped this update
+            sums[3] += (info.found_inf > 0).float()
         p.global_step += 1
         return True
 
