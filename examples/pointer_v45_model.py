@@ -8,6 +8,12 @@ Inputs are batch-first and right-padded (see ``geolife_data.splits_to_tensors``)
 The forward pass has no host syncs, Python loops over the batch or data-dependent shapes,
 so it can be captured in a CUDA graph; softmaxes and the mixture run in float32 under
 autocast.
+
+Table lookups are ``index_select``s (:func:`lookup`), not ``nn.Embedding`` calls: the same
+parameters and values, but the backward is one ``index_add`` per table where torch's
+embedding backward sorts the 6,144 ids of a GeoLife batch (about 10 kernels per table), and
+where ``position_bias[from_end]`` took a 257 us serialised indexing kernel per step on an
+H200 (docs/performance.md, "What the step's kernels are").
 """
 
 from __future__ import annotations
@@ -22,6 +28,12 @@ X_DICT_KEYS = ("time", "weekday", "diff", "duration", "user", "len")
 # Embedding table sizes of the per-position features (inputs are clamped into range).
 NUM_TIME, NUM_WEEKDAY, NUM_DIFF, NUM_DURATION = 96, 7, 8, 96
 _MASKED = -1e9  # finite, so an (invalid) all-padding row cannot produce NaN
+
+
+def lookup(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Return ``table[ids]`` ([*ids.shape, dim], or ids.shape for a 1-D table) by ``index_select``."""
+    rows = table.index_select(0, ids.reshape(-1))
+    return rows.view(*ids.shape, *table.shape[1:])
 
 
 def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
@@ -143,15 +155,17 @@ class PointerV45(nn.Module):
         padding = index >= lengths  # [B, L], True on padded positions
         from_end = (lengths - 1 - index).clamp(0, self.max_len - 1)  # 0 = most recent
 
+        # the padding row gets no gradient, as with nn.Embedding(padding_idx=0); it stays zero
+        locations = lookup(self.loc_emb.weight, x) * (x != 0).unsqueeze(-1)
         features = torch.cat(
             [
-                self.loc_emb(x),
-                self.user_emb(x_dict["user"]).unsqueeze(1).expand(batch, length, self.d_model),
-                self.time_emb(x_dict["time"].clamp(0, NUM_TIME - 1)),
-                self.weekday_emb(x_dict["weekday"].clamp(0, NUM_WEEKDAY - 1)),
-                self.recency_emb(x_dict["diff"].clamp(0, NUM_DIFF - 1)),
-                self.duration_emb(x_dict["duration"].clamp(0, NUM_DURATION - 1)),
-                self.pos_from_end_emb(from_end),
+                locations,
+                lookup(self.user_emb.weight, x_dict["user"]).unsqueeze(1).expand(batch, length, self.d_model),
+                lookup(self.time_emb.weight, x_dict["time"].clamp(0, NUM_TIME - 1)),
+                lookup(self.weekday_emb.weight, x_dict["weekday"].clamp(0, NUM_WEEKDAY - 1)),
+                lookup(self.recency_emb.weight, x_dict["diff"].clamp(0, NUM_DIFF - 1)),
+                lookup(self.duration_emb.weight, x_dict["duration"].clamp(0, NUM_DURATION - 1)),
+                lookup(self.pos_from_end_emb.weight, from_end),
             ],
             dim=-1,
         )
@@ -165,7 +179,7 @@ class PointerV45(nn.Module):
         query = self.pointer_query(context).float()
         keys = self.pointer_key(hidden).float()
         scores = torch.einsum("bld,bd->bl", keys, query) / math.sqrt(self.d_model)
-        scores = (scores + self.position_bias[from_end].float()).masked_fill(padding, _MASKED)
+        scores = (scores + lookup(self.position_bias, from_end).float()).masked_fill(padding, _MASKED)
         attention = torch.softmax(scores, dim=-1)
         pointer = torch.zeros(batch, self.num_locations, device=x.device, dtype=torch.float32)
         pointer = pointer.scatter_add(1, x, attention)

@@ -241,6 +241,25 @@ def test_captured_step_matches_its_eager_twin() -> None:
 
 
 @needs_cuda
+def test_eager_batches_between_replays_match_the_eager_twin() -> None:
+    """A short batch runs eagerly between replays: no gradient leaks from one path into the other."""
+    loader = TensorBatches(tensors(44), B, seed=1, device="cuda")  # 5 full batches and a short one
+    params = []
+    for capture in (False, True):
+        model, optimizer = setup("cuda", fused=True)
+        step = CapturedStep(model, optimizer, LOSS, forward, next(iter(loader)), precision="fp32", max_grad_norm=0.5,
+                            capture=capture)
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            for batch in loader:
+                step.run(batch)
+        params.append([p.detach().clone() for p in model.parameters()])
+        assert step.eager_steps == (2 if capture else 0)
+    for a, b in zip(*params):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@needs_cuda
 def test_dropout_is_fresh_on_every_replay_and_lr_tensor_is_read() -> None:
     loader = cuda_loader()
     batch = next(iter(loader))

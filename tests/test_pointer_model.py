@@ -9,7 +9,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from pointer_v45_model import PointerV45  # noqa: E402
+import pointer_v45_model  # noqa: E402
+from pointer_v45_model import PointerV45, lookup  # noqa: E402
 
 V, U, L = 40, 6, 9
 
@@ -86,6 +87,38 @@ def test_gradients_flow() -> None:
                  "gen_head.weight", "gate.0.weight", "input_proj.weight"):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
     assert model.loc_emb.weight.grad[0].abs().sum() == 0  # padding row
+
+
+def test_lookup_is_an_embedding_lookup_with_its_gradient() -> None:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 10, (4, 7), generator=g)
+    for shape in ((10, 3), (10,)):
+        table = torch.randn(*shape, generator=g, requires_grad=True)
+        reference = table.detach().clone().requires_grad_(True)
+        weights = torch.randn(*ids.shape, *shape[1:], generator=g)
+        (lookup(table, ids) * weights).sum().backward()
+        expected = torch.nn.functional.embedding(ids, reference) if len(shape) == 2 else reference[ids]
+        (expected * weights).sum().backward()
+        assert torch.equal(lookup(table, ids), expected)
+        torch.testing.assert_close(table.grad, reference.grad)
+
+
+def test_model_equals_its_nn_embedding_formulation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """index_select lookups (one index_add backward) give the outputs and gradients of F.embedding."""
+    x, x_dict = make_batch(batch=16)
+    results = []
+    for by_embedding in (False, True):
+        if by_embedding:
+            monkeypatch.setattr(pointer_v45_model, "lookup",
+                                lambda t, i: torch.nn.functional.embedding(i, t) if t.dim() == 2 else t[i])
+        torch.manual_seed(0)
+        model = PointerV45(V, U, d_model=32, nhead=4, num_layers=2, dim_feedforward=64, max_len=16, dropout=0.0)
+        out = model(x, x_dict)
+        torch.nn.functional.nll_loss(out, x[:, 0]).backward()
+        results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b)
 
 
 def test_small_shapes_and_autocast(model: PointerV45) -> None:

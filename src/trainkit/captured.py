@@ -1,8 +1,8 @@
 """The whole training step (and an evaluation batch) in one CUDA graph, replayed per batch.
 
-``CapturedStep`` runs forward under autocast -> loss -> backward -> (fp16: unscale) ->
-``clip_grad_norm_`` -> optimizer step -> ``zero_grad`` -> device-side sums on static input
-buffers, warmed up on a side stream and captured once with ``torch.cuda.graph``
+``CapturedStep`` runs ``zero_grad(set_to_none=True)`` -> forward under autocast -> loss ->
+backward -> (fp16: unscale) -> ``clip_grad_norm_`` -> optimizer step -> device-side sums on
+static input buffers, warmed up on a side stream and captured once with ``torch.cuda.graph``
 (the recipe of PyTorch's "CUDA Graphs" notes: static inputs, capturable optimizer, warmup on
 a side stream). Each :meth:`CapturedStep.run` copies the batch into the static buffers and
 replays the graph: one launch instead of hundreds, no host sync. ``CapturedEval`` does the
@@ -364,7 +364,7 @@ class CapturedStep:
         try:
             make_capturable(self.optimizer, self.device)
             inner = _Snapshot(self.model, self.optimizer, self.scaler)  # after conversion, same devices
-            self.optimizer.zero_grad(set_to_none=False)
+            self.optimizer.zero_grad(set_to_none=True)
             self._inputs = _StaticInputs(example_batch, self.device)
             self.model.train()
             batch = self._inputs.batch
@@ -396,6 +396,10 @@ class CapturedStep:
     def _step(self, batch: Any) -> None:
         """The step itself: run eagerly for warm-up, under capture, and for odd batches."""
         optimizer, scaler = self.optimizer, self.scaler
+        # No grads before backward, so autograd hands its gradient buffers over instead of adding
+        # them into zeroed ones: under capture the buffers come from the graph's pool, and a
+        # replay writes each step's gradients there (no memset, no add: ~100 kernels a step).
+        optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=_DTYPES[self.precision], enabled=self.precision != "fp32",
                             cache_enabled=False):  # the autocast cache is unsafe under capture
             log_probs, targets = self.forward(self.model, batch, self.device)
@@ -427,7 +431,6 @@ class CapturedStep:
                     del optimizer.found_inf  # type: ignore[attr-defined]
             else:
                 optimizer.step()
-        optimizer.zero_grad(set_to_none=False)
         with torch.no_grad():
             self.sums += torch.stack([torch.where(finite, detached, self._zero), torch.where(norm_finite, norm, self._zero),
                                       overflow, finite.float()])
