@@ -55,8 +55,8 @@ LOSS = LabelSmoothedNLLLoss(0.03)
 # ------------------------------------------------------------------ why_not (any device)
 def test_why_not_names_the_reason() -> None:
     model, adamw = setup()
-    adagrad = torch.optim.Adagrad(model.parameters(), lr=0.1)
-    assert "Adagrad" in CapturedStep.why_not(model, adagrad)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert "SGD is not captured: only Adam, AdamW and Adagrad" in CapturedStep.why_not(model, sgd)
     assert "fp16 needs fused=True" in CapturedStep.why_not(model, adamw, precision="fp16")
     assert "skip" in CapturedStep.why_not(model, adamw, nonfinite="skip")
     assert "precision" in CapturedStep.why_not(model, adamw, precision="fp8")
@@ -71,7 +71,7 @@ def test_why_not_names_the_reason() -> None:
         cuda_model, cuda_opt = setup("cuda")
         assert CapturedStep.why_not(cuda_model, cuda_opt, loader=padded) is None
         assert "last batch is short (8 of 16)" in CapturedStep.why_not(cuda_model, cuda_opt, loader=short)
-    for reason in (CapturedStep.why_not(model, adagrad), CapturedStep.why_not(model, adamw, precision="fp16")):
+    for reason in (CapturedStep.why_not(model, sgd), CapturedStep.why_not(model, adamw, precision="fp16")):
         assert "\n" not in reason
 
 
@@ -189,8 +189,38 @@ def test_make_capturable_converts_in_place() -> None:
     make_capturable(optimizer, torch.device("cpu"))
     group = optimizer.param_groups[0]
     assert group["capturable"] and isinstance(group["lr"], torch.Tensor) and group["lr"].item() == pytest.approx(1e-2)
-    with pytest.raises(ValueError, match="Adagrad"):
-        make_capturable(torch.optim.Adagrad(model.parameters()), torch.device("cpu"))
+    with pytest.raises(ValueError, match="SGD"):
+        make_capturable(torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"))
+    adagrad = torch.optim.Adagrad(model.parameters(), lr=0.15, initial_accumulator_value=0.1)
+    make_capturable(adagrad, torch.device("cpu"))
+    group = adagrad.param_groups[0]
+    assert "capturable" not in group and isinstance(group["lr"], torch.Tensor) and group["lr"].item() == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("options", [{}, {"lr_decay": 0.01, "weight_decay": 0.02}, {"maximize": True}])
+def test_eager_twin_with_adagrad_is_bit_identical_to_torch_adagrad(options: dict) -> None:
+    """The original recipe's optimizer through the step's own update (adagrad_step, LR as a tensor)."""
+    batches = list(TensorBatches(tensors(), B, seed=1))
+    weights = []
+    for use_step in (False, True):
+        torch.manual_seed(0)
+        model = Tiny()
+        optimizer = torch.optim.Adagrad(model.parameters(), lr=0.15, initial_accumulator_value=0.1, **options)
+        if use_step:
+            step = CapturedStep(model, optimizer, LOSS, forward, batches[0], precision="fp32", max_grad_norm=2.0,
+                                capture=False)
+            make_capturable(optimizer, torch.device("cpu"))  # what capture does: the LR becomes a tensor
+            for batch in batches:
+                step.run(batch)
+            assert step.pop_nonfinite() == (0, None, len(batches))
+        else:
+            amp = AMPStep(optimizer, precision="fp32", max_grad_norm=2.0)
+            for batch in batches:
+                amp.step(LOSS(*forward(model, batch, torch.device("cpu"))))
+        weights.append([p.detach().clone() for p in model.parameters()])
+        assert optimizer.state[model.out.weight]["step"].item() == len(batches)
+    for a, b in zip(*weights):  # with lr_decay, torch computes the decayed LR in float64 from a float LR
+        assert torch.equal(a, b) if "lr_decay" not in options else torch.allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_eager_eval_matches_manual_evaluation() -> None:
@@ -255,6 +285,28 @@ def test_eager_batches_between_replays_match_the_eager_twin() -> None:
                 step.run(batch)
         params.append([p.detach().clone() for p in model.parameters()])
         assert step.eager_steps == (2 if capture else 0)
+    for a, b in zip(*params):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@needs_cuda
+def test_adagrad_is_captured_and_matches_its_eager_twin() -> None:
+    loader = cuda_loader()
+    params = []
+    for capture in (False, True):
+        torch.manual_seed(0)
+        model = Tiny().cuda()
+        optimizer = torch.optim.Adagrad(model.parameters(), lr=0.15, initial_accumulator_value=0.1)
+        step = CapturedStep(model, optimizer, LOSS, forward, next(iter(loader)), precision="fp32", max_grad_norm=2.0,
+                            capture=capture)
+        assert step.captured == capture
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            for batch in loader:
+                step.run(batch)
+        params.append([p.detach().clone() for p in model.parameters()])
+        assert step.eager_steps == 0 and step.pop_nonfinite() == (0, None, 16)
+        assert optimizer.state[model.out.weight]["step"].item() == 16  # warm-up left no trace
     for a, b in zip(*params):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
@@ -344,6 +396,37 @@ def test_resume_continues_from_the_restored_optimizer_state() -> None:
     for opt in (opt_a, optimizer):
         steps = opt.state[opt.param_groups[0]["params"][0]]["step"]
         assert steps.is_cuda and steps.item() == len(batches)
+
+
+@needs_cuda
+def test_adagrad_state_loaded_after_capture_continues_the_run() -> None:
+    batches = list(cuda_loader())
+    cuda = torch.device("cuda")
+    torch.manual_seed(0)
+    model = Tiny().cuda()
+    foreach = torch.optim.Adagrad(model.parameters(), lr=0.15, initial_accumulator_value=0.1, foreach=True)
+    amp = AMPStep(foreach, precision="fp32", max_grad_norm=2.0)
+    buffer = io.BytesIO()
+    for index, batch in enumerate(batches):
+        if index == 4:
+            torch.save({"model": model.state_dict(), "optimizer": foreach.state_dict()}, buffer)
+        amp.step(LOSS(*forward(model, batch, cuda)))
+    uninterrupted = [p.detach().clone() for p in model.parameters()]
+    torch.manual_seed(1)
+    resumed = Tiny().cuda()
+    captured = torch.optim.Adagrad(resumed.parameters(), lr=0.15, initial_accumulator_value=0.1)
+    step = CapturedStep(resumed, captured, LOSS, forward, batches[0], precision="fp32", max_grad_norm=2.0)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    resumed.load_state_dict(saved["model"])
+    captured.load_state_dict(saved["optimizer"])  # an eager run's state: CPU step counters, float LR
+    for batch in batches[4:]:
+        step.run(batch)
+    for a, b in zip(uninterrupted, resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    counter = captured.state[resumed.out.weight]["step"]
+    assert counter.is_cuda and counter.item() == len(batches)
+    assert step.eager_steps == 0
 
 
 @needs_cuda

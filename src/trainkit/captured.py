@@ -13,7 +13,9 @@ in one line, and the caller keeps its eager step):
 
 - CUDA parameters, a ``torch.optim.Adam``/``AdamW`` (converted in place to
   ``capturable=True`` with the LR as a 0-d device tensor, so schedules change it with
-  ``fill_`` and no recapture), no sparse gradients, no DDP wrapper;
+  ``fill_`` and no recapture) or a ``torch.optim.Adagrad`` (LR made a device tensor the same
+  way; its update runs as :func:`trainkit.capturable_adagrad.adagrad_step` unless fused),
+  no sparse gradients, no DDP wrapper;
 - fp16 only with a fused optimizer (its step takes the GradScaler's ``found_inf`` on the
   device; the foreach path reads it on the host); ``nonfinite="skip"`` only with a fused
   optimizer (the skip is the same device-side ``found_inf``);
@@ -33,6 +35,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from trainkit.amp import _resolve_precision
+from trainkit.capturable_adagrad import adagrad_step
 
 __all__ = ["CapturedStep", "CapturedEval", "CaptureError", "make_capturable"]
 
@@ -84,24 +87,29 @@ def _batch_why_not(example_batch: Any, loader: Any) -> str | None:
 
 
 def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    """Turn an Adam/AdamW into its capturable form, in place.
+    """Turn an Adam/AdamW or an Adagrad into its capturable form, in place.
 
-    Sets ``capturable=True`` on every param group, replaces each group's ``lr`` by a 0-d
-    float32 tensor on ``device`` (an existing tensor is kept, moved if needed), and moves
-    existing ``step`` counters onto the device as float32. Equivalent to building it with
+    Adam/AdamW: sets ``capturable=True`` on every param group. Both: replaces each group's
+    ``lr`` by a 0-d float32 tensor on ``device`` (an existing tensor is kept, moved if needed)
+    and moves existing ``step`` counters onto the device as float32. For AdamW that is
     ``build_optimizer(model, "adamw", capturable=True, lr=torch.tensor(lr, device="cuda"))``.
+    An Adagrad has no capturable flag: ``CapturedStep`` runs its update with
+    :func:`trainkit.capturable_adagrad.adagrad_step` (its fused kernel, where torch has one
+    for CUDA, reads the same device counters and tensor LR).
 
     Args:
-        optimizer: A ``torch.optim.Adam`` or ``AdamW``.
+        optimizer: A ``torch.optim.Adam``, ``AdamW`` or ``Adagrad``.
         device: The parameters' CUDA device.
 
     Raises:
         ValueError: another optimizer class.
     """
-    if not isinstance(optimizer, torch.optim.Adam):  # AdamW subclasses Adam
-        raise ValueError(f"optimizer must be torch.optim.Adam or AdamW, got {type(optimizer).__name__}")
+    adagrad = isinstance(optimizer, torch.optim.Adagrad)
+    if not adagrad and not isinstance(optimizer, torch.optim.Adam):  # AdamW subclasses Adam
+        raise ValueError(f"optimizer must be torch.optim.Adam, AdamW or Adagrad, got {type(optimizer).__name__}")
     for group in optimizer.param_groups:
-        group["capturable"] = True
+        if not adagrad:
+            group["capturable"] = True
         lr = group["lr"]
         if not isinstance(lr, torch.Tensor):
             group["lr"] = torch.tensor(float(lr), dtype=torch.float32, device=device)
@@ -274,6 +282,7 @@ class CapturedStep:
                 raise CaptureError(reason)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self._fused = _is_fused(optimizer)
+        self._adagrad_by_hand = isinstance(optimizer, torch.optim.Adagrad) and not self._fused
         self._foreach = True if self.device.type == "cuda" else None  # foreach kernels exist on CUDA only
         device = self.device
         self.sums = torch.zeros(4, device=device)
@@ -310,9 +319,9 @@ class CapturedStep:
         """
         if isinstance(model, nn.parallel.DistributedDataParallel):
             return "DistributedDataParallel models are not captured (eager step)"
-        if not isinstance(optimizer, torch.optim.Adam):
-            return (f"{type(optimizer).__name__} is not captured: only Adam/AdamW have a capturable mode "
-                    "here (torch's Adagrad has none)")
+        if not isinstance(optimizer, (torch.optim.Adam, torch.optim.Adagrad)):
+            return (f"{type(optimizer).__name__} is not captured: only Adam, AdamW and Adagrad have a "
+                    "capturable form here")
         if any(g.get("differentiable") for g in optimizer.param_groups):
             return "optimizer has differentiable=True"
         if any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse for m in model.modules()):
@@ -422,7 +431,9 @@ class CapturedStep:
         else:
             overflow = self._zero
             bad = ~(finite & norm_finite)
-            if self._fused:  # the fused kernel skips the update when found_inf is 1
+            if self._adagrad_by_hand:  # torch's foreach Adagrad reads its step counter on the host
+                adagrad_step(optimizer)  # type: ignore[arg-type]
+            elif self._fused:  # the fused kernel skips the update when found_inf is 1
                 self._found_inf.copy_(bad.float())
                 optimizer.found_inf = self._found_inf  # type: ignore[attr-defined]
                 try:
