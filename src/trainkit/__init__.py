@@ -6,7 +6,8 @@ Each component is usable on its own; :class:`Trainer` wires them into the refere
 from trainkit import recipes
 from trainkit.amp import AMPStep, StepInfo
 from trainkit.batching import TensorBatches
-from trainkit.captured import CapturedEval, CapturedStep
+from trainkit.captured import CapturedStep
+from trainkit.captured_eval import CapturedEval
 from trainkit.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, load_model_state
 from trainkit.evaluation import default_forward, evaluate
 from trainkit.interrupt import TrainingInterrupted

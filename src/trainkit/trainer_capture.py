@@ -1,7 +1,7 @@
 """The Trainer's captured path: whether to capture, and the captured step's bookkeeping.
 
 On CUDA the Trainer trains with a :class:`~trainkit.captured.CapturedStep` and evaluates with
-a :class:`~trainkit.captured.CapturedEval` (one CUDA graph per step / batch); anywhere else,
+a :class:`~trainkit.captured_eval.CapturedEval` (one CUDA graph per step / batch); anywhere else,
 or when capture cannot be used, it keeps the eager ``AMPStep`` path and logs one line with the
 reason. Both are built lazily, at first use, so a resume's ``load_state_dict`` comes first
 (docs/captured.md, "In the Trainer").
@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainkit.captured import CapturedEval, CapturedStep, CaptureError
+from trainkit.captured import CapturedStep, CaptureError
+from trainkit.captured_eval import CapturedEval
 from trainkit.evaluation import evaluate
 from trainkit.nonfinite import NonFiniteLossError, NonFinitePolicy
 from trainkit.progress import TrainingProgress
