@@ -444,3 +444,45 @@ def test_captured_eval_matches_eager_eval() -> None:
     for key in ("loss", "acc@1", "acc@5", "mrr", "f1"):
         assert captured[key] == pytest.approx(eager[key], rel=1e-5, abs=1e-6)
     assert captured_losses == pytest.approx(eager_losses, rel=1e-5)
+
+
+# ------------------------------------------------------------- DDP (one gloo rank on CPU)
+@pytest.fixture()
+def one_rank_group():
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield dist
+    dist.destroy_process_group()
+
+
+def test_ddp_reasons_and_the_step_around_the_wrapped_module(one_rank_group) -> None:
+    """A DDP model: the step runs the module, averages the gradients itself, and equals plain training."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from trainkit.captured import _all_reduce_mean
+
+    batches = list(TensorBatches(tensors(), B, seed=1))
+    model, optimizer = setup()
+    assert "over gloo: the gradient all-reduce in the graph needs NCCL" in CapturedStep.why_not(DDP(model), optimizer)
+    unused = DDP(model, find_unused_parameters=True)
+    assert "find_unused_parameters=True" in CapturedStep.why_not(unused, optimizer)
+    parts = [torch.arange(6.0).view(2, 3), torch.ones(4)]
+    _all_reduce_mean(parts, None)  # one rank: the mean is the tensor itself, reshaped back in place
+    assert torch.equal(parts[0], torch.arange(6.0).view(2, 3)) and torch.equal(parts[1], torch.ones(4))
+    weights = []
+    for wrap in (False, True):
+        model, optimizer = setup()
+        stepped = DDP(model) if wrap else model
+        step = CapturedStep(stepped, optimizer, LOSS, forward, batches[0], precision="fp32", max_grad_norm=0.5,
+                            capture=False)
+        for batch in batches:
+            step.run(batch)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*weights):
+        assert torch.equal(a, b)

@@ -310,7 +310,7 @@ def test_a_checkpoint_of_another_optimizer_is_refused_before_anything_changes(tm
 # ------------------------------------------------------------- capture (docs/captured.md, "In the Trainer")
 from trainkit import CapturedStep, TensorBatches as _Batches  # noqa: E402
 from trainkit.captured import CaptureError  # noqa: E402
-from trainkit.trainer_capture import TrainerCapture, capture_reason  # noqa: E402
+from trainkit.trainer_capture import TrainerCapture, capture_reason, eval_capture_reason  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
@@ -336,7 +336,11 @@ def test_capture_true_without_cuda_raises_the_reason_and_bad_values_are_refused(
 def test_capture_decision_names_each_reason(tiny_model) -> None:
     cuda = torch.device("cuda")
     assert capture_reason(False, cuda, False) == "capture=False"
-    assert "torchrun/DDP" in capture_reason("auto", cuda, True)
+    assert "torchrun: the captured DDP step is opt-in (capture=True" in capture_reason("auto", cuda, True)
+    assert capture_reason(True, cuda, True) is None  # opted in: the step may be captured under torchrun
+    assert "torchrun: evaluation stays eager" in eval_capture_reason("auto", cuda, True)
+    assert "torchrun: evaluation stays eager" in eval_capture_reason(True, cuda, True)
+    assert eval_capture_reason("auto", cuda, False) is None and eval_capture_reason(False, cuda, True) == "capture=False"
     assert capture_reason("auto", cuda, False) is None and capture_reason(True, cuda, False) is None
     model = tiny_model()
     amp = types.SimpleNamespace(precision="fp16", max_grad_norm=None)

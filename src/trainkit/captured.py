@@ -16,7 +16,12 @@ in one line, and the caller keeps its eager step):
   ``capturable=True`` with the LR as a 0-d device tensor, so schedules change it with
   ``fill_`` and no recapture) or a ``torch.optim.Adagrad`` (LR made a device tensor the same
   way; its update runs as :func:`trainkit.capturable_adagrad.adagrad_step` unless fused),
-  no sparse gradients, no DDP wrapper;
+  no sparse gradients;
+- a ``DistributedDataParallel`` model only over NCCL and without
+  ``find_unused_parameters``: the step then runs the wrapped module and averages the
+  gradients with one ``all_reduce`` inside the graph (DDP's own reducer cannot be captured:
+  it touches the legacy stream in backward), and broadcasts the buffers from rank 0 first
+  when the wrapper's ``broadcast_buffers`` is set, as DDP's forward does;
 - fp16 only with a fused optimizer (its step takes the GradScaler's ``found_inf`` on the
   device; the foreach path reads it on the host); ``nonfinite="skip"`` only with a fused
   optimizer (the skip is the same device-side ``found_inf``);
@@ -85,6 +90,26 @@ def _batch_why_not(example_batch: Any, loader: Any) -> str | None:
             return (f"the loader's last batch is short ({short} of {loader.batch_size}); pass "
                     "pad_to_full_batch=True with pad_values for the targets")
     return None
+
+
+def _ddp_why_not(model: nn.parallel.DistributedDataParallel) -> str | None:
+    """Why a DDP model's step cannot be captured with the gradient all-reduce in the graph."""
+    if model.find_unused_parameters:
+        return "DistributedDataParallel(find_unused_parameters=True): which gradients exist may differ per step"
+    backend = torch.distributed.get_backend(model.process_group)
+    if backend != "nccl":
+        return f"DistributedDataParallel over {backend}: the gradient all-reduce in the graph needs NCCL"
+    return None
+
+
+def _all_reduce_mean(tensors: list[torch.Tensor], group: Any) -> None:
+    """Average ``tensors`` over the ranks of ``group`` in place: one flat ``all_reduce``."""
+    if not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    torch.distributed.all_reduce(flat, group=group)
+    flat.div_(torch.distributed.get_world_size(group))
+    torch._foreach_copy_(tensors, [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)])
 
 
 def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -269,6 +294,9 @@ class CapturedStep:
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
             raise ValueError(f"warmup_steps must be an int >= 1, got {warmup_steps!r}")
         self.model, self.optimizer, self.loss_fn, self.forward = model, optimizer, loss_fn, forward
+        # a DDP model: run the wrapped module (DDP's reducer is bypassed) and all-reduce in the step
+        self._ddp = model if isinstance(model, nn.parallel.DistributedDataParallel) else None
+        self._module = model.module if self._ddp is not None else model
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.device = self.params[0].device if self.params else torch.device("cpu")
         self.precision = _resolve_precision(precision, self.device.type)
@@ -319,7 +347,9 @@ class CapturedStep:
             The reason, or None.
         """
         if isinstance(model, nn.parallel.DistributedDataParallel):
-            return "DistributedDataParallel models are not captured (eager step)"
+            reason = _ddp_why_not(model)
+            if reason is not None:
+                return reason
         if not isinstance(optimizer, (torch.optim.Adam, torch.optim.Adagrad)):
             return (f"{type(optimizer).__name__} is not captured: only Adam, AdamW and Adagrad have a "
                     "capturable form here")
@@ -370,10 +400,10 @@ class CapturedStep:
     # ---------------------------------------------------------------- capture
     def _capture(self, example_batch: Any, warmup_steps: int) -> None:
         start = time.perf_counter()
-        snapshot = _Snapshot(self.model, self.optimizer)  # before conversion: the exact original
+        snapshot = _Snapshot(self._module, self.optimizer)  # before conversion: the exact original
         try:
             make_capturable(self.optimizer, self.device)
-            inner = _Snapshot(self.model, self.optimizer, self.scaler)  # after conversion, same devices
+            inner = _Snapshot(self._module, self.optimizer, self.scaler)  # after conversion, same devices
             self.optimizer.zero_grad(set_to_none=True)
             self._inputs = _StaticInputs(example_batch, self.device)
             self.model.train()
@@ -410,9 +440,13 @@ class CapturedStep:
         # them into zeroed ones: under capture the buffers come from the graph's pool, and a
         # replay writes each step's gradients there (no memset, no add: ~100 kernels a step).
         optimizer.zero_grad(set_to_none=True)
+        if self._ddp is not None and self._ddp.broadcast_buffers:  # as DDP's forward does, from rank 0
+            group = self._ddp.process_group
+            for buffer in self._module.buffers():
+                torch.distributed.broadcast(buffer, src=torch.distributed.get_global_rank(group, 0), group=group)
         with torch.autocast(self.device.type, dtype=_DTYPES[self.precision], enabled=self.precision != "fp32",
                             cache_enabled=False):  # the autocast cache is unsafe under capture
-            log_probs, targets = self.forward(self.model, batch, self.device)
+            log_probs, targets = self.forward(self._module, batch, self.device)
             loss = self.loss_fn(log_probs, targets)
         detached = loss.detach().float()
         finite = torch.isfinite(detached)
@@ -420,6 +454,9 @@ class CapturedStep:
             loss.backward()
         else:
             scaler.scale(loss).backward()
+        if self._ddp is not None:  # what DDP's reducer does during backward, as one collective
+            _all_reduce_mean([p.grad for p in self.params if p.grad is not None], self._ddp.process_group)
+        if scaler is not None:
             scaler.unscale_(optimizer)
         norm = self._clip_or_measure().float()
         norm_finite = torch.isfinite(norm)

@@ -33,6 +33,10 @@ _MODES = ("auto", True, False)
 def capture_reason(capture: bool | str, device: torch.device, distributed: bool) -> str | None:
     """Why the Trainer does not try capture at all (before looking at model and optimizer); None: it may.
 
+    Under torchrun the training step is captured only with ``capture=True`` (the gradient
+    all-reduce inside the graph, :class:`CapturedStep`; experimental, docs/captured.md);
+    evaluation stays eager there (:func:`eval_capture_reason`).
+
     Args:
         capture: ``"auto"``, True or False.
         device: The training device.
@@ -42,9 +46,18 @@ def capture_reason(capture: bool | str, device: torch.device, distributed: bool)
         return "capture=False"
     if device.type != "cuda":
         return f"device is {device.type}: a CUDA graph needs CUDA"
-    if distributed:
-        return "torchrun/DDP: CapturedStep refuses DistributedDataParallel models"
+    if distributed and capture is not True:
+        return ("torchrun: the captured DDP step is opt-in (capture=True; experimental: its processes did not exit "
+                "after finishing in the one GeoLife test, docs/captured.md)")
     return None
+
+
+def eval_capture_reason(capture: bool | str, device: torch.device, distributed: bool) -> str | None:
+    """Why evaluation is not captured at all; None: it may be (see :func:`capture_reason`)."""
+    reason = capture_reason(True if distributed and capture == "auto" else capture, device, distributed)
+    if reason is None and distributed:
+        return "torchrun: evaluation stays eager (its sums and batch losses are reduced across ranks there)"
+    return reason
 
 
 def eager_optimizer(optimizer: torch.optim.Optimizer) -> None:
@@ -83,7 +96,7 @@ class TrainerCapture:
         capture: ``"auto"`` (capture when possible, else eager with a one-line reason in the
             log), True (capture or raise ``CaptureError`` with the reason) or False (eager).
         device: The training device.
-        distributed: Whether the run is under torchrun (eager then: DDP is not captured).
+        distributed: Whether the run is under torchrun (the step may be captured; evaluation stays eager).
         nonfinite: The Trainer's non-finite policy, ``"raise"`` or ``"skip"``.
 
     Attributes:
@@ -101,6 +114,7 @@ class TrainerCapture:
             raise ValueError(f"capture must be 'auto', True or False, got {capture!r}")
         self.capture, self.nonfinite = capture, nonfinite
         self.reason = self._ruled_out = capture_reason(capture, device, distributed)
+        self._eval_ruled_out = eval_capture_reason(capture, device, distributed)
         self._fail_if_required()
         self.step: CapturedStep | None = None
         self.train_step: _CapturedTrainStep | None = None
@@ -195,7 +209,7 @@ class TrainerCapture:
         key = (id(model), id(loader))
         if key not in self._evals:
             self._evals[key] = None
-            reason = self._ruled_out or CapturedEval.why_not(model, loader=loader)
+            reason = self._eval_ruled_out or CapturedEval.why_not(model, loader=loader)
             first = next(iter(loader), None) if reason is None else None
             if reason is None and first is None:
                 reason = "the loader is empty"
