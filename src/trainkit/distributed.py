@@ -95,7 +95,8 @@ def init_from_env(device_type: str = "cpu", timeout_s: float = 600.0) -> Distrib
 
 
 def prepare(
-    model: nn.Module, device: torch.device, train_loader: Iterable[Any] | None, *eval_loaders: Iterable[Any] | None
+    model: nn.Module, device: torch.device, train_loader: Iterable[Any] | None, *eval_loaders: Iterable[Any] | None,
+    for_capture: bool = False,
 ) -> tuple[nn.Module, DistributedContext]:
     """Set up data parallelism for a ``torchrun`` launch; in a single process, change nothing.
 
@@ -110,6 +111,9 @@ def prepare(
         device: The training device (its index, or the local rank, picks the CUDA device).
         train_loader: The training batches (None: none).
         eval_loaders: Validation/test batches (None entries are skipped).
+        for_capture: On CUDA, build the DDP wrapper on a side stream, so that its
+            ``AccumulateGrad`` nodes do not sit on the legacy stream, where they would break
+            the capture of a step (``Trainer(capture=True)`` under torchrun; docs/captured.md).
 
     Returns:
         ``(model, context)``: the DDP-wrapped model (``model`` itself in one process).
@@ -120,7 +124,7 @@ def prepare(
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [device.index if device.index is not None else ctx.local_rank] if device.type == "cuda" else None
-    if device.type == "cuda":
+    if device.type == "cuda" and for_capture:
         # DDP creates every parameter's AccumulateGrad node here, and autograd runs that node on
         # the stream it was created on: on the default (legacy) stream it would make a captured
         # step's backward depend on that stream and break the capture (docs/captured.md).
