@@ -7,10 +7,12 @@ Runs 5 epochs of the eager step under DDP (static_graph=True, gradient_as_bucket
 broadcast_buffers=False, TORCH_NCCL_ASYNC_ERROR_HANDLING=0, 15 warm-up steps: what
 PyTorch's CUDA-graph notes ask of DDP), then tries to capture the same step with
 ``torch.cuda.graph(capture_error_mode=MODE)`` (one mode per process: a failed capture leaves
-the CUDA RNG unusable). ``CapturedStep.why_not`` refuses DDP models; this probe overrides that
-refusal. Prints one JSON object (rank 0), also written to $OUT/ddp_probe.json.
+the CUDA RNG unusable). The DDP wrapper is hidden inside a plain module, so that the step runs
+DDP's own forward and reducer in the graph (``CapturedStep`` itself runs a DDP model's module
+and all-reduces the gradients in the graph instead: docs/captured.md, "Under torchrun").
+Prints one JSON object (rank 0), also written to $OUT/ddp_probe.json.
 """
-import json, os, statistics, sys, time, traceback
+import functools, json, os, statistics, sys, time, traceback
 os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "0")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
@@ -25,10 +27,15 @@ dev = torch.device("cuda", rank); torch.cuda.set_device(dev)
 tensors = T.make_tensors(7424)
 out = {"world_size": ws, "device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "nccl": ".".join(map(str, torch.cuda.nccl.version()))}
 
-class DDPStep(CapturedStep):
-    @staticmethod
-    def why_not(model, optimizer, **kw):
-        return None  # the probe lets DDP through
+class Hidden(torch.nn.Module):
+    """The DDP wrapper behind a plain module: CapturedStep then captures DDP's forward and reducer."""
+
+    def __init__(self, ddp):
+        super().__init__()
+        self.ddp = ddp
+
+    def forward(self, *args):
+        return self.ddp(*args)
 
 def run(name, capture, static_graph=True, epochs=5):
     torch.manual_seed(0)
@@ -38,7 +45,7 @@ def run(name, capture, static_graph=True, epochs=5):
     train = TensorBatches(tensors, T.BATCH, shuffle=True, seed=0, device=dev, transform=T.to_seed, pad_to_full_batch=True, pad_values={"y": 0})
     train.shard(rank, ws)
     torch.cuda.synchronize(); t0 = time.perf_counter()
-    step = DDPStep(ddp, opt, LabelSmoothedNLLLoss(0.03), T.forward_seed_batch, next(iter(train)), precision="auto",
+    step = CapturedStep(Hidden(ddp), opt, LabelSmoothedNLLLoss(0.03), T.forward_seed_batch, next(iter(train)), precision="auto",
                    max_grad_norm=0.8, capture=capture, warmup_steps=15)
     torch.cuda.synchronize(); cap = time.perf_counter() - t0
     times = []
@@ -61,23 +68,9 @@ def run(name, capture, static_graph=True, epochs=5):
 
 import trainkit.captured as C
 
-def with_mode(mode):
-    def warm_and_capture(fn, warmup_steps):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmup_steps):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode=mode):
-            fn()
-        return graph
-    return warm_and_capture
-
 eager = run("eager_ddp", capture=False)
 for mode in (os.environ.get("MODE", "global"),):
-    C._graph_warmup_and_capture = with_mode(mode)
+    C._graph_warmup_and_capture = functools.partial(C._graph_warmup_and_capture, capture_error_mode=mode)
     try:
         captured = run(f"captured_ddp_{mode}", capture=True)
         out[f"max_param_diff_{mode}_vs_eager"] = (eager - captured).abs().max().item()

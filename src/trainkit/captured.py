@@ -211,8 +211,9 @@ class _StaticInputs:
         return True
 
 
-def _graph_warmup_and_capture(fn: Callable[[], Any], warmup_steps: int) -> torch.cuda.CUDAGraph:
-    """Run ``fn`` ``warmup_steps`` times on a side stream, then capture one call."""
+def _graph_warmup_and_capture(fn: Callable[[], Any], warmup_steps: int,
+                              capture_error_mode: str = "global") -> torch.cuda.CUDAGraph:
+    """Run ``fn`` ``warmup_steps`` times on a side stream, then capture one call (torch's default error mode)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -220,7 +221,7 @@ def _graph_warmup_and_capture(fn: Callable[[], Any], warmup_steps: int) -> torch
             fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, capture_error_mode=capture_error_mode):  # type: ignore[arg-type]
         fn()
     return graph
 
