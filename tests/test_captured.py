@@ -478,9 +478,11 @@ def test_ddp_reasons_and_the_step_around_the_wrapped_module(one_rank_group) -> N
     weights = []
     for wrap in (False, True):
         model, optimizer = setup()
+        model.register_buffer("counter", torch.zeros(1))  # broadcast from rank 0 each step, as DDP's forward does
         stepped = DDP(model) if wrap else model
         step = CapturedStep(stepped, optimizer, LOSS, forward, batches[0], precision="fp32", max_grad_norm=0.5,
                             capture=False)
+        assert len(step._broadcast) == wrap
         for batch in batches:
             step.run(batch)
         weights.append([p.detach().clone() for p in model.parameters()])

@@ -54,7 +54,7 @@ def capture_reason(capture: bool | str, device: torch.device, distributed: bool)
 
 def eval_capture_reason(capture: bool | str, device: torch.device, distributed: bool) -> str | None:
     """Why evaluation is not captured at all; None: it may be (see :func:`capture_reason`)."""
-    reason = capture_reason(True if distributed and capture == "auto" else capture, device, distributed)
+    reason = capture_reason(capture, device, False)  # the setting and the device alone
     if reason is None and distributed:
         return "torchrun: evaluation stays eager (its sums and batch losses are reduced across ranks there)"
     return reason
