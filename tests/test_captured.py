@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import pytest
 import torch
@@ -330,6 +331,38 @@ def test_dropout_is_fresh_on_every_replay_and_lr_tensor_is_read() -> None:
     WarmupCosineSchedule(1e-2, warmup=0, total=10).apply(optimizer, 0)
     step.run(batch)
     assert not all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+
+
+@needs_cuda
+def test_a_failed_capture_leaves_eager_steps_and_new_captures_working() -> None:
+    """A host sync inside the step invalidates the capture: the caller gets CaptureError, and the
+    eager step (dropout draws random numbers) and a later capture still run in the same process."""
+    loader = cuda_loader()
+    batch = next(iter(loader))
+    model, optimizer = setup("cuda", dropout=0.5, fused=True)
+    weights = [p.detach().clone() for p in model.parameters()]
+
+    def syncing_loss(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = LOSS(log_probs, targets)
+        float(loss)  # a host sync: fine eagerly, invalid under capture
+        return loss
+
+    step, reason = CapturedStep.try_create(model, optimizer, syncing_loss, forward, batch, precision="bf16")
+    assert step is None and reason is not None and reason.startswith("capture failed"), reason
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))  # the warm-up was undone
+    eager = CapturedStep(model, optimizer, syncing_loss, forward, batch, precision="bf16", capture=False)
+    for each in loader:
+        eager.run(each)
+    assert eager.pop_nonfinite() == (0, None, 8)
+    captured = CapturedStep(model, optimizer, LOSS, forward, batch, precision="bf16")
+    assert captured.captured
+    losses = []
+    for _ in range(2):
+        captured.reset_sums()
+        captured.run(batch)
+        losses.append(captured.sums[0].item())
+    assert all(map(math.isfinite, losses)) and losses[0] != losses[1]  # fresh dropout in each replay
 
 
 @needs_cuda

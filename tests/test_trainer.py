@@ -335,13 +335,12 @@ def test_capture_true_without_cuda_raises_the_reason_and_bad_values_are_refused(
 
 def test_capture_decision_names_each_reason(tiny_model) -> None:
     cuda = torch.device("cuda")
-    assert capture_reason(False, cuda, False) == "capture=False"
-    assert "torchrun: the captured DDP step is opt-in (capture=True" in capture_reason("auto", cuda, True)
-    assert capture_reason(True, cuda, True) is None  # opted in: the step may be captured under torchrun
+    assert capture_reason(False, cuda) == "capture=False"
+    assert "device is cpu" in capture_reason("auto", torch.device("cpu"))
+    assert capture_reason("auto", cuda) is None and capture_reason(True, cuda) is None
     assert "torchrun: evaluation stays eager" in eval_capture_reason("auto", cuda, True)
     assert "torchrun: evaluation stays eager" in eval_capture_reason(True, cuda, True)
     assert eval_capture_reason("auto", cuda, False) is None and eval_capture_reason(False, cuda, True) == "capture=False"
-    assert capture_reason("auto", cuda, False) is None and capture_reason(True, cuda, False) is None
     model = tiny_model()
     amp = types.SimpleNamespace(precision="fp16", max_grad_norm=None)
     progress = types.SimpleNamespace(global_step=0)

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from trainkit import distributed
 from trainkit.amp import _resolve_precision
 from trainkit.capturable_adagrad import adagrad_step
 
@@ -219,11 +220,53 @@ def _graph_warmup_and_capture(fn: Callable[[], Any], warmup_steps: int,
     with torch.cuda.stream(side):
         for _ in range(warmup_steps):
             fn()
-    torch.cuda.current_stream().wait_stream(side)
+    outer = torch.cuda.current_stream()
+    outer.wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, capture_error_mode=capture_error_mode):  # type: ignore[arg-type]
-        fn()
+    pool = torch.cuda.graph_pool_handle()
+    try:
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode=capture_error_mode):  # type: ignore[arg-type]
+            fn()
+    except BaseException:
+        _undo_failed_capture(graph, pool, outer)
+        raise
     return graph
+
+
+def _undo_failed_capture(graph: torch.cuda.CUDAGraph, pool: Any, stream: torch.cuda.Stream) -> None:
+    """Put back what a capture that failed inside CUDA leaves behind, so eager steps still run.
+
+    When ``cudaStreamEndCapture`` fails (a host sync inside the step invalidated the capture,
+    say), ``torch.cuda.graph`` raises before it restores the current stream, before the
+    allocator stops routing to the graph's pool and before the CUDA generator leaves capture
+    mode; the next eager dropout then fails with "Offset increment outside graph capture".
+    Each repair is best effort: the capture's own error is the one the caller sees.
+    """
+    device = stream.device.index
+
+    def end_pool_routing() -> None:
+        torch._C._cuda_endAllocateToPool(device, pool)  # type: ignore[attr-defined]
+
+    def release_pool() -> None:
+        try:
+            graph.pool()  # the capture ended: the graph's destructor releases the pool
+        except RuntimeError:
+            torch._C._cuda_releasePool(device, pool)  # type: ignore[attr-defined]
+
+    def leave_generator_capture_mode() -> None:
+        # a capture that ends normally ends the default generator's capture mode too
+        side = torch.cuda.Stream(device=stream.device)
+        side.wait_stream(stream)
+        with torch.cuda.graph(torch.cuda.CUDAGraph(), stream=side):
+            torch.zeros(1, device=stream.device).add_(1)
+        stream.wait_stream(side)
+
+    for repair in (lambda: torch.cuda.set_stream(stream), end_pool_routing, release_pool,
+                   leave_generator_capture_mode):
+        try:
+            repair()
+        except Exception:  # noqa: BLE001 - nothing left to repair, or this torch lacks the call
+            pass
 
 
 # --------------------------------------------------------------------------- the step
@@ -425,6 +468,8 @@ class CapturedStep:
             raise CaptureError(f"capture failed: {_first_line(exc)}") from exc
         torch.cuda.synchronize(self.device)
         self.capture_seconds = time.perf_counter() - start
+        if self._ddp is not None:  # NCCL cannot be shut down while the graph lives
+            distributed.release_at_shutdown(self._graph)
         # the tensors the graph reads; optimizer.load_state_dict replaces them (see _rebind)
         self._captured_lr = [g["lr"] for g in self.optimizer.param_groups]
         self._captured_state = {(id(p), k): v for p, st in self.optimizer.state.items() for k, v in st.items()

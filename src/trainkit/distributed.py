@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+import weakref
 from dataclasses import dataclass
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -33,6 +34,7 @@ __all__ = [
     "broadcast_object",
     "barrier",
     "shutdown",
+    "release_at_shutdown",
     "exit_process",
 ]
 
@@ -219,11 +221,34 @@ def barrier() -> None:
         dist.barrier()
 
 
+_GRAPHS_WITH_COLLECTIVES: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def release_at_shutdown(graph: torch.cuda.CUDAGraph) -> None:
+    """Have :func:`shutdown` reset ``graph``, a CUDA graph with captured collectives, first.
+
+    NCCL's communicator waits, when it is destroyed, until every CUDA graph that holds one
+    of its collectives is gone: with such a graph alive, ``destroy_process_group`` never
+    returns. :class:`~trainkit.captured.CapturedStep` registers its graph for a DDP model.
+    """
+    _GRAPHS_WITH_COLLECTIVES.add(graph)
+
+
 def shutdown() -> None:
-    """Wait for every process, then leave the process group (no-op without one)."""
+    """Wait for every process, then leave the process group (no-op without one).
+
+    CUDA graphs registered with :func:`release_at_shutdown` are reset (made unusable) before
+    the group is destroyed.
+    """
     if dist.is_available() and dist.is_initialized():
         if context().enabled:
             dist.barrier()
+        graphs = list(_GRAPHS_WITH_COLLECTIVES)
+        for graph in graphs:
+            graph.reset()
+        _GRAPHS_WITH_COLLECTIVES.clear()
+        if graphs:
+            torch.cuda.synchronize()
         dist.destroy_process_group()
 
 

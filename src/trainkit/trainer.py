@@ -86,7 +86,7 @@ class Trainer:
             raise ValueError(f"step must be None (the eager AMPStep path), got {step!r}")
         self.nonfinite, self.device = NonFinitePolicy(nonfinite, max_nonfinite_steps), torch.device(device)
         self.model, self.dist = distributed.prepare(model, self.device, train_loader, val_loader, test_loader,
-                                                    for_capture=capture is True)
+                                                    for_capture=capture is not False)
         self.capture = TrainerCapture(capture, self.device, self.dist.enabled, self.nonfinite.mode)
         self.optimizer, self.loss_fn, self.forward, self.metrics = optimizer, loss_fn, forward, metrics
         self.train_loader, self.val_loader, self.test_loader = train_loader, val_loader, test_loader

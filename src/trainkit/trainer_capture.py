@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainkit import distributed as trainkit_distributed
 from trainkit.captured import CapturedStep, CaptureError
 from trainkit.captured_eval import CapturedEval
 from trainkit.evaluation import evaluate
@@ -30,31 +31,27 @@ log = logging.getLogger("trainkit.trainer")
 _MODES = ("auto", True, False)
 
 
-def capture_reason(capture: bool | str, device: torch.device, distributed: bool) -> str | None:
+def capture_reason(capture: bool | str, device: torch.device) -> str | None:
     """Why the Trainer does not try capture at all (before looking at model and optimizer); None: it may.
 
-    Under torchrun the training step is captured only with ``capture=True`` (the gradient
-    all-reduce inside the graph, :class:`CapturedStep`; experimental, docs/captured.md);
-    evaluation stays eager there (:func:`eval_capture_reason`).
+    Under torchrun the captured step all-reduces the gradients inside its graph
+    (:class:`CapturedStep`, docs/captured.md); evaluation stays eager there
+    (:func:`eval_capture_reason`).
 
     Args:
         capture: ``"auto"``, True or False.
         device: The training device.
-        distributed: Whether the run is under torchrun.
     """
     if capture is False:
         return "capture=False"
     if device.type != "cuda":
         return f"device is {device.type}: a CUDA graph needs CUDA"
-    if distributed and capture is not True:
-        return ("torchrun: the captured DDP step is opt-in (capture=True; experimental: its processes did not exit "
-                "after finishing in the one GeoLife test, docs/captured.md)")
     return None
 
 
 def eval_capture_reason(capture: bool | str, device: torch.device, distributed: bool) -> str | None:
     """Why evaluation is not captured at all; None: it may be (see :func:`capture_reason`)."""
-    reason = capture_reason(capture, device, False)  # the setting and the device alone
+    reason = capture_reason(capture, device)
     if reason is None and distributed:
         return "torchrun: evaluation stays eager (its sums and batch losses are reduced across ranks there)"
     return reason
@@ -112,8 +109,8 @@ class TrainerCapture:
     def __init__(self, capture: bool | str, device: torch.device, distributed: bool, nonfinite: str = "raise") -> None:
         if not any(capture is mode or (isinstance(capture, str) and capture == mode) for mode in _MODES):
             raise ValueError(f"capture must be 'auto', True or False, got {capture!r}")
-        self.capture, self.nonfinite = capture, nonfinite
-        self.reason = self._ruled_out = capture_reason(capture, device, distributed)
+        self.capture, self.nonfinite, self._distributed = capture, nonfinite, distributed
+        self.reason = self._ruled_out = capture_reason(capture, device)
         self._eval_ruled_out = eval_capture_reason(capture, device, distributed)
         self._fail_if_required()
         self.step: CapturedStep | None = None
@@ -149,6 +146,9 @@ class TrainerCapture:
             step, self.reason = CapturedStep.try_create(
                 model, optimizer, loss_fn, forward, first, loader=loader, precision=amp.precision,
                 max_grad_norm=amp.max_grad_norm, nonfinite=self.nonfinite)
+            if self._distributed and not all(trainkit_distributed.all_gather_object(step is not None)):
+                # every rank runs the same step, or their collectives would not match
+                step, self.reason = None, self.reason or "the capture failed on another rank"
             if step is not None:
                 self._adopt(step, amp, progress, ema)
                 log.info("training step: captured in one CUDA graph (%s, capture %.2f s)", step.precision,
