@@ -356,6 +356,22 @@ def test_capture_decision_names_each_reason(tiny_model) -> None:
         strict.training(model, cases[0][0], None, None, [], amp, progress, None)
 
 
+def test_ranks_train_eagerly_together_when_a_capture_failed_on_another_rank(monkeypatch, tiny_model) -> None:
+    from trainkit import distributed  # noqa: PLC0415
+
+    model = tiny_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    amp = types.SimpleNamespace(precision="fp32", max_grad_norm=None)
+    monkeypatch.setattr(CapturedStep, "why_not", staticmethod(lambda *args, **kwargs: None))
+    monkeypatch.setattr(CapturedStep, "try_create", staticmethod(lambda *args, **kwargs: (object(), None)))
+    gathered: list[bool] = []
+    monkeypatch.setattr(distributed, "all_gather_object", lambda value: gathered.append(value) or [value, False])
+    decision = TrainerCapture("auto", torch.device("cuda"), True)
+    assert decision.training(model, optimizer, None, None, [object()], amp, None, None) is None
+    assert gathered == [True] and decision.reason == "the capture failed on another rank"
+    assert decision.summary()["step"] == "eager"
+
+
 def _captured_bookkeeping(trainer: Trainer, **step_options: Any) -> None:
     """Route the Trainer through the captured path's bookkeeping with the CapturedStep run eagerly (CPU)."""
     batch = next(iter(trainer.train_loader))
