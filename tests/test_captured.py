@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -251,23 +252,29 @@ def cuda_loader(n: int = 64, seed: int = 0) -> TensorBatches:
     return TensorBatches(tensors(n, seed), B, seed=seed, device="cuda", pad_to_full_batch=True, pad_values={"y": 0})
 
 
-@needs_cuda
-def test_captured_step_matches_its_eager_twin() -> None:
-    loader = cuda_loader()
-    params = []
+def train_twice(build: Any, loader: TensorBatches, **step_options: Any) -> list[tuple[CapturedStep, nn.Module, Any]]:
+    """Two epochs of the same seeded model and optimizer (``build()``): the eager twin, then captured."""
+    runs = []
     for capture in (False, True):
-        model, optimizer = setup("cuda", fused=True)
-        step = CapturedStep(model, optimizer, LOSS, forward, next(iter(loader)), precision="fp32", max_grad_norm=0.5,
-                            capture=capture)
+        model, optimizer = build()
+        step = CapturedStep(model, optimizer, LOSS, forward, next(iter(loader)), precision="fp32", capture=capture,
+                            **step_options)
         for epoch in range(2):
             loader.set_epoch(epoch)
             for batch in loader:
                 step.run(batch)
-        params.append([p.detach().clone() for p in model.parameters()])
-        assert step.eager_steps == 0
-        assert step.pop_nonfinite() == (0, None, 16)
-    for a, b in zip(*params):
+        runs.append((step, model, optimizer))
+    for a, b in zip(runs[0][1].parameters(), runs[1][1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    return runs
+
+
+@needs_cuda
+def test_captured_step_matches_its_eager_twin() -> None:
+    runs = train_twice(lambda: setup("cuda", fused=True), cuda_loader(), max_grad_norm=0.5)
+    for step, _, _ in runs:
+        assert step.eager_steps == 0 and step.pop_nonfinite() == (0, None, 16)
+    _, model, optimizer = runs[1]
     assert optimizer.state[model.out.weight]["step"].item() == 16  # warm-up left no trace
 
 
@@ -275,41 +282,21 @@ def test_captured_step_matches_its_eager_twin() -> None:
 def test_eager_batches_between_replays_match_the_eager_twin() -> None:
     """A short batch runs eagerly between replays: no gradient leaks from one path into the other."""
     loader = TensorBatches(tensors(44), B, seed=1, device="cuda")  # 5 full batches and a short one
-    params = []
-    for capture in (False, True):
-        model, optimizer = setup("cuda", fused=True)
-        step = CapturedStep(model, optimizer, LOSS, forward, next(iter(loader)), precision="fp32", max_grad_norm=0.5,
-                            capture=capture)
-        for epoch in range(2):
-            loader.set_epoch(epoch)
-            for batch in loader:
-                step.run(batch)
-        params.append([p.detach().clone() for p in model.parameters()])
-        assert step.eager_steps == (2 if capture else 0)
-    for a, b in zip(*params):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    (eager, _, _), (captured, _, _) = train_twice(lambda: setup("cuda", fused=True), loader, max_grad_norm=0.5)
+    assert (eager.eager_steps, captured.eager_steps) == (0, 2)
 
 
 @needs_cuda
 def test_adagrad_is_captured_and_matches_its_eager_twin() -> None:
-    loader = cuda_loader()
-    params = []
-    for capture in (False, True):
+    def build() -> tuple[nn.Module, torch.optim.Optimizer]:
         torch.manual_seed(0)
         model = Tiny().cuda()
-        optimizer = torch.optim.Adagrad(model.parameters(), lr=0.15, initial_accumulator_value=0.1)
-        step = CapturedStep(model, optimizer, LOSS, forward, next(iter(loader)), precision="fp32", max_grad_norm=2.0,
-                            capture=capture)
-        assert step.captured == capture
-        for epoch in range(2):
-            loader.set_epoch(epoch)
-            for batch in loader:
-                step.run(batch)
-        params.append([p.detach().clone() for p in model.parameters()])
-        assert step.eager_steps == 0 and step.pop_nonfinite() == (0, None, 16)
+        return model, torch.optim.Adagrad(model.parameters(), lr=0.15, initial_accumulator_value=0.1)
+
+    runs = train_twice(build, cuda_loader(), max_grad_norm=2.0)
+    for (step, model, optimizer), capture in zip(runs, (False, True)):
+        assert step.captured == capture and step.eager_steps == 0 and step.pop_nonfinite() == (0, None, 16)
         assert optimizer.state[model.out.weight]["step"].item() == 16  # warm-up left no trace
-    for a, b in zip(*params):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 @needs_cuda

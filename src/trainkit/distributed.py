@@ -126,18 +126,16 @@ def prepare(
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [device.index if device.index is not None else ctx.local_rank] if device.type == "cuda" else None
-    if device.type == "cuda" and for_capture:
-        # DDP creates every parameter's AccumulateGrad node here, and autograd runs that node on
-        # the stream it was created on: on the default (legacy) stream it would make a captured
-        # step's backward depend on that stream and break the capture (docs/captured.md).
-        cuda = torch.device("cuda", device_ids[0]) if device_ids else device
-        side = torch.cuda.Stream(cuda)
-        side.wait_stream(torch.cuda.current_stream(cuda))
-        with torch.cuda.stream(side):
-            wrapped = DistributedDataParallel(model, device_ids=device_ids)
-        torch.cuda.current_stream(cuda).wait_stream(side)
-    else:
+    # DDP creates every parameter's AccumulateGrad node here, and autograd runs that node on the
+    # stream it was created on: on the default (legacy) stream it would make a captured step's
+    # backward depend on that stream and break the capture (docs/captured.md).
+    side = torch.cuda.Stream(device_ids[0]) if device_ids and for_capture else None
+    if side is not None:
+        side.wait_stream(torch.cuda.current_stream(side.device))
+    with torch.cuda.stream(side):  # None: the current stream
         wrapped = DistributedDataParallel(model, device_ids=device_ids)
+    if side is not None:
+        torch.cuda.current_stream(side.device).wait_stream(side)
     for loader, even in ((train_loader, True), *((loader, False) for loader in eval_loaders)):
         if loader is not None and hasattr(loader, "shard"):
             loader.shard(ctx.rank, ctx.world_size, even=even)
