@@ -310,7 +310,7 @@ def test_a_checkpoint_of_another_optimizer_is_refused_before_anything_changes(tm
 # ------------------------------------------------------------- capture (docs/captured.md, "In the Trainer")
 from trainkit import CapturedStep, TensorBatches as _Batches  # noqa: E402
 from trainkit.captured import CaptureError  # noqa: E402
-from trainkit.trainer_capture import TrainerCapture, capture_reason, eval_capture_reason  # noqa: E402
+from trainkit.trainer_capture import TrainerCapture, capture_reason  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
@@ -338,9 +338,6 @@ def test_capture_decision_names_each_reason(tiny_model) -> None:
     assert capture_reason(False, cuda) == "capture=False"
     assert "device is cpu" in capture_reason("auto", torch.device("cpu"))
     assert capture_reason("auto", cuda) is None and capture_reason(True, cuda) is None
-    assert "torchrun: evaluation stays eager" in eval_capture_reason("auto", cuda, True)
-    assert "torchrun: evaluation stays eager" in eval_capture_reason(True, cuda, True)
-    assert eval_capture_reason("auto", cuda, False) is None and eval_capture_reason(False, cuda, True) == "capture=False"
     model = tiny_model()
     amp = types.SimpleNamespace(precision="fp16", max_grad_norm=None)
     progress = types.SimpleNamespace(global_step=0)
@@ -370,6 +367,42 @@ def test_ranks_train_eagerly_together_when_a_capture_failed_on_another_rank(monk
     assert decision.training(model, optimizer, None, None, [object()], amp, None, None) is None
     assert gathered == [True] and decision.reason == "the capture failed on another rank"
     assert decision.summary()["step"] == "eager"
+
+
+def test_captured_evaluation_under_torchrun_reduces_sums_and_agrees_across_ranks(monkeypatch, tiny_model) -> None:
+    """The wiring, with two identical simulated ranks (CapturedEval run eagerly on CPU)."""
+    import contextlib  # noqa: PLC0415
+
+    from conftest import NUM_CLASSES, make_data, to_batch  # noqa: PLC0415
+    from trainkit import CapturedEval, RankingMetrics, distributed  # noqa: PLC0415
+    from trainkit.evaluation import default_forward, evaluate  # noqa: PLC0415
+
+    model = tiny_model()
+    loader = _Batches(make_data(40, 2), 16, shuffle=False, transform=to_batch, pad_to_full_batch=True,
+                      pad_values={"y": 0})
+    loss_fn = LabelSmoothedNLLLoss(0.03)
+    metrics = lambda device: RankingMetrics(NUM_CLASSES, device=device)  # noqa: E731
+    options = {"metrics": metrics, "device": torch.device("cpu"), "forward": default_forward, "ignore_index": 0,
+               "autocast": contextlib.nullcontext, "precision": "fp32"}
+    monkeypatch.setattr(CapturedEval, "why_not", staticmethod(lambda *args, **kwargs: None))
+    monkeypatch.setattr(CapturedEval, "try_create", staticmethod(
+        lambda *args, **kwargs: (CapturedEval(*args, **{**kwargs, "capture": False}), None)))
+    monkeypatch.setattr(distributed, "all_reduce_sum", lambda tensor: tensor.mul_(2))  # two identical ranks
+    monkeypatch.setattr(distributed, "all_gather_interleaved", lambda values: [v for v in values for _ in range(2)])
+    agreed = {"value": True}
+    monkeypatch.setattr(distributed, "all_gather_object", lambda value: [value, agreed["value"]])
+    eager = evaluate(model, loader, loss_fn, metrics=metrics, device=torch.device("cpu"), forward=default_forward)
+
+    captured = TrainerCapture("auto", torch.device("cuda"), True).evaluate(model, loader, loss_fn, **options)
+    for key in ("loss", "acc@1", "mrr"):
+        assert captured[key] == pytest.approx(eager[key], rel=1e-6), key
+    assert captured["batch_losses"] == pytest.approx([v for v in eager["batch_losses"] for _ in range(2)], rel=1e-6)
+
+    agreed["value"] = False  # the other rank could not capture: this one evaluates eagerly too
+    decision = TrainerCapture("auto", torch.device("cuda"), True)
+    fallback = decision.evaluate(model, loader, loss_fn, **options)
+    assert list(decision._evals.values()) == [None]
+    assert fallback["batch_losses"] == pytest.approx(eager["batch_losses"], rel=1e-6)
 
 
 def _captured_bookkeeping(trainer: Trainer, **step_options: Any) -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "unwrap",
     "on_main",
     "all_gather_object",
+    "all_gather_interleaved",
     "context",
     "launched_by_torchrun",
     "all_reduce_sum",
@@ -211,6 +212,16 @@ def all_gather_object(value: Any) -> list[Any]:
     gathered: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def all_gather_interleaved(values: list[float]) -> list[float]:
+    """Every rank's per-batch ``values``, interleaved batch by batch (``values`` in one process).
+
+    Rank 0's first batch, rank 1's first batch, ..., then the second batches; a rank with
+    fewer batches (uneven evaluation shards) drops out when its list ends.
+    """
+    per_rank = all_gather_object(values)
+    return [part[i] for i in range(max(map(len, per_rank), default=0)) for part in per_rank if i < len(part)]
 
 
 def barrier() -> None:

@@ -82,8 +82,7 @@ def evaluate(
     if distributed.context().enabled:  # exact: sums and counts over every rank's disjoint shard
         distributed.all_reduce_sum(totals)
         result = type(tracker).compute_from_sums(distributed.all_reduce_sum(tracker.sums()))
-        per_rank = distributed.all_gather_object(losses)
-        losses = [part[i] for i in range(max(map(len, per_rank))) for part in per_rank if i < len(part)]
+        losses = distributed.all_gather_interleaved(losses)
     else:
         result = tracker.compute()
     loss_sum, count = totals.tolist()

@@ -35,8 +35,8 @@ def capture_reason(capture: bool | str, device: torch.device) -> str | None:
     """Why the Trainer does not try capture at all (before looking at model and optimizer); None: it may.
 
     Under torchrun the captured step all-reduces the gradients inside its graph
-    (:class:`CapturedStep`, docs/captured.md); evaluation stays eager there
-    (:func:`eval_capture_reason`).
+    (:class:`CapturedStep`, docs/captured.md); captured evaluation reduces its sums after
+    the pass, as the eager one does.
 
     Args:
         capture: ``"auto"``, True or False.
@@ -47,14 +47,6 @@ def capture_reason(capture: bool | str, device: torch.device) -> str | None:
     if device.type != "cuda":
         return f"device is {device.type}: a CUDA graph needs CUDA"
     return None
-
-
-def eval_capture_reason(capture: bool | str, device: torch.device, distributed: bool) -> str | None:
-    """Why evaluation is not captured at all; None: it may be (see :func:`capture_reason`)."""
-    reason = capture_reason(capture, device)
-    if reason is None and distributed:
-        return "torchrun: evaluation stays eager (its sums and batch losses are reduced across ranks there)"
-    return reason
 
 
 def eager_optimizer(optimizer: torch.optim.Optimizer) -> None:
@@ -93,7 +85,8 @@ class TrainerCapture:
         capture: ``"auto"`` (capture when possible, else eager with a one-line reason in the
             log), True (capture or raise ``CaptureError`` with the reason) or False (eager).
         device: The training device.
-        distributed: Whether the run is under torchrun (the step may be captured; evaluation stays eager).
+        distributed: Whether the run is under torchrun (the ranks then agree on captured or eager, and
+            evaluation sums are all-reduced).
         nonfinite: The Trainer's non-finite policy, ``"raise"`` or ``"skip"``.
 
     Attributes:
@@ -111,7 +104,6 @@ class TrainerCapture:
             raise ValueError(f"capture must be 'auto', True or False, got {capture!r}")
         self.capture, self.nonfinite, self._distributed = capture, nonfinite, distributed
         self.reason = self._ruled_out = capture_reason(capture, device)
-        self._eval_ruled_out = eval_capture_reason(capture, device, distributed)
         self._fail_if_required()
         self.step: CapturedStep | None = None
         self.train_step: _CapturedTrainStep | None = None
@@ -209,14 +201,19 @@ class TrainerCapture:
         key = (id(model), id(loader))
         if key not in self._evals:
             self._evals[key] = None
-            reason = self._eval_ruled_out or CapturedEval.why_not(model, loader=loader)
+            reason = self._ruled_out or CapturedEval.why_not(model, loader=loader)
             first = next(iter(loader), None) if reason is None else None
             if reason is None and first is None:
                 reason = "the loader is empty"
-            if reason is None:
+            if reason is None:  # under torchrun the wrapped module: evaluation needs no collective
+                module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
                 self._evals[key], reason = CapturedEval.try_create(
-                    model, forward, loss_fn, first, metrics=metrics(device=device), precision=precision,
+                    module, forward, loss_fn, first, metrics=metrics(device=device), precision=precision,
                     ignore_index=ignore_index)
+            if self._ruled_out is None and self._distributed and not all(
+                    trainkit_distributed.all_gather_object(self._evals[key] is not None)):
+                # every rank takes the same path, or their collectives below would not match
+                self._evals[key], reason = None, reason or "the capture failed on another rank"
             captured = self._evals[key]
             if captured is not None:
                 self.seconds += captured.capture_seconds
@@ -226,7 +223,14 @@ class TrainerCapture:
         if captured is None:
             return evaluate(model, loader, loss_fn, metrics=metrics, device=device, forward=forward,
                             ignore_index=ignore_index, autocast=autocast)
-        return {**captured.evaluate(loader), "batch_losses": captured.batch_losses()}
+        captured.reset()
+        for batch in loader:
+            captured.run(batch)
+        sums, losses = captured.sums(), captured.batch_losses()
+        if self._distributed:  # as trainkit.evaluation.evaluate: exact sums over the disjoint shards
+            trainkit_distributed.all_reduce_sum(sums)
+            losses = trainkit_distributed.all_gather_interleaved(losses)
+        return {**captured.compute_from_sums(sums), "batch_losses": losses}
 
     def summary(self) -> dict[str, Any]:
         """``{"step": "captured" | "eager", "reason", "seconds"}`` for results and logs."""
