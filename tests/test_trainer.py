@@ -526,6 +526,23 @@ def test_cuda_trainer_captures_step_and_evaluation(tmp_path: Path) -> None:
 
 
 @needs_cuda
+def test_cuda_trainer_trains_eagerly_after_a_failed_capture(tmp_path: Path) -> None:
+    """A host sync in the loss invalidates the capture: one log line, then the eager step (with dropout) trains."""
+    criterion = LabelSmoothedNLLLoss(0.03)
+
+    def syncing_loss(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = criterion(log_probs, targets)
+        if torch.is_grad_enabled():
+            float(loss)  # a host sync: fine eagerly, invalid under capture
+        return loss
+
+    result = _cuda_trainer(tmp_path, 2, loss_fn=syncing_loss).fit()
+    assert result["capture"]["step"] == "eager" and result["capture"]["reason"].startswith("capture failed")
+    assert [r["step"] for r in result["history"]] == [6, 12]
+    assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in result["history"])
+
+
+@needs_cuda
 def test_cuda_captured_resume_continues_optimizer_state_and_schedule(tmp_path: Path) -> None:
     full = _cuda_trainer(tmp_path / "full", 4)
     full.fit()
