@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py --device cuda            # full measurement
     python benchmarks/throughput.py --device cpu --quick     # under a minute on 2 cores
+    python benchmarks/throughput.py --device cpu --quick --interleave --epochs 10   # paired, CPU
 
 Every variant trains the same model (d_model 64, 2 layers, batch 128) on the same
 GeoLife-sized synthetic tensors (7,424 samples, histories up to 48, 1,187 locations) in one
@@ -25,6 +26,10 @@ process, and reports training samples/s (median over timed epochs, after warm-up
 Also measured: warm-up + capture seconds (compile included) of the captured variants,
 ``--profile``: kernels and kernel time per step by torch.profiler (the floor under the
 step time), and the cost of writing a full checkpoint (``last.pt``) relative to an epoch.
+``--interleave`` times ``seed_loop``, ``minimal`` and ``trainkit`` one epoch each in turn, the
+order rotating every round, and reports each one's per-round throughput ratio to
+``seed_loop`` with a 95% t-interval: on a machine whose speed drifts (the shared 2-core
+one) separate blocks of epochs measure the drift more than the loops.
 The last line printed is JSON: ``{"device": ..., "samples_per_s": {...}, ...}``.
 """
 
@@ -52,6 +57,7 @@ from pointer_v45_model import PointerV45  # noqa: E402
 
 from trainkit import AMPStep, CapturedStep, CheckpointManager, LabelSmoothedNLLLoss, WarmupCosineSchedule, build_optimizer  # noqa: E402
 from trainkit.batching import TensorBatches  # noqa: E402
+from trainkit.stats import MIN_SEEDS, t_interval  # noqa: E402
 from trainkit.trainer import Trainer  # noqa: E402
 
 NUM_LOCATIONS, NUM_USERS, MAX_LEN, BATCH = 1187, 46, 48, 128
@@ -116,6 +122,10 @@ class SeedDataset(Dataset):
 
 
 def bench_seed_loop(tensors, device, warmup, timed) -> list[float]:
+    return time_epochs(seed_loop_epoch(tensors, device), device, warmup, timed)
+
+
+def seed_loop_epoch(tensors, device) -> Callable[[int], None]:
     """The seed's train_epoch, as written (lines 410-450), with its DataLoader."""
     model = new_model(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=6.5e-4, weight_decay=0.015, betas=(0.9, 0.98), eps=1e-9)
@@ -150,7 +160,7 @@ def bench_seed_loop(tensors, device, warmup, timed) -> list[float]:
             num_batches += 1
             pbar.set_postfix({"loss": f"{loss.item():.4f}", "avg": f"{total_loss / num_batches:.4f}"})
 
-    return time_epochs(run_epoch, device, warmup, timed)
+    return run_epoch
 
 
 class _Null:
@@ -167,6 +177,10 @@ PROFILE = False
 
 # ----------------------------------------------------------------------------- minimal
 def bench_minimal(tensors, device, warmup, timed) -> list[float]:
+    return time_epochs(minimal_epoch(tensors, device), device, warmup, timed)
+
+
+def minimal_epoch(tensors, device) -> Callable[[int], None]:
     """A lean hand-written loop: device-resident data, bf16 on CUDA, no host syncs."""
     model = new_model(device)
     optimizer = build_optimizer(model, "adamw", lr=6.5e-4)
@@ -189,7 +203,7 @@ def bench_minimal(tensors, device, warmup, timed) -> list[float]:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-    return time_epochs(run_epoch, device, warmup, timed)
+    return run_epoch
 
 
 # ---------------------------------------------------------------------------- trainkit
@@ -206,13 +220,45 @@ def make_trainer(tensors, device, checkpoint_dir: Path | None = None) -> Trainer
 
 
 def bench_trainkit(tensors, device, warmup, timed) -> list[float]:
+    return time_epochs(trainkit_epoch(tensors, device), device, warmup, timed)
+
+
+def trainkit_epoch(tensors, device) -> Callable[[int], None]:
     trainer = make_trainer(tensors, device)
 
     def run_epoch(epoch: int) -> None:
         trainer.epoch = epoch
         trainer.train_epoch()
 
-    return time_epochs(run_epoch, device, warmup, timed)
+    return run_epoch
+
+
+INTERLEAVABLE = {"seed_loop": seed_loop_epoch, "minimal": minimal_epoch, "trainkit": trainkit_epoch}
+
+
+def interleaved_epochs(names: list[str], tensors, device, warmup: int, timed: int) -> dict[str, list[float]]:
+    """Each round times one epoch of every variant in turn (the order rotating each round), so
+    that a machine whose speed drifts slows all of them alike: a paired measurement."""
+    epochs = {name: INTERLEAVABLE[name](tensors, device) for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(warmup + timed):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            sync(device)
+            start = time.perf_counter()
+            epochs[name](round_)
+            sync(device)
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def paired_ratio(times: list[float], base: list[float]) -> dict[str, float]:
+    """Mean of the per-round throughput ratios ``base_time / time`` with its 95% t-interval."""
+    ratios = [b / t for t, b in zip(times, base)]
+    interval = t_interval(ratios)
+    return {"mean": round(statistics.fmean(ratios), 3), "low": round(interval.low, 3), "high": round(interval.high, 3),
+            "rounds": len(ratios)}
 
 
 # ------------------------------------------------------------------- the captured step
@@ -372,6 +418,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "trainkit_compiled,lightning")
     parser.add_argument("--profile", action="store_true", help="torch.profiler: kernels and kernel time per step")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--interleave", action="store_true",
+                        help=f"time {', '.join(INTERLEAVABLE)} epoch by epoch in rotating order (a paired measurement)")
     args = parser.parse_args(argv)
     global PROFILE
     PROFILE = args.profile
@@ -396,6 +444,18 @@ def main(argv: list[str] | None = None) -> dict:
     }
     samples_per_s: dict[str, float] = {}
     epoch_seconds: dict[str, list[float]] = {}
+    if args.interleave:
+        wanted = [v for v in wanted if v in INTERLEAVABLE]
+        interleaved = interleaved_epochs(wanted, tensors, device, warmup, timed)
+        for name, times in interleaved.items():
+            epoch_seconds[name] = [round(t, 4) for t in times]
+            samples_per_s[name] = round(n / statistics.median(times), 1)
+            print(f"{name:18s} {samples_per_s[name]:10.1f} samples/s  (epochs: {epoch_seconds[name]})", flush=True)
+        if "seed_loop" in interleaved and len(interleaved["seed_loop"]) >= MIN_SEEDS:
+            EXTRA["paired_ratio_to_seed_loop"] = {name: paired_ratio(times, interleaved["seed_loop"])
+                                                  for name, times in interleaved.items() if name != "seed_loop"}
+            print(f"paired ratio to seed_loop (mean, 95% CI): {EXTRA['paired_ratio_to_seed_loop']}", flush=True)
+        wanted = []
     for name in wanted:
         try:
             times = runners[name]()
