@@ -87,6 +87,11 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"kind must be 'epoch' or 'step', got {kind!r}")
 
 
+def _check_step(step: int) -> None:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be a non-negative int, got {step!r}")
+
+
 class JSONLinesLogger:
     """One JSON object per line, appended (``metrics.jsonl``, ``steps.jsonl``).
 
@@ -338,8 +343,7 @@ class MLflowLogger:
         Raises:
             ValueError: ``step`` is not a non-negative int.
         """
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        _check_step(step)
         self.client.set_tag(self.run_id, "trainkit.resumed_at_step", str(step))
 
     def close(self) -> None:
@@ -445,8 +449,7 @@ class WandbLogger:
         Raises:
             ValueError: ``step`` is not a non-negative int.
         """
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        _check_step(step)
         self._resumed_at = step
         if self.run is not None:
             self.run.summary["trainkit/resumed_at_step"] = step
