@@ -344,11 +344,11 @@ def test_capture_decision_names_each_reason(tiny_model) -> None:
     cases = [(torch.optim.SGD(model.parameters(), lr=0.1), "fp32", "SGD is not captured"),
              (torch.optim.AdamW(model.parameters(), lr=0.1, foreach=True), "fp16", "fp16 needs fused=True")]
     for optimizer, precision, reason in cases:  # the optimizer and precision rules come before the device's
-        decision = TrainerCapture("auto", cuda, False)
+        decision = TrainerCapture("auto", cuda)
         amp.precision = precision
         assert decision.training(model, optimizer, None, None, [], amp, progress, None) is None
         assert reason in decision.reason and decision.summary()["step"] == "eager"
-    strict = TrainerCapture(True, cuda, False)
+    strict = TrainerCapture(True, cuda)
     with pytest.raises(CaptureError, match="SGD"):
         strict.training(model, cases[0][0], None, None, [], amp, progress, None)
 
@@ -363,7 +363,7 @@ def test_ranks_train_eagerly_together_when_a_capture_failed_on_another_rank(monk
     monkeypatch.setattr(CapturedStep, "try_create", staticmethod(lambda *args, **kwargs: (object(), None)))
     gathered: list[bool] = []
     monkeypatch.setattr(distributed, "all_gather_object", lambda value: gathered.append(value) or [value, False])
-    decision = TrainerCapture("auto", torch.device("cuda"), True)
+    decision = TrainerCapture("auto", torch.device("cuda"))
     assert decision.training(model, optimizer, None, None, [object()], amp, None, None) is None
     assert gathered == [True] and decision.reason == "the capture failed on another rank"
     assert decision.summary()["step"] == "eager"
@@ -393,13 +393,13 @@ def test_captured_evaluation_under_torchrun_reduces_sums_and_agrees_across_ranks
     monkeypatch.setattr(distributed, "all_gather_object", lambda value: [value, agreed["value"]])
     eager = evaluate(model, loader, loss_fn, metrics=metrics, device=torch.device("cpu"), forward=default_forward)
 
-    captured = TrainerCapture("auto", torch.device("cuda"), True).evaluate(model, loader, loss_fn, **options)
+    captured = TrainerCapture("auto", torch.device("cuda")).evaluate(model, loader, loss_fn, **options)
     for key in ("loss", "acc@1", "mrr"):
         assert captured[key] == pytest.approx(eager[key], rel=1e-6), key
     assert captured["batch_losses"] == pytest.approx([v for v in eager["batch_losses"] for _ in range(2)], rel=1e-6)
 
     agreed["value"] = False  # the other rank could not capture: this one evaluates eagerly too
-    decision = TrainerCapture("auto", torch.device("cuda"), True)
+    decision = TrainerCapture("auto", torch.device("cuda"))
     fallback = decision.evaluate(model, loader, loss_fn, **options)
     assert list(decision._evals.values()) == [None]
     assert fallback["batch_losses"] == pytest.approx(eager["batch_losses"], rel=1e-6)
@@ -496,7 +496,7 @@ def _cuda_trainer(directory: Path, epochs: int, **kwargs: Any) -> Trainer:
     device = torch.device("cuda")
     trainer.model.to(device)
     trainer.device = device
-    trainer.capture = TrainerCapture(kwargs.get("capture", "auto"), device, False, trainer.nonfinite.mode)
+    trainer.capture = TrainerCapture(kwargs.get("capture", "auto"), device, trainer.nonfinite.mode)
     trainer.amp.device_type = "cuda"
     for name in ("train_loader", "val_loader", "test_loader"):
         old = getattr(trainer, name)

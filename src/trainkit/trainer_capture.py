@@ -85,8 +85,6 @@ class TrainerCapture:
         capture: ``"auto"`` (capture when possible, else eager with a one-line reason in the
             log), True (capture or raise ``CaptureError`` with the reason) or False (eager).
         device: The training device.
-        distributed: Whether the run is under torchrun (the ranks then agree on captured or eager, and
-            evaluation sums are all-reduced).
         nonfinite: The Trainer's non-finite policy, ``"raise"`` or ``"skip"``.
 
     Attributes:
@@ -99,10 +97,10 @@ class TrainerCapture:
         CaptureError: ``capture=True`` and the device or torchrun rules it out.
     """
 
-    def __init__(self, capture: bool | str, device: torch.device, distributed: bool, nonfinite: str = "raise") -> None:
+    def __init__(self, capture: bool | str, device: torch.device, nonfinite: str = "raise") -> None:
         if not any(capture is mode or (isinstance(capture, str) and capture == mode) for mode in _MODES):
             raise ValueError(f"capture must be 'auto', True or False, got {capture!r}")
-        self.capture, self.nonfinite, self._distributed = capture, nonfinite, distributed
+        self.capture, self.nonfinite = capture, nonfinite
         self.reason = self._ruled_out = capture_reason(capture, device)
         self._fail_if_required()
         self.step: CapturedStep | None = None
@@ -138,8 +136,8 @@ class TrainerCapture:
             step, self.reason = CapturedStep.try_create(
                 model, optimizer, loss_fn, forward, first, loader=loader, precision=amp.precision,
                 max_grad_norm=amp.max_grad_norm, nonfinite=self.nonfinite)
-            if self._distributed and not all(trainkit_distributed.all_gather_object(step is not None)):
-                # every rank runs the same step, or their collectives would not match
+            if not all(trainkit_distributed.all_gather_object(step is not None)):
+                # under torchrun every rank runs the same step, or their collectives would not match
                 step, self.reason = None, self.reason or "the capture failed on another rank"
             if step is not None:
                 self._adopt(step, amp, progress, ema)
@@ -210,9 +208,9 @@ class TrainerCapture:
                 self._evals[key], reason = CapturedEval.try_create(
                     module, forward, loss_fn, first, metrics=metrics(device=device), precision=precision,
                     ignore_index=ignore_index)
-            if self._ruled_out is None and self._distributed and not all(
+            if self._ruled_out is None and not all(
                     trainkit_distributed.all_gather_object(self._evals[key] is not None)):
-                # every rank takes the same path, or their collectives below would not match
+                # under torchrun every rank takes the same path, or their collectives below would not match
                 self._evals[key], reason = None, reason or "the capture failed on another rank"
             captured = self._evals[key]
             if captured is not None:
@@ -227,9 +225,9 @@ class TrainerCapture:
         for batch in loader:
             captured.run(batch)
         sums, losses = captured.sums(), captured.batch_losses()
-        if self._distributed:  # as trainkit.evaluation.evaluate: exact sums over the disjoint shards
-            trainkit_distributed.all_reduce_sum(sums)
-            losses = trainkit_distributed.all_gather_interleaved(losses)
+        # under torchrun, as trainkit.evaluation.evaluate: exact sums over the disjoint shards
+        trainkit_distributed.all_reduce_sum(sums)
+        losses = trainkit_distributed.all_gather_interleaved(losses)
         return {**captured.compute_from_sums(sums), "batch_losses": losses}
 
     def summary(self) -> dict[str, Any]:
