@@ -99,11 +99,11 @@ def init_from_env(device_type: str = "cpu", timeout_s: float = 600.0) -> Distrib
 
 def prepare(
     model: nn.Module, device: torch.device, train_loader: Iterable[Any] | None, *eval_loaders: Iterable[Any] | None,
-    for_capture: bool = False,
 ) -> tuple[nn.Module, DistributedContext]:
     """Set up data parallelism for a ``torchrun`` launch; in a single process, change nothing.
 
-    Joins the process group, wraps ``model`` in ``DistributedDataParallel`` and calls
+    Joins the process group, wraps ``model`` in ``DistributedDataParallel`` (on CUDA built on
+    a side stream, so that a step using it can be captured; docs/captured.md) and calls
     ``loader.shard(rank, world_size, even=...)`` on the loaders that have it
     (:class:`~trainkit.batching.TensorBatches`): even shards for training (every rank
     takes the same number of steps), disjoint uneven ones for evaluation (every sample
@@ -114,9 +114,6 @@ def prepare(
         device: The training device (its index, or the local rank, picks the CUDA device).
         train_loader: The training batches (None: none).
         eval_loaders: Validation/test batches (None entries are skipped).
-        for_capture: On CUDA, build the DDP wrapper on a side stream, so that its
-            ``AccumulateGrad`` nodes do not sit on the legacy stream, where they would break
-            the capture of a step (``Trainer(capture=True)`` under torchrun; docs/captured.md).
 
     Returns:
         ``(model, context)``: the DDP-wrapped model (``model`` itself in one process).
@@ -130,7 +127,7 @@ def prepare(
     # DDP creates every parameter's AccumulateGrad node here, and autograd runs that node on the
     # stream it was created on: on the default (legacy) stream it would make a captured step's
     # backward depend on that stream and break the capture (docs/captured.md).
-    side = torch.cuda.Stream(device_ids[0]) if device_ids and for_capture else None
+    side = torch.cuda.Stream(device_ids[0]) if device_ids else None
     if side is not None:
         side.wait_stream(torch.cuda.current_stream(side.device))
     with torch.cuda.stream(side):  # None: the current stream

@@ -85,8 +85,7 @@ class Trainer:
         if step is not None:
             raise ValueError(f"step must be None (the eager AMPStep path), got {step!r}")
         self.nonfinite, self.device = NonFinitePolicy(nonfinite, max_nonfinite_steps), torch.device(device)
-        self.model, self.dist = distributed.prepare(model, self.device, train_loader, val_loader, test_loader,
-                                                    for_capture=capture is not False)
+        self.model, self.dist = distributed.prepare(model, self.device, train_loader, val_loader, test_loader)
         self.capture = TrainerCapture(capture, self.device, self.nonfinite.mode)
         self.optimizer, self.loss_fn, self.forward, self.metrics = optimizer, loss_fn, forward, metrics
         self.train_loader, self.val_loader, self.test_loader = train_loader, val_loader, test_loader
