@@ -26,29 +26,63 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from throughput import BATCH, make_tensors, new_model, to_seed  # noqa: E402
 
-from trainkit import AMPStep, LabelSmoothedNLLLoss, TensorBatches, Trainer, build_optimizer, distributed  # noqa: E402
+from trainkit import (
+    AMPStep,
+    LabelSmoothedNLLLoss,
+    TensorBatches,
+    Trainer,
+    build_optimizer,
+    distributed,
+)  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", type=int, default=1, help="dataset size as a multiple of GeoLife's 7,424")
-    parser.add_argument("--epochs", type=int, default=4, help="timed epochs (after one warm-up epoch)")
+    parser.add_argument(
+        "--scale", type=int, default=1, help="dataset size as a multiple of GeoLife's 7,424"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=4, help="timed epochs (after one warm-up epoch)"
+    )
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    parser.add_argument("--samples", type=int, default=None, help="dataset size override (smoke tests)")
-    parser.add_argument("--capture", choices=("on", "off"), default="off",
-                        help="on: Trainer(capture=True), the step in one CUDA graph with the all-reduce inside "
-                             "(experimental under torchrun: docs/captured.md); off: the eager step")
+    parser.add_argument(
+        "--samples", type=int, default=None, help="dataset size override (smoke tests)"
+    )
+    parser.add_argument(
+        "--capture",
+        choices=("on", "off"),
+        default="off",
+        help="on: Trainer(capture=True), the step in one CUDA graph with the all-reduce inside "
+        "(experimental under torchrun: docs/captured.md); off: the eager step",
+    )
     args = parser.parse_args()
     ctx = distributed.init_from_env(args.device)
     device = torch.device("cuda", ctx.local_rank) if args.device == "cuda" else torch.device("cpu")
     tensors = make_tensors(args.samples or 7424 * args.scale)
     model = new_model(device)
     optimizer = build_optimizer(model, "adamw", lr=6.5e-4)
-    train = TensorBatches(tensors, BATCH, shuffle=True, seed=0, device=device, transform=to_seed,
-                          pad_to_full_batch=True, pad_values={"y": 0})
-    trainer = Trainer(model, optimizer, LabelSmoothedNLLLoss(0.03), train, [], epochs=10**6, device=device,
-                      amp=AMPStep(optimizer, "auto", max_grad_norm=0.8, device_type=device.type), progress=False,
-                      capture=args.capture == "on")
+    train = TensorBatches(
+        tensors,
+        BATCH,
+        shuffle=True,
+        seed=0,
+        device=device,
+        transform=to_seed,
+        pad_to_full_batch=True,
+        pad_values={"y": 0},
+    )
+    trainer = Trainer(
+        model,
+        optimizer,
+        LabelSmoothedNLLLoss(0.03),
+        train,
+        [],
+        epochs=10**6,
+        device=device,
+        amp=AMPStep(optimizer, "auto", max_grad_norm=0.8, device_type=device.type),
+        progress=False,
+        capture=args.capture == "on",
+    )
     times = []
     for epoch in range(args.epochs + 1):
         distributed.barrier()
@@ -63,15 +97,27 @@ def main() -> None:
         if epoch:
             times.append(time.perf_counter() - start)
     samples = train._shard_size() * ctx.world_size  # every process's share (even shards)
-    checksums = distributed.all_gather_object(float(sum(p.detach().double().sum() for p in model.parameters())))
+    checksums = distributed.all_gather_object(
+        float(sum(p.detach().double().sum() for p in model.parameters()))
+    )
     if ctx.is_main:
-        print(json.dumps({
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "world_size": ctx.world_size, "dataset": len(tensors["y"]), "samples_per_epoch": samples,
-            "epoch_seconds": statistics.median(times), "samples_per_s": round(samples / statistics.median(times), 1),
-            "step": trainer.capture.summary()["step"], "reason": trainer.capture.summary()["reason"],
-            "ranks_identical": len(set(checksums)) == 1,
-        }))
+        print(
+            json.dumps(
+                {
+                    "device": torch.cuda.get_device_name(device)
+                    if device.type == "cuda"
+                    else "cpu",
+                    "world_size": ctx.world_size,
+                    "dataset": len(tensors["y"]),
+                    "samples_per_epoch": samples,
+                    "epoch_seconds": statistics.median(times),
+                    "samples_per_s": round(samples / statistics.median(times), 1),
+                    "step": trainer.capture.summary()["step"],
+                    "reason": trainer.capture.summary()["reason"],
+                    "ranks_identical": len(set(checksums)) == 1,
+                }
+            )
+        )
     distributed.shutdown()
 
 

@@ -55,7 +55,14 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from pointer_v45_model import PointerV45  # noqa: E402
 
-from trainkit import AMPStep, CapturedStep, CheckpointManager, LabelSmoothedNLLLoss, WarmupCosineSchedule, build_optimizer  # noqa: E402
+from trainkit import (
+    AMPStep,
+    CapturedStep,
+    CheckpointManager,
+    LabelSmoothedNLLLoss,
+    WarmupCosineSchedule,
+    build_optimizer,
+)  # noqa: E402
 from trainkit.batching import TensorBatches  # noqa: E402
 from trainkit.stats import MIN_SEEDS, t_interval  # noqa: E402
 from trainkit.trainer import Trainer  # noqa: E402
@@ -76,10 +83,21 @@ def make_tensors(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     x = torch.randint(2, NUM_LOCATIONS, (n, MAX_LEN), generator=g) * valid
     # the target is often a location of the history, as in real data
     pick = torch.randint(0, 10**6, (n,), generator=g) % lengths
-    y = torch.where(torch.rand(n, generator=g) < 0.6, x[torch.arange(n), pick],
-                    torch.randint(2, NUM_LOCATIONS, (n,), generator=g))
-    return {"x": x, "time": feature(96), "weekday": feature(7), "diff": feature(8), "duration": feature(96),
-            "user": torch.randint(1, NUM_USERS, (n,), generator=g), "len": lengths, "y": y}
+    y = torch.where(
+        torch.rand(n, generator=g) < 0.6,
+        x[torch.arange(n), pick],
+        torch.randint(2, NUM_LOCATIONS, (n,), generator=g),
+    )
+    return {
+        "x": x,
+        "time": feature(96),
+        "weekday": feature(7),
+        "diff": feature(8),
+        "duration": feature(96),
+        "user": torch.randint(1, NUM_USERS, (n,), generator=g),
+        "len": lengths,
+        "y": y,
+    }
 
 
 def new_model(device: torch.device) -> PointerV45:
@@ -96,7 +114,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_epochs(run_epoch: Callable[[int], None], device: torch.device, warmup: int, timed: int) -> list[float]:
+def time_epochs(
+    run_epoch: Callable[[int], None], device: torch.device, warmup: int, timed: int
+) -> list[float]:
     for epoch in range(warmup):
         run_epoch(epoch)
     sync(device)
@@ -128,10 +148,14 @@ def bench_seed_loop(tensors, device, warmup, timed) -> list[float]:
 def seed_loop_epoch(tensors, device) -> Callable[[int], None]:
     """The seed's train_epoch, as written (lines 410-450), with its DataLoader."""
     model = new_model(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=6.5e-4, weight_decay=0.015, betas=(0.9, 0.98), eps=1e-9)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=6.5e-4, weight_decay=0.015, betas=(0.9, 0.98), eps=1e-9
+    )
     criterion = torch.nn.CrossEntropyLoss(ignore_index=0, label_smoothing=0.03)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-    loader = DataLoader(SeedDataset(tensors), batch_size=BATCH, shuffle=True, pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        SeedDataset(tensors), batch_size=BATCH, shuffle=True, pin_memory=device.type == "cuda"
+    )
 
     def run_epoch(epoch: int) -> None:
         model.train()
@@ -158,7 +182,9 @@ def seed_loop_epoch(tensors, device) -> Callable[[int], None]:
                 optimizer.step()
             total_loss += loss.item()
             num_batches += 1
-            pbar.set_postfix({"loss": f"{loss.item():.4f}", "avg": f"{total_loss / num_batches:.4f}"})
+            pbar.set_postfix(
+                {"loss": f"{loss.item():.4f}", "avg": f"{total_loss / num_batches:.4f}"}
+            )
 
     return run_epoch
 
@@ -212,10 +238,17 @@ def make_trainer(tensors, device, checkpoint_dir: Path | None = None) -> Trainer
     optimizer = build_optimizer(model, "adamw", lr=6.5e-4)
     train = TensorBatches(tensors, BATCH, shuffle=True, seed=0, device=device, transform=to_seed)
     return Trainer(
-        model, optimizer, LabelSmoothedNLLLoss(0.03), train, [], epochs=10**6,
+        model,
+        optimizer,
+        LabelSmoothedNLLLoss(0.03),
+        train,
+        [],
+        epochs=10**6,
         amp=AMPStep(optimizer, precision="auto", max_grad_norm=0.8, device_type=device.type),
         checkpoints=None if checkpoint_dir is None else CheckpointManager(checkpoint_dir),
-        device=device, progress=False, log_every=50,
+        device=device,
+        progress=False,
+        log_every=50,
     )
 
 
@@ -236,7 +269,9 @@ def trainkit_epoch(tensors, device) -> Callable[[int], None]:
 INTERLEAVABLE = {"seed_loop": seed_loop_epoch, "minimal": minimal_epoch, "trainkit": trainkit_epoch}
 
 
-def interleaved_epochs(names: list[str], tensors, device, warmup: int, timed: int) -> dict[str, list[float]]:
+def interleaved_epochs(
+    names: list[str], tensors, device, warmup: int, timed: int
+) -> dict[str, list[float]]:
     """Each round times one epoch of every variant in turn (the order rotating each round), so
     that a machine whose speed drifts slows all of them alike: a paired measurement."""
     epochs = {name: INTERLEAVABLE[name](tensors, device) for name in names}
@@ -257,8 +292,12 @@ def paired_ratio(times: list[float], base: list[float]) -> dict[str, float]:
     """Mean of the per-round throughput ratios ``base_time / time`` with its 95% t-interval."""
     ratios = [b / t for t, b in zip(times, base)]
     interval = t_interval(ratios)
-    return {"mean": round(statistics.fmean(ratios), 3), "low": round(interval.low, 3), "high": round(interval.high, 3),
-            "rounds": len(ratios)}
+    return {
+        "mean": round(statistics.fmean(ratios), 3),
+        "low": round(interval.low, 3),
+        "high": round(interval.high, 3),
+        "rounds": len(ratios),
+    }
 
 
 # ------------------------------------------------------------------- the captured step
@@ -273,8 +312,16 @@ EXTRA: dict[str, dict] = {"capture_seconds": {}, "final_train_loss": {}, "profil
 def make_captured(tensors, device, capture: bool, compiled: bool = False):
     model = new_model(device)
     optimizer = build_optimizer(model, "adamw", lr=6.5e-4)
-    train = TensorBatches(tensors, BATCH, shuffle=True, seed=0, device=device, transform=to_seed,
-                          pad_to_full_batch=True, pad_values={"y": 0})
+    train = TensorBatches(
+        tensors,
+        BATCH,
+        shuffle=True,
+        seed=0,
+        device=device,
+        transform=to_seed,
+        pad_to_full_batch=True,
+        pad_values={"y": 0},
+    )
     if capture:
         reason = CapturedStep.why_not(model, optimizer, precision="auto", loader=train)
         if reason is not None:
@@ -282,16 +329,29 @@ def make_captured(tensors, device, capture: bool, compiled: bool = False):
     forward_model = torch.compile(model, dynamic=False) if compiled else model
     sync(device)
     start = time.perf_counter()
-    step, reason = CapturedStep.try_create(forward_model, optimizer, LabelSmoothedNLLLoss(0.03), forward_seed_batch,
-                                           next(iter(train)), precision="auto", max_grad_norm=0.8, capture=capture)
+    step, reason = CapturedStep.try_create(
+        forward_model,
+        optimizer,
+        LabelSmoothedNLLLoss(0.03),
+        forward_seed_batch,
+        next(iter(train)),
+        precision="auto",
+        max_grad_norm=0.8,
+        capture=capture,
+    )
     sync(device)
     if step is not None and capture:
-        print(f"  captured in {time.perf_counter() - start:.2f} s (warm-up + capture"
-              f"{' + compile' if compiled else ''})", flush=True)
+        print(
+            f"  captured in {time.perf_counter() - start:.2f} s (warm-up + capture"
+            f"{' + compile' if compiled else ''})",
+            flush=True,
+        )
     return step, reason, train, optimizer
 
 
-def bench_captured(tensors, device, warmup, timed, name: str, capture: bool = True, compiled: bool = False):
+def bench_captured(
+    tensors, device, warmup, timed, name: str, capture: bool = True, compiled: bool = False
+):
     start = time.perf_counter()
     step, reason, train, optimizer = make_captured(tensors, device, capture, compiled)
     if step is None:
@@ -339,7 +399,9 @@ def profile_steps(step, batches, device, steps: int = 20) -> dict[str, float]:
     kernels = [e for e in device_events if not e.name.startswith(("Memcpy", "Memset"))]
     result = {
         "kernels_per_step": round(len(kernels) / steps, 1),
-        "kernel_ms_per_step": round(sum(e.time_range.elapsed_us() for e in kernels) / steps / 1000, 3),
+        "kernel_ms_per_step": round(
+            sum(e.time_range.elapsed_us() for e in kernels) / steps / 1000, 3
+        ),
         "copies_per_step": round((len(device_events) - len(kernels)) / steps, 1),
         "profiled_wall_ms_per_step": round(wall / steps * 1000, 3),
     }
@@ -381,7 +443,9 @@ def bench_lightning(tensors, device, warmup, timed) -> list[float] | None:
             return self.criterion(self.model(x, x_dict), y)
 
         def configure_optimizers(self):
-            return torch.optim.AdamW(self.parameters(), lr=6.5e-4, weight_decay=0.015, betas=(0.9, 0.98), eps=1e-9)
+            return torch.optim.AdamW(
+                self.parameters(), lr=6.5e-4, weight_decay=0.015, betas=(0.9, 0.98), eps=1e-9
+            )
 
     class EpochTimer(pl.Callback):
         def __init__(self) -> None:
@@ -396,12 +460,22 @@ def bench_lightning(tensors, device, warmup, timed) -> list[float] | None:
             self.times.append(time.perf_counter() - self.start)
 
     timer = EpochTimer()
-    loader = DataLoader(SeedDataset(tensors), batch_size=BATCH, shuffle=True, pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        SeedDataset(tensors), batch_size=BATCH, shuffle=True, pin_memory=device.type == "cuda"
+    )
     trainer = pl.Trainer(
-        max_epochs=warmup + timed, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
-        precision="bf16-mixed" if device.type == "cuda" else "32-true", gradient_clip_val=0.8,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[timer], num_sanity_val_steps=0, limit_val_batches=0,
+        max_epochs=warmup + timed,
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        precision="bf16-mixed" if device.type == "cuda" else "32-true",
+        gradient_clip_val=0.8,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
     )
     trainer.fit(Module(), loader)
     return timer.times[warmup:]
@@ -410,16 +484,28 @@ def bench_lightning(tensors, device, warmup, timed) -> list[float] | None:
 # -------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="fewer samples and epochs (CPU: under a minute)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer samples and epochs (CPU: under a minute)"
+    )
     parser.add_argument("--epochs", type=int, default=None, help="timed epochs per variant")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
-    parser.add_argument("--variants", default="seed_loop,minimal,trainkit,trainkit_step_eager,trainkit_captured,"
-                        "trainkit_compiled,lightning")
-    parser.add_argument("--profile", action="store_true", help="torch.profiler: kernels and kernel time per step")
+    parser.add_argument(
+        "--variants",
+        default="seed_loop,minimal,trainkit,trainkit_step_eager,trainkit_captured,"
+        "trainkit_compiled,lightning",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="torch.profiler: kernels and kernel time per step"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--interleave", action="store_true",
-                        help=f"time {', '.join(INTERLEAVABLE)} epoch by epoch in rotating order (a paired measurement)")
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help=f"time {', '.join(INTERLEAVABLE)} epoch by epoch in rotating order (a paired measurement)",
+    )
     args = parser.parse_args(argv)
     global PROFILE
     PROFILE = args.profile
@@ -437,9 +523,15 @@ def main(argv: list[str] | None = None) -> dict:
         "seed_loop": lambda: bench_seed_loop(tensors, device, warmup, timed),
         "minimal": lambda: bench_minimal(tensors, device, warmup, timed),
         "trainkit": lambda: bench_trainkit(tensors, device, warmup, timed),
-        "trainkit_step_eager": lambda: bench_captured(tensors, device, warmup, timed, "trainkit_step_eager", capture=False),
-        "trainkit_captured": lambda: bench_captured(tensors, device, warmup, timed, "trainkit_captured"),
-        "trainkit_compiled": lambda: bench_captured(tensors, device, warmup, timed, "trainkit_compiled", compiled=True),
+        "trainkit_step_eager": lambda: bench_captured(
+            tensors, device, warmup, timed, "trainkit_step_eager", capture=False
+        ),
+        "trainkit_captured": lambda: bench_captured(
+            tensors, device, warmup, timed, "trainkit_captured"
+        ),
+        "trainkit_compiled": lambda: bench_captured(
+            tensors, device, warmup, timed, "trainkit_compiled", compiled=True
+        ),
         "lightning": lambda: bench_lightning(tensors, device, warmup, timed),
     }
     samples_per_s: dict[str, float] = {}
@@ -450,11 +542,20 @@ def main(argv: list[str] | None = None) -> dict:
         for name, times in interleaved.items():
             epoch_seconds[name] = [round(t, 4) for t in times]
             samples_per_s[name] = round(n / statistics.median(times), 1)
-            print(f"{name:18s} {samples_per_s[name]:10.1f} samples/s  (epochs: {epoch_seconds[name]})", flush=True)
+            print(
+                f"{name:18s} {samples_per_s[name]:10.1f} samples/s  (epochs: {epoch_seconds[name]})",
+                flush=True,
+            )
         if "seed_loop" in interleaved and len(interleaved["seed_loop"]) >= MIN_SEEDS:
-            EXTRA["paired_ratio_to_seed_loop"] = {name: paired_ratio(times, interleaved["seed_loop"])
-                                                  for name, times in interleaved.items() if name != "seed_loop"}
-            print(f"paired ratio to seed_loop (mean, 95% CI): {EXTRA['paired_ratio_to_seed_loop']}", flush=True)
+            EXTRA["paired_ratio_to_seed_loop"] = {
+                name: paired_ratio(times, interleaved["seed_loop"])
+                for name, times in interleaved.items()
+                if name != "seed_loop"
+            }
+            print(
+                f"paired ratio to seed_loop (mean, 95% CI): {EXTRA['paired_ratio_to_seed_loop']}",
+                flush=True,
+            )
         wanted = []
     for name in wanted:
         try:
@@ -466,12 +567,19 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         epoch_seconds[name] = [round(t, 4) for t in times]
         samples_per_s[name] = round(n / statistics.median(times), 1)
-        print(f"{name:18s} {samples_per_s[name]:10.1f} samples/s  (epochs: {epoch_seconds[name]})", flush=True)
+        print(
+            f"{name:18s} {samples_per_s[name]:10.1f} samples/s  (epochs: {epoch_seconds[name]})",
+            flush=True,
+        )
     ckpt = bench_checkpoint(tensors, device)
     epoch_s = n / samples_per_s["trainkit"] if "trainkit" in samples_per_s else float("nan")
     base = samples_per_s.get("seed_loop")
     ratios = {k: round(v / base, 3) for k, v in samples_per_s.items()} if base else {}
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    device_name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
     result = {
         "device": device_name,
         "torch": torch.__version__,
@@ -481,7 +589,10 @@ def main(argv: list[str] | None = None) -> dict:
         "epoch_seconds": epoch_seconds,
         "checkpoint_seconds": round(ckpt, 4),
         "checkpoint_fraction_of_trainkit_epoch": round(ckpt / epoch_s, 4),
-        "step_ms": {k: round(1000 * statistics.median(v) / -(-n // BATCH), 3) for k, v in epoch_seconds.items()},
+        "step_ms": {
+            k: round(1000 * statistics.median(v) / -(-n // BATCH), 3)
+            for k, v in epoch_seconds.items()
+        },
         **EXTRA,
     }
     print(json.dumps(result))

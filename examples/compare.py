@@ -37,7 +37,15 @@ from typing import Any
 from trainkit.atomic import atomic_write
 from trainkit.recipes import Recipe
 
-__all__ = ["RunOne", "SweepError", "ABLATION_ROWS", "run_compare", "run_ablation", "is_sweep_dir", "resume_sweep"]
+__all__ = [
+    "RunOne",
+    "SweepError",
+    "ABLATION_ROWS",
+    "run_compare",
+    "run_ablation",
+    "is_sweep_dir",
+    "resume_sweep",
+]
 
 RunOne = Callable[[Recipe, Path, bool], dict]
 """``run_one(recipe, run_dir, resume) -> results``: trains ``recipe`` (its ``seed`` and
@@ -58,8 +66,12 @@ SWEEP_FILE = "sweep.json"
 LOG_FILE = "sweep.log"
 # Values every results.json must hold: (block or None, key). The report reads exactly these.
 RESULT_KEYS: tuple[tuple[str | None, str], ...] = (
-    ("test", "acc@1"), ("test", "acc@5"), ("test", "mrr"), ("test", "acc@1_seen"),
-    (None, "best_epoch"), (None, "wall_time_s"),
+    ("test", "acc@1"),
+    ("test", "acc@5"),
+    ("test", "mrr"),
+    ("test", "acc@1_seen"),
+    (None, "best_epoch"),
+    (None, "wall_time_s"),
 )
 
 log = logging.getLogger("compare")
@@ -93,7 +105,9 @@ def run_compare(base: dict[str, Recipe], out_dir: Path, seeds: list[int], run_on
     return _sweep(Path(out_dir), "compare", dict(base), seeds, run_one, {})
 
 
-def run_ablation(proposed: Recipe, original: Recipe, out_dir: Path, seeds: list[int], run_one: RunOne) -> Path:
+def run_ablation(
+    proposed: Recipe, original: Recipe, out_dir: Path, seeds: list[int], run_one: RunOne
+) -> Path:
     """The ablation ladder: the proposed recipe, and one row per difference reverted to the original.
 
     Rows: ``base`` (the proposed recipe) and one row per entry of :data:`ABLATION_ROWS`,
@@ -123,7 +137,9 @@ def run_ablation(proposed: Recipe, original: Recipe, out_dir: Path, seeds: list[
         if missing:
             raise ValueError(f"ABLATION_ROWS[{row!r}] names unknown recipe field(s) {missing}")
         if all(getattr(proposed, field) == value for field, value in changes.items()):
-            raise ValueError(f"ablation row {row!r} changes nothing: both recipes have the same {list(fields)}")
+            raise ValueError(
+                f"ablation row {row!r} changes nothing: both recipes have the same {list(fields)}"
+            )
         rows[row] = proposed.replace(**changes)
         reverted[row] = list(fields)
     return _sweep(Path(out_dir), "ablation", rows, seeds, run_one, {"reverted": reverted})
@@ -134,7 +150,9 @@ def is_sweep_dir(path: Path) -> bool:
     return (Path(path) / SWEEP_FILE).is_file()
 
 
-def resume_sweep(out_dir: Path, run_one: RunOne, recipe_from_dict: Callable[[dict], Recipe]) -> Path:
+def resume_sweep(
+    out_dir: Path, run_one: RunOne, recipe_from_dict: Callable[[dict], Recipe]
+) -> Path:
     """Finish a killed sweep and write its report.
 
     Args:
@@ -171,9 +189,16 @@ def read_sweep(out_dir: Path) -> dict[str, Any]:
         spec = json.loads(path.read_text())
     except ValueError as exc:
         raise SweepError(f"{path}: not valid JSON ({exc})") from None
-    if not (isinstance(spec, dict) and spec.get("kind") in ("compare", "ablation")
-            and isinstance(spec.get("seeds"), list) and isinstance(spec.get("rows"), dict) and spec["rows"]):
-        raise SweepError(f"{path}: needs kind (compare or ablation), seeds (a list) and rows (recipe dicts)")
+    if not (
+        isinstance(spec, dict)
+        and spec.get("kind") in ("compare", "ablation")
+        and isinstance(spec.get("seeds"), list)
+        and isinstance(spec.get("rows"), dict)
+        and spec["rows"]
+    ):
+        raise SweepError(
+            f"{path}: needs kind (compare or ablation), seeds (a list) and rows (recipe dicts)"
+        )
     return spec
 
 
@@ -191,9 +216,13 @@ def read_results(path: Path) -> dict[str, Any]:
         raise SweepError(f"{path}: expected a JSON object, got {type(results).__name__}")
     bad = []
     for block, key in RESULT_KEYS:
-        value = (results.get(block) if block else results)
+        value = results.get(block) if block else results
         value = value.get(key) if isinstance(value, dict) else None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
             bad.append(f"{block}.{key}" if block else key)
     if bad:
         raise SweepError(f"{path}: missing or not a finite number: {', '.join(bad)}")
@@ -206,31 +235,49 @@ def run_dir_of(out_dir: Path, row: str, seed: int) -> Path:
 
 
 def _check_seeds(seeds: Sequence[int]) -> list[int]:
-    ok = isinstance(seeds, (list, tuple)) and len(seeds) > 0 and all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ok = (
+        isinstance(seeds, (list, tuple))
+        and len(seeds) > 0
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    )
     if not ok or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be a non-empty list of distinct integers >= 0, got {seeds!r}")
     return list(seeds)
 
 
-def _sweep(out_dir: Path, kind: str, rows: dict[str, Recipe], seeds: Sequence[int], run_one: RunOne,
-           extra: dict[str, Any]) -> Path:
+def _sweep(
+    out_dir: Path,
+    kind: str,
+    rows: dict[str, Recipe],
+    seeds: Sequence[int],
+    run_one: RunOne,
+    extra: dict[str, Any],
+) -> Path:
     """Write ``sweep.json`` (or check the one there), then run and report."""
     for name in rows:
         if not name or "/" in name or name.startswith(".") or name != name.strip():
             raise ValueError(f"row names must be plain directory names, got {name!r}")
-    spec = {"kind": kind, "seeds": _check_seeds(seeds), "rows": {name: r.to_dict() for name, r in rows.items()}, **extra}
+    spec = {
+        "kind": kind,
+        "seeds": _check_seeds(seeds),
+        "rows": {name: r.to_dict() for name, r in rows.items()},
+        **extra,
+    }
     path = out_dir / SWEEP_FILE
     if path.is_file():
         if read_sweep(out_dir) != json.loads(json.dumps(spec)):
-            raise ValueError(f"{path} holds a different sweep: resume it, or choose another directory")
+            raise ValueError(
+                f"{path} holds a different sweep: resume it, or choose another directory"
+            )
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(spec, indent=2))
     return _run_and_report(out_dir, spec, rows, run_one)
 
 
-def _run_and_report(out_dir: Path, spec: dict[str, Any], rows: dict[str, Recipe], run_one: RunOne) -> Path:
+def _run_and_report(
+    out_dir: Path, spec: dict[str, Any], rows: dict[str, Recipe], run_one: RunOne
+) -> Path:
     """Run every unfinished run of the sweep, seed by seed, then write the report."""
     import compare_report  # matplotlib: only needed once there is something to report
 
@@ -256,8 +303,11 @@ def _run_and_report(out_dir: Path, spec: dict[str, Any], rows: dict[str, Recipe]
         if not results_path.is_file():
             raise SweepError(f"{results_path}: run_one returned without writing it")
         results = read_results(results_path)
-        _progress(out_dir, f"{where} finished: test Acc@1 {results['test']['acc@1']:.2f}, "
-                           f"{results['wall_time_s']:.1f} s")
+        _progress(
+            out_dir,
+            f"{where} finished: test Acc@1 {results['test']['acc@1']:.2f}, "
+            f"{results['wall_time_s']:.1f} s",
+        )
     report = compare_report.write_report(out_dir)
     _progress(out_dir, f"report: {report}")
     return report

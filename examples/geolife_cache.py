@@ -16,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from geolife_data import PROTOCOL_VERSION, SAMPLE_KEYS, SPLITS, GeoLifeSplits, load_staypoints, make_samples
+from geolife_data import (
+    PROTOCOL_VERSION,
+    SAMPLE_KEYS,
+    SPLITS,
+    GeoLifeSplits,
+    load_staypoints,
+    make_samples,
+)
 from trainkit.atomic import atomic_write
 
 __all__ = ["cache_dir", "load_or_build_splits"]
@@ -76,7 +83,9 @@ def _save(path: Path, splits: GeoLifeSplits) -> None:
         f"{split}.{key}": splits.split(split)[key] for split in SPLITS for key in SAMPLE_KEYS
     }
     arrays["meta.protocol"] = np.array(PROTOCOL_VERSION)
-    arrays["meta.sizes"] = np.array([splits.num_locations, splits.num_users, splits.max_len], dtype=np.int64)
+    arrays["meta.sizes"] = np.array(
+        [splits.num_locations, splits.num_users, splits.max_len], dtype=np.int64
+    )
     arrays["meta.skipped_users"] = np.array(splits.skipped_users, dtype=np.int64)
     arrays["meta.warnings"] = np.array(splits.warnings, dtype=str)
     arrays["meta.location_frequencies"] = splits.location_frequencies

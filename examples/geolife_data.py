@@ -33,7 +33,17 @@ import numpy as np
 import torch
 
 REQUIRED_COLUMNS = ("user_id", "location_id", "duration", "start_day", "start_min", "weekday")
-CSV_COLUMNS = ("id", "user_id", "location_id", "duration", "start_day", "end_day", "start_min", "end_min", "weekday")
+CSV_COLUMNS = (
+    "id",
+    "user_id",
+    "location_id",
+    "duration",
+    "start_day",
+    "end_day",
+    "start_min",
+    "end_min",
+    "weekday",
+)
 SPLITS = ("train", "validation", "test")
 SAMPLE_KEYS = ("x", "time", "weekday", "diff", "duration", "user", "len", "y")
 
@@ -114,7 +124,9 @@ def load_staypoints(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         header = [name.strip() for name in header]
         missing = [name for name in REQUIRED_COLUMNS if name not in header]
         if missing:
-            raise ValueError(f"{path}: missing required column(s) {', '.join(missing)} (header: {','.join(header)})")
+            raise ValueError(
+                f"{path}: missing required column(s) {', '.join(missing)} (header: {','.join(header)})"
+            )
         wanted = list(REQUIRED_COLUMNS) + (["id"] if "id" in header else [])
         index = {name: header.index(name) for name in wanted}
         values: dict[str, list[float | int]] = {name: [] for name in wanted}
@@ -127,7 +139,10 @@ def load_staypoints(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                 values[name].append(parse(cell, f"{path}: line {line_no}, column {name!r}"))
     if not values["user_id"]:
         raise ValueError(f"staypoint file has no rows: {path}")
-    columns = {name: np.asarray(vals, dtype=np.float64 if name == "duration" else np.int64) for name, vals in values.items()}
+    columns = {
+        name: np.asarray(vals, dtype=np.float64 if name == "duration" else np.int64)
+        for name, vals in values.items()
+    }
     if "id" not in columns:
         columns["id"] = np.arange(len(columns["user_id"]), dtype=np.int64)
     _check_range(columns, "weekday", 0, 6, path)
@@ -167,7 +182,9 @@ def _parse_float(cell: str, where: str) -> float:
     return value
 
 
-def _check_range(columns: dict[str, np.ndarray], name: str, low: float, high: float | None, path: Path) -> None:
+def _check_range(
+    columns: dict[str, np.ndarray], name: str, low: float, high: float | None, path: Path
+) -> None:
     """Raise ValueError naming the first line whose ``name`` value is outside [low, high]."""
     bad = columns[name] < low
     if high is not None:
@@ -175,7 +192,9 @@ def _check_range(columns: dict[str, np.ndarray], name: str, low: float, high: fl
     if bad.any():
         row = int(np.argmax(bad))
         bound = f"{low}..{high}" if high is not None else f">= {low}"
-        raise ValueError(f"{path}: line {row + 2}, column {name!r}: value {columns[name][row]} outside {bound}")
+        raise ValueError(
+            f"{path}: line {row + 2}, column {name!r}: value {columns[name][row]} outside {bound}"
+        )
 
 
 # --------------------------------------------------------------------------- protocol
@@ -235,7 +254,9 @@ def make_samples(staypoints: dict[str, np.ndarray], max_len: int | None = None) 
         "loc": loc_enc,
         "time": minute // TIME_BUCKET_MINUTES,
         "weekday": weekday,
-        "duration": np.minimum(np.floor(duration).astype(np.int64) // DURATION_BUCKET_MINUTES, MAX_DURATION_BUCKET),
+        "duration": np.minimum(
+            np.floor(duration).astype(np.int64) // DURATION_BUCKET_MINUTES, MAX_DURATION_BUCKET
+        ),
     }
 
     # 3. samples per split and user
@@ -246,16 +267,22 @@ def make_samples(staypoints: dict[str, np.ndarray], max_len: int | None = None) 
         for u in raw_users:
             rows = np.flatnonzero((user == u) & (split_of == s))
             rows = rows[np.lexsort((ids[rows], minute[rows], day[rows]))]  # by day, minute, id
-            found = _user_samples(rows, day, loc_enc, int(user_enc[rows[0]]) if len(rows) else 0, per_split[s])
+            found = _user_samples(
+                rows, day, loc_enc, int(user_enc[rows[0]]) if len(rows) else 0, per_split[s]
+            )
             if found:
                 users_with_samples.add(int(u))
             else:
-                warnings.append(f"user {int(u)}: no {split_name} samples ({len(rows)} staypoints in the split)")
+                warnings.append(
+                    f"user {int(u)}: no {split_name} samples ({len(rows)} staypoints in the split)"
+                )
     skipped = [int(u) for u in raw_users if int(u) not in users_with_samples]
 
     longest = max((len(sample[0]) for samples in per_split for sample in samples), default=0)
     if longest == 0:
-        raise ValueError("no user yields a single sample (each needs >= 8 days in a split and >= 3 history staypoints)")
+        raise ValueError(
+            "no user yields a single sample (each needs >= 8 days in a split and >= 3 history staypoints)"
+        )
     length = longest if max_len is None else min(max_len, longest)
     arrays = [_pad(samples, feats, length) for samples in per_split]
 
@@ -274,7 +301,9 @@ def make_samples(staypoints: dict[str, np.ndarray], max_len: int | None = None) 
     )
 
 
-def _user_samples(rows: np.ndarray, day: np.ndarray, target_loc: np.ndarray, user_id: int, out: list[_Sample]) -> bool:
+def _user_samples(
+    rows: np.ndarray, day: np.ndarray, target_loc: np.ndarray, user_id: int, out: list[_Sample]
+) -> bool:
     """Append the samples of one user's split rows (sorted) to ``out``; True if any."""
     if len(rows) == 0:
         return False
@@ -288,10 +317,15 @@ def _user_samples(rows: np.ndarray, day: np.ndarray, target_loc: np.ndarray, use
     return bool(valid.any())
 
 
-def _pad(samples: list[_Sample], feats: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
+def _pad(
+    samples: list[_Sample], feats: dict[str, np.ndarray], length: int
+) -> dict[str, np.ndarray]:
     """Right-pad histories into int64 arrays, keeping the most recent ``length`` positions."""
     n = len(samples)
-    out = {key: np.zeros((n, length), dtype=np.int64) for key in ("x", "time", "weekday", "diff", "duration")}
+    out = {
+        key: np.zeros((n, length), dtype=np.int64)
+        for key in ("x", "time", "weekday", "diff", "duration")
+    }
     for key in ("user", "len", "y"):
         out[key] = np.zeros(n, dtype=np.int64)
     for k, (hist, diff, target, user_id) in enumerate(samples):
@@ -308,7 +342,9 @@ def _pad(samples: list[_Sample], feats: dict[str, np.ndarray], length: int) -> d
 # --------------------------------------------------------------------------- batches, baseline
 
 
-def splits_to_tensors(split: dict[str, np.ndarray], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+def splits_to_tensors(
+    split: dict[str, np.ndarray], device: torch.device | str | None = None
+) -> dict[str, torch.Tensor]:
     """Convert one split's arrays to int64 tensors (same keys, ``SAMPLE_KEYS``).
 
     A batch for ``PointerV45`` is then ``t["x"][idx]``, ``t["y"][idx]`` and
@@ -321,7 +357,10 @@ def splits_to_tensors(split: dict[str, np.ndarray], device: torch.device | str |
     missing = [key for key in SAMPLE_KEYS if key not in split]
     if missing:
         raise ValueError(f"split lacks key(s) {', '.join(missing)}")
-    return {key: torch.as_tensor(np.ascontiguousarray(split[key]), dtype=torch.int64, device=device) for key in SAMPLE_KEYS}
+    return {
+        key: torch.as_tensor(np.ascontiguousarray(split[key]), dtype=torch.int64, device=device)
+        for key in SAMPLE_KEYS
+    }
 
 
 def most_frequent_baseline(splits: GeoLifeSplits, split: str = "test") -> float:

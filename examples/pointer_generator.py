@@ -41,8 +41,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainkit import (AMPStep, CheckpointManager, RunningAverage, Trainer, build_optimizer, coverage_loss,
-                      load_checkpoint, masked_nll, recipes)
+from trainkit import (
+    AMPStep,
+    CheckpointManager,
+    RunningAverage,
+    Trainer,
+    build_optimizer,
+    coverage_loss,
+    load_checkpoint,
+    masked_nll,
+    recipes,
+)
 from trainkit.nonfinite import NonFiniteLossError
 from trainkit.rng import seed_everything
 
@@ -87,7 +96,10 @@ class Split:
 
     def take(self, index: torch.Tensor, device: torch.device | str = "cpu") -> Split:
         """The examples at ``index``, trimmed to their longest source and summary, on ``device``."""
-        src_len, dec_len = int(self.src_mask[index].sum(1).max()), int(self.dec_mask[index].sum(1).max())
+        src_len, dec_len = (
+            int(self.src_mask[index].sum(1).max()),
+            int(self.dec_mask[index].sum(1).max()),
+        )
         fields = {name: getattr(self, name)[index] for name in self.__dataclass_fields__}
         for name in ("src", "src_ext", "src_mask"):
             fields[name] = fields[name][:, :src_len]
@@ -107,7 +119,12 @@ def make_split(
     Raises:
         ValueError: a count or probability out of range.
     """
-    if n < 1 or not 1 <= min_words <= max_words <= len(CONTENT) or max_fill < 0 or not 0.0 <= p_oov <= 1.0:
+    if (
+        n < 1
+        or not 1 <= min_words <= max_words <= len(CONTENT)
+        or max_fill < 0
+        or not 0.0 <= p_oov <= 1.0
+    ):
         raise ValueError(
             f"need n >= 1, 1 <= min_words <= max_words <= {len(CONTENT)}, max_fill >= 0, p_oov in [0, 1]; got "
             f"n={n}, min_words={min_words}, max_words={max_words}, max_fill={max_fill}, p_oov={p_oov}"
@@ -134,7 +151,9 @@ def make_split(
         count = int(rng.integers(min_words, max_words + 1))
         n_oov = int((rng.random(count) < p_oov).sum())
         words = [int(w) for w in rng.choice(CONTENT, count - n_oov, replace=False)]
-        words += [-1 - int(w) for w in rng.choice(OOV_WORDS, n_oov, replace=False)]  # raw OOVs: negative
+        words += [
+            -1 - int(w) for w in rng.choice(OOV_WORDS, n_oov, replace=False)
+        ]  # raw OOVs: negative
         words = [words[j] for j in rng.permutation(count)]
         source = [token for word in words for token in fillers() + [word]] + fillers()
         oovs = [w for w in words if w < 0]  # in order of first appearance: extended ids V, V+1, ...
@@ -154,7 +173,8 @@ def render(ids: list[int]) -> str:
     """Readable tokens: ``w12`` a content word, ``f5`` a filler, ``OOV0`` extended id ``V+0``."""
     names = {PAD: "<pad>", UNK: "<unk>", START: "<start>", STOP: "<stop>"}
     return " ".join(
-        names.get(i) or (f"OOV{i - VOCAB_SIZE}" if i >= VOCAB_SIZE else f"{'f' if i in FILLERS else 'w'}{i}")
+        names.get(i)
+        or (f"OOV{i - VOCAB_SIZE}" if i >= VOCAB_SIZE else f"{'f' if i in FILLERS else 'w'}{i}")
         for i in ids
     )
 
@@ -195,23 +215,37 @@ class PointerGenerator(nn.Module):
     """
 
     def __init__(
-        self, vocab_size: int = VOCAB_SIZE, emb_dim: int = 32, hidden: int = 64, coverage: bool = False
+        self,
+        vocab_size: int = VOCAB_SIZE,
+        emb_dim: int = 32,
+        hidden: int = 64,
+        coverage: bool = False,
     ) -> None:
         super().__init__()
         if vocab_size < 4 or emb_dim < 1 or hidden < 1:
-            raise ValueError(f"need vocab_size >= 4, emb_dim >= 1, hidden >= 1; got {vocab_size}, {emb_dim}, {hidden}")
+            raise ValueError(
+                f"need vocab_size >= 4, emb_dim >= 1, hidden >= 1; got {vocab_size}, {emb_dim}, {hidden}"
+            )
         self.vocab_size, self.coverage = vocab_size, coverage
         self.embedding = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD)
         self.encoder = nn.LSTM(emb_dim, hidden, batch_first=True, bidirectional=True)
-        self.reduce_h = nn.Linear(2 * hidden, hidden)  # final encoder states -> decoder's initial state
+        self.reduce_h = nn.Linear(
+            2 * hidden, hidden
+        )  # final encoder states -> decoder's initial state
         self.reduce_c = nn.Linear(2 * hidden, hidden)
-        self.w_h = nn.Linear(2 * hidden, 2 * hidden, bias=False)  # attention: v^T tanh(W_h h_i + W_s s_t
+        self.w_h = nn.Linear(
+            2 * hidden, 2 * hidden, bias=False
+        )  # attention: v^T tanh(W_h h_i + W_s s_t
         self.w_s = nn.Linear(2 * hidden, 2 * hidden)  # + w_c c_t^i + b_attn), s_t = [c_t; h_t]
         self.w_c = nn.Parameter(torch.zeros(2 * hidden))
         self.v = nn.Linear(2 * hidden, 1, bias=False)
-        self.input_proj = nn.Linear(emb_dim + 2 * hidden, emb_dim)  # x_t from [emb(y_{t-1}); h*_{t-1}]
+        self.input_proj = nn.Linear(
+            emb_dim + 2 * hidden, emb_dim
+        )  # x_t from [emb(y_{t-1}); h*_{t-1}]
         self.cell = nn.LSTMCell(emb_dim, hidden)
-        self.p_gen_proj = nn.Linear(2 * hidden + 2 * hidden + emb_dim, 1)  # p_gen from [h*_t; s_t; x_t]
+        self.p_gen_proj = nn.Linear(
+            2 * hidden + 2 * hidden + emb_dim, 1
+        )  # p_gen from [h*_t; s_t; x_t]
         self.out1 = nn.Linear(3 * hidden, hidden)  # P_vocab from [h_t; h*_t]
         self.out2 = nn.Linear(hidden, vocab_size)
 
@@ -219,9 +253,13 @@ class PointerGenerator(nn.Module):
         """Run the encoder; return the memory and the decoder's initial state."""
         lengths = batch.src_mask.sum(1).clamp(min=1).cpu()
         embedded = self.embedding(batch.src)
-        packed = nn.utils.rnn.pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            embedded, lengths, batch_first=True, enforce_sorted=False
+        )
         out, (h, c) = self.encoder(packed)
-        states, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=batch.src.shape[1])
+        states, _ = nn.utils.rnn.pad_packed_sequence(
+            out, batch_first=True, total_length=batch.src.shape[1]
+        )
         memory = Memory(states, self.w_h(states), batch.src_ext, batch.src_mask, batch.n_ext)
         start = DecoderState(
             h=F.relu(self.reduce_h(torch.cat([h[0], h[1]], dim=-1))),
@@ -241,7 +279,9 @@ class PointerGenerator(nn.Module):
         features = memory.features + self.w_s(s).unsqueeze(1)
         if self.coverage:
             features = features + state.coverage.unsqueeze(-1) * self.w_c
-        scores = self.v(torch.tanh(features)).squeeze(-1).masked_fill(~memory.src_mask, float("-inf"))
+        scores = (
+            self.v(torch.tanh(features)).squeeze(-1).masked_fill(~memory.src_mask, float("-inf"))
+        )
         attn = torch.softmax(scores, dim=-1)
         context = torch.bmm(attn.unsqueeze(1), memory.states).squeeze(1)
         p_gen = torch.sigmoid(self.p_gen_proj(torch.cat([context, s, x], dim=-1))).squeeze(-1)
@@ -281,7 +321,9 @@ class PointerGenerator(nn.Module):
             final, attn, _, state = self.step(y, state, memory)
             tokens.append(final.argmax(-1))
             attns.append(attn)
-            y = tokens[-1].masked_fill(tokens[-1] >= self.vocab_size, UNK)  # an OOV goes back in as UNK
+            y = tokens[-1].masked_fill(
+                tokens[-1] >= self.vocab_size, UNK
+            )  # an OOV goes back in as UNK
         return torch.stack(tokens, 1), torch.stack(attns, 1)
 
 
@@ -313,10 +355,15 @@ def batch_order(n: int, batch_size: int, steps: int, seed: int) -> torch.Tensor:
         ValueError: ``batch_size`` outside ``[1, n]`` or ``steps < 0``.
     """
     if not 1 <= batch_size <= n or steps < 0:
-        raise ValueError(f"need 1 <= batch_size <= n and steps >= 0; got n={n}, batch_size={batch_size}, steps={steps}")
+        raise ValueError(
+            f"need 1 <= batch_size <= n and steps >= 0; got n={n}, batch_size={batch_size}, steps={steps}"
+        )
     g = torch.Generator().manual_seed(seed)
     per_epoch = n // batch_size
-    epochs = [torch.randperm(n, generator=g)[: per_epoch * batch_size] for _ in range(-(-steps // per_epoch))]
+    epochs = [
+        torch.randperm(n, generator=g)[: per_epoch * batch_size]
+        for _ in range(-(-steps // per_epoch))
+    ]
     return torch.cat(epochs or [torch.zeros(0, dtype=torch.long)]).view(-1, batch_size)[:steps]
 
 
@@ -328,8 +375,13 @@ def epoch_ends(steps: int, eval_every: int, switch: int) -> list[int]:
         ValueError: ``steps < 1`` or ``eval_every < 1``.
     """
     if steps < 1 or eval_every < 1:
-        raise ValueError(f"need steps >= 1 and eval_every >= 1; got steps={steps}, eval_every={eval_every}")
-    return sorted({*range(eval_every, steps + 1, eval_every), steps} | ({switch} if 0 < switch < steps else set()))
+        raise ValueError(
+            f"need steps >= 1 and eval_every >= 1; got steps={steps}, eval_every={eval_every}"
+        )
+    return sorted(
+        {*range(eval_every, steps + 1, eval_every), steps}
+        | ({switch} if 0 < switch < steps else set())
+    )
 
 
 class StepBatches:
@@ -418,7 +470,9 @@ class TeacherForcedMetrics:
     """
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
-        self.totals = torch.zeros(4, dtype=torch.float64, device=device)  # [coverage loss x seqs, seqs, hits, tokens]
+        self.totals = torch.zeros(
+            4, dtype=torch.float64, device=device
+        )  # [coverage loss x seqs, seqs, hits, tokens]
 
     @torch.no_grad()
     def update(self, outputs: Outputs, target: torch.Tensor, valid: torch.Tensor) -> None:
@@ -440,7 +494,10 @@ class TeacherForcedMetrics:
     def compute_from_sums(sums: torch.Tensor) -> dict[str, float]:
         """The metrics from (possibly all-reduced) :meth:`sums`."""
         cov, seqs, hits, tokens = sums.tolist()
-        return {"coverage_loss": cov / seqs if seqs else math.nan, "next_token_accuracy": hits / tokens if tokens else math.nan}
+        return {
+            "coverage_loss": cov / seqs if seqs else math.nan,
+            "next_token_accuracy": hits / tokens if tokens else math.nan,
+        }
 
 
 def build_trainer(setup: Setup, name: str, epochs: int, coverage: bool) -> Trainer:
@@ -455,14 +512,28 @@ def build_trainer(setup: Setup, name: str, epochs: int, coverage: bool) -> Train
     optimizer = build_optimizer(model, recipe.optimizer, **recipe.optimizer_kwargs())
     train_batches = StepBatches(setup)
     return Trainer(
-        model, optimizer, SummaryLoss(model, recipe.cov_loss_wt or 0.0), train_batches, EvalBatch(train_batches),
+        model,
+        optimizer,
+        SummaryLoss(model, recipe.cov_loss_wt or 0.0),
+        train_batches,
+        EvalBatch(train_batches),
         epochs=epochs,
         amp=AMPStep(optimizer, precision=recipe.precision, max_grad_norm=recipe.max_grad_norm),
         selector=RunningAverage(recipe.running_avg_decay, recipe.running_avg_clip),
-        checkpoints=CheckpointManager(setup.out / name, keep_last=recipe.keep_last,
-                                      every_seconds=setup.checkpoint_every, pinned=(recipe.best_name,)),
-        best_name=recipe.best_name, forward=forward, metrics=TeacherForcedMetrics, device=setup.device,
-        ignore_index=PAD, nonfinite=recipe.nonfinite, log_every=1, progress=False,
+        checkpoints=CheckpointManager(
+            setup.out / name,
+            keep_last=recipe.keep_last,
+            every_seconds=setup.checkpoint_every,
+            pinned=(recipe.best_name,),
+        ),
+        best_name=recipe.best_name,
+        forward=forward,
+        metrics=TeacherForcedMetrics,
+        device=setup.device,
+        ignore_index=PAD,
+        nonfinite=recipe.nonfinite,
+        log_every=1,
+        progress=False,
         config={**setup.config, "model_coverage": coverage},
     )
 
@@ -507,14 +578,18 @@ def train_arms(args: argparse.Namespace, setup: Setup, shared: int) -> dict[str,
             return {"no_coverage": Arm(base, 0, 0, seconds)}
     arms: dict[str, Arm] = {}
     for name in ("coverage",) if args.coverage == "on" else ("coverage", "no_coverage"):
-        seed_everything(args.seed)  # without shared steps both arms start from the same initial model
+        seed_everything(
+            args.seed
+        )  # without shared steps both arms start from the same initial model
         trainer = build_trainer(setup, name, len(setup.ends), coverage=name == "coverage")
         if shared:
             state = load_checkpoint(switch, map_location=setup.device)
             if name == "coverage":
                 state["selector"] = trainer.selector.state_dict()  # a fresh running average
             trainer.load_state_dict(state)
-        fork_epoch, cov_steps = (shared_epochs, args.steps - shared) if name == "coverage" else (0, 0)
+        fork_epoch, cov_steps = (
+            (shared_epochs, args.steps - shared) if name == "coverage" else (0, 0)
+        )
         arms[name] = Arm(trainer, fork_epoch, cov_steps, seconds + trainer.fit()["train_seconds"])
     return {name: arms[name] for name in ("no_coverage", "coverage") if name in arms}
 
@@ -534,8 +609,21 @@ def evaluate(model: PointerGenerator, batches: list[Split]) -> dict[str, float]:
       a summary never repeats a word) and ``missing_words`` (summary words never produced).
     """
     model.eval()
-    keys = ("nll", "cov", "seqs", "hits", "tokens", "exact", "oov_hits", "oovs", "rep_attn", "rep_words", "steps",
-            "missing", "words")
+    keys = (
+        "nll",
+        "cov",
+        "seqs",
+        "hits",
+        "tokens",
+        "exact",
+        "oov_hits",
+        "oovs",
+        "rep_attn",
+        "rep_words",
+        "steps",
+        "missing",
+        "words",
+    )
     total = dict.fromkeys(keys, 0.0)
     for batch in batches:
         size = len(batch)
@@ -587,27 +675,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
-    add("--coverage", choices=("on", "off", "both"), default="both", help="which arm(s) to train (default: both)")
+    add(
+        "--coverage",
+        choices=("on", "off", "both"),
+        default="both",
+        help="which arm(s) to train (default: both)",
+    )
     add("--steps", type=int, default=600, help="training steps of each arm (default: 600)")
-    add("--coverage-steps", type=int, default=150, help="the last N steps train with coverage (default: 150)")
+    add(
+        "--coverage-steps",
+        type=int,
+        default=150,
+        help="the last N steps train with coverage (default: 150)",
+    )
     add("--cov-loss-wt", type=float, help="coverage loss weight (default: the recipe's 1.0)")
     add("--batch-size", type=int, default=32, help="default: 32")
     add("--train-size", type=int, default=4000, help="training examples (default: 4000)")
     add("--val-size", type=int, default=500, help="validation examples (default: 500)")
-    add("--eval-every", type=int, default=10, help="steps between running-average updates (default: 10)")
-    add("--checkpoint-every", type=float, help="seconds between checkpoints (default: the recipe's 60)")
+    add(
+        "--eval-every",
+        type=int,
+        default=10,
+        help="steps between running-average updates (default: 10)",
+    )
+    add(
+        "--checkpoint-every",
+        type=float,
+        help="seconds between checkpoints (default: the recipe's 60)",
+    )
     add("--seed", type=int, default=42, help="model init and batch order (default: 42)")
     add("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="default: cpu")
-    add("--threads", type=int, default=1, help="CPU threads; 1 is fastest for this tiny model (default: 1)")
-    add("--out", type=Path, default=Path("runs/pointer_generator"), help="default: runs/pointer_generator")
+    add(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads; 1 is fastest for this tiny model (default: 1)",
+    )
+    add(
+        "--out",
+        type=Path,
+        default=Path("runs/pointer_generator"),
+        help="default: runs/pointer_generator",
+    )
     args = parser.parse_args(argv)
     for name in ("steps", "batch_size", "train_size", "val_size", "eval_every", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.coverage != "off" and not 1 <= args.coverage_steps <= args.steps:
-        parser.error(f"--coverage-steps must be in [1, --steps] = [1, {args.steps}], got {args.coverage_steps}")
+        parser.error(
+            f"--coverage-steps must be in [1, --steps] = [1, {args.steps}], got {args.coverage_steps}"
+        )
     if args.train_size < args.batch_size:
-        parser.error(f"--train-size ({args.train_size}) must be >= --batch-size ({args.batch_size})")
+        parser.error(
+            f"--train-size ({args.train_size}) must be >= --batch-size ({args.batch_size})"
+        )
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.cov_loss_wt is not None and not 0 <= args.cov_loss_wt < float("inf"):
@@ -643,14 +764,21 @@ def run(args: argparse.Namespace) -> int:
     shared = args.steps - (args.coverage_steps if args.coverage != "off" else 0)
     setup = Setup(
         train_data=train_data,
-        val_batches=[val_data.take(index, device) for index in torch.arange(len(val_data)).split(100)],
+        val_batches=[
+            val_data.take(index, device) for index in torch.arange(len(val_data)).split(100)
+        ],
         order=batch_order(len(train_data), args.batch_size, args.steps, args.seed),
         recipe=recipe,
         eval_every=args.eval_every,
         device=device,
-        config={key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        config={
+            key: str(value) if isinstance(value, Path) else value
+            for key, value in vars(args).items()
+        },
         out=args.out,
-        checkpoint_every=recipe.checkpoint_every_seconds if args.checkpoint_every is None else args.checkpoint_every,
+        checkpoint_every=recipe.checkpoint_every_seconds
+        if args.checkpoint_every is None
+        else args.checkpoint_every,
         ends=epoch_ends(args.steps, args.eval_every, shared),
     )
     args.out.mkdir(parents=True, exist_ok=True)
@@ -660,8 +788,15 @@ def run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
 
-    report: dict[str, Any] = {"config": setup.config, "recipe": recipe.name, "device": str(device), "runs": {}}
-    models = {name: arm.model for name, arm in arms.items()}  # the best weights (Trainer.fit loaded them)
+    report: dict[str, Any] = {
+        "config": setup.config,
+        "recipe": recipe.name,
+        "device": str(device),
+        "runs": {},
+    }
+    models = {
+        name: arm.model for name, arm in arms.items()
+    }  # the best weights (Trainer.fit loaded them)
     for name, arm in arms.items():
         report["runs"][name] = {
             "steps": arm.trainer.progress.global_step,
@@ -690,7 +825,10 @@ def print_table(runs: dict[str, dict[str, Any]]) -> None:
         "repeated_words": "rep words",
         "missing_words": "missing",
     }
-    print(f"{'arm':<12} {'steps':>5} {'cov steps':>9} " + " ".join(f"{title:>9}" for title in columns.values()))
+    print(
+        f"{'arm':<12} {'steps':>5} {'cov steps':>9} "
+        + " ".join(f"{title:>9}" for title in columns.values())
+    )
     for name, figures in runs.items():
         cells = " ".join(f"{figures[key]:>9.4f}" for key in columns)
         print(f"{name:<12} {figures['steps']:>5} {figures['coverage_steps']:>9} {cells}")
@@ -703,7 +841,9 @@ def print_example(models: dict[str, PointerGenerator], batch: Split) -> None:
     print(f"{'summary':<12} {render(example.target[0].tolist())}")
     for name, model in models.items():
         tokens = model.greedy_decode(example, max_steps=example.target.shape[1] + 2)[0][0].tolist()
-        print(f"{name:<12} {render(tokens[: tokens.index(STOP) + 1] if STOP in tokens else tokens)}")
+        print(
+            f"{name:<12} {render(tokens[: tokens.index(STOP) + 1] if STOP in tokens else tokens)}"
+        )
 
 
 if __name__ == "__main__":

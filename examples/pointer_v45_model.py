@@ -76,9 +76,15 @@ class PointerV45(nn.Module):
         max_len: int = 64,
     ) -> None:
         super().__init__()
-        for name, value in (("num_locations", num_locations), ("num_users", num_users), ("d_model", d_model),
-                            ("nhead", nhead), ("num_layers", num_layers), ("dim_feedforward", dim_feedforward),
-                            ("max_len", max_len)):
+        for name, value in (
+            ("num_locations", num_locations),
+            ("num_users", num_users),
+            ("d_model", d_model),
+            ("nhead", nhead),
+            ("num_layers", num_layers),
+            ("dim_feedforward", dim_feedforward),
+            ("max_len", max_len),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if d_model % 4 or d_model % nhead:
@@ -99,15 +105,24 @@ class PointerV45(nn.Module):
         self.input_norm = nn.LayerNorm(d_model)
         self.register_buffer("positions", sinusoidal_positions(max_len, d_model), persistent=False)
 
-        layer = nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d_model,
+            nhead,
+            dim_feedforward,
+            dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
 
         self.pointer_query = nn.Linear(d_model, d_model)
         self.pointer_key = nn.Linear(d_model, d_model)
         self.position_bias = nn.Parameter(torch.zeros(max_len))  # per position-from-end
         self.gen_head = nn.Linear(d_model, num_locations)
-        self.gate = nn.Sequential(nn.Linear(d_model, d_model // 2), nn.GELU(), nn.Linear(d_model // 2, 1))
+        self.gate = nn.Sequential(
+            nn.Linear(d_model, d_model // 2), nn.GELU(), nn.Linear(d_model // 2, 1)
+        )
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -130,7 +145,9 @@ class PointerV45(nn.Module):
         """
         return self.components(x, x_dict)["log_probs"]
 
-    def components(self, x: torch.Tensor, x_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def components(
+        self, x: torch.Tensor, x_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """Run the model and return every part of the mixture (all float32).
 
         Returns:
@@ -160,7 +177,9 @@ class PointerV45(nn.Module):
         features = torch.cat(
             [
                 locations,
-                lookup(self.user_emb.weight, x_dict["user"]).unsqueeze(1).expand(batch, length, self.d_model),
+                lookup(self.user_emb.weight, x_dict["user"])
+                .unsqueeze(1)
+                .expand(batch, length, self.d_model),
                 lookup(self.time_emb.weight, x_dict["time"].clamp(0, NUM_TIME - 1)),
                 lookup(self.weekday_emb.weight, x_dict["weekday"].clamp(0, NUM_WEEKDAY - 1)),
                 lookup(self.recency_emb.weight, x_dict["diff"].clamp(0, NUM_DIFF - 1)),
@@ -179,7 +198,9 @@ class PointerV45(nn.Module):
         query = self.pointer_query(context).float()
         keys = self.pointer_key(hidden).float()
         scores = torch.einsum("bld,bd->bl", keys, query) / math.sqrt(self.d_model)
-        scores = (scores + lookup(self.position_bias, from_end).float()).masked_fill(padding, _MASKED)
+        scores = (scores + lookup(self.position_bias, from_end).float()).masked_fill(
+            padding, _MASKED
+        )
         attention = torch.softmax(scores, dim=-1)
         pointer = torch.zeros(batch, self.num_locations, device=x.device, dtype=torch.float32)
         pointer = pointer.scatter_add(1, x, attention)

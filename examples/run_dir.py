@@ -83,7 +83,9 @@ def locked(run_dir: Path, create: bool = False) -> Iterator[None]:
         handle.seek(0)
         holder = (handle.read().split() or ["unknown"])[-1]  # the newest pid written
         handle.close()
-        raise UsageError(f"{run_dir} is in use by process {holder} (it holds {run_dir / '.lock'})") from None
+        raise UsageError(
+            f"{run_dir} is in use by process {holder} (it holds {run_dir / '.lock'})"
+        ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
@@ -139,8 +141,10 @@ def check_resume_flags(run_dir: Path, asked: Mapping[str, Any], saved: Mapping[s
     """
     for flag, value in asked.items():
         if value is not None and value != saved.get(flag):
-            raise UsageError(f"--resume {run_dir}: {flag} {value} conflicts with the run's {saved.get(flag)!r} "
-                             "(its config.json); leave the flag out")
+            raise UsageError(
+                f"--resume {run_dir}: {flag} {value} conflicts with the run's {saved.get(flag)!r} "
+                "(its config.json); leave the flag out"
+            )
 
 
 def resume(trainer: Any, run_dir: Path, training: Mapping[str, Any]) -> None:
@@ -158,7 +162,10 @@ def resume(trainer: Any, run_dir: Path, training: Mapping[str, Any]) -> None:
     """
     manager = trainer.checkpoints
     if not manager.checkpoints():
-        log.warning("resume: no checkpoint in %s yet: starting the run from the beginning", manager.directory)
+        log.warning(
+            "resume: no checkpoint in %s yet: starting the run from the beginning",
+            manager.directory,
+        )
         for name in ("metrics.jsonl", "steps.jsonl"):
             (run_dir / name).unlink(missing_ok=True)
         return
@@ -173,8 +180,10 @@ def resume(trainer: Any, run_dir: Path, training: Mapping[str, Any]) -> None:
         try:
             trainer.resume()
         except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as exc:
-            raise UsageError(f"cannot resume {run_dir}: a checkpoint's state is malformed "
-                             f"({type(exc).__name__}: {exc})") from None
+            raise UsageError(
+                f"cannot resume {run_dir}: a checkpoint's state is malformed "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
         finally:
             for warning in caught:
                 log.warning("resume: %s", warning.message)
@@ -199,16 +208,28 @@ def _check_fits(path: Path, state: Any, training: Mapping[str, Any]) -> None:
     """Refuse a checkpoint of another recipe before anything is loaded (another model or optimizer
     is refused by ``Trainer.resume`` itself, block by block, before it changes anything)."""
     saved = ((state.get("config") or {}).get("training") or {}) if isinstance(state, dict) else {}
-    differ = [key for key, value in training.items()
-              if key in saved and key not in RESUME_MAY_CHANGE and saved[key] != value]
+    differ = [
+        key
+        for key, value in training.items()
+        if key in saved and key not in RESUME_MAY_CHANGE and saved[key] != value
+    ]
     if differ:
-        raise UsageError(f"{path} was written by another recipe (it differs in {', '.join(differ)}): "
-                         "resume each run from its own directory")
+        raise UsageError(
+            f"{path} was written by another recipe (it differs in {', '.join(differ)}): "
+            "resume each run from its own directory"
+        )
     if not isinstance(state.get("rng"), dict):
         raise UsageError(f"{path}: its rng state is malformed")
 
 
-def sweep(kind: str, base: Mapping[str, Any], out_dir: Path, seeds: list[int], run: Any, resume: bool = False) -> Path:
+def sweep(
+    kind: str,
+    base: Mapping[str, Any],
+    out_dir: Path,
+    seeds: list[int],
+    run: Any,
+    resume: bool = False,
+) -> Path:
     """``--recipe compare`` / ``ablate`` over ``seeds`` (``resume``: continue ``out_dir``):
     examples/compare.py runs them, calling ``run(recipe, run_dir, resume)`` for each run."""
     try:
@@ -216,7 +237,9 @@ def sweep(kind: str, base: Mapping[str, Any], out_dir: Path, seeds: list[int], r
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("matplotlib"):
             raise
-        raise UsageError(f"--recipe {kind} needs matplotlib: pip install 'trainkit-pt[examples]'") from None
+        raise UsageError(
+            f"--recipe {kind} needs matplotlib: pip install 'trainkit-pt[examples]'"
+        ) from None
     if resume:
         return compare.resume_sweep(out_dir, run, from_dict)
     if kind == "ablate":

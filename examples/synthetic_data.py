@@ -118,8 +118,18 @@ def generate_synthetic_staypoints(
             wake = base + 1440 + int(rng.normal(9.5 * 60 if tomorrow_weekend else 7.5 * 60, 40))
             visit(home, t, max(wake, t + 60))
         for loc, start, end in user_rows:
-            rows.append((user, loc, float(end - start), start // 1440, end // 1440, start % 1440, end % 1440,
-                         (first_weekday + start // 1440) % 7))
+            rows.append(
+                (
+                    user,
+                    loc,
+                    float(end - start),
+                    start // 1440,
+                    end // 1440,
+                    start % 1440,
+                    end % 1440,
+                    (first_weekday + start // 1440) % 7,
+                )
+            )
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +141,9 @@ def generate_synthetic_staypoints(
     return atomic_write(path, text.getvalue())  # a kill never leaves half a CSV
 
 
-def cached_synthetic_csv(cache_dir: Path, num_users: int = 20, num_days: int = 100, seed: int = 0) -> Path:
+def cached_synthetic_csv(
+    cache_dir: Path, num_users: int = 20, num_days: int = 100, seed: int = 0
+) -> Path:
     """The synthetic CSV for these arguments in ``cache_dir``, written on first use."""
     path = Path(cache_dir) / f"{SYNTHETIC_VERSION}-u{num_users}-d{num_days}-s{seed}.csv"
     if not path.is_file():

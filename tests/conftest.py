@@ -53,7 +53,9 @@ class TinyModel(nn.Module):
         self.unused = nn.Parameter(torch.zeros(3))
 
     def forward(self, x: torch.Tensor, x_dict: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.drop(self.emb(x[:, -1]) + 0.1 * self.emb(x).mean(1)) * x_dict["scale"].unsqueeze(1)
+        hidden = self.drop(self.emb(x[:, -1]) + 0.1 * self.emb(x).mean(1)) * x_dict[
+            "scale"
+        ].unsqueeze(1)
         return torch.log_softmax(self.head(hidden), dim=-1)
 
 
@@ -66,7 +68,9 @@ def make_data(n: int, seed: int) -> dict[str, torch.Tensor]:
     return {"x": x, "y": y, "scale": torch.ones(n)}
 
 
-def to_batch(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+def to_batch(
+    batch: dict[str, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     return batch["x"], batch["y"], {"scale": batch["scale"]}
 
 
@@ -81,33 +85,66 @@ class FakeClock:
         return self.now
 
 
-def build(directory: Path, epochs: int = 4, *, loss_fn: Any = None, precision: str = "fp32", hidden: int = 8,
-          selector: str | Any = "stopper", patience: int = 50, min_epochs: int = 0, every_seconds: float | None = None,
-          clock: Callable[[], float] | None = None, best_name: str = "best.pt", **kwargs: Any) -> Trainer:
+def build(
+    directory: Path,
+    epochs: int = 4,
+    *,
+    loss_fn: Any = None,
+    precision: str = "fp32",
+    hidden: int = 8,
+    selector: str | Any = "stopper",
+    patience: int = 50,
+    min_epochs: int = 0,
+    every_seconds: float | None = None,
+    clock: Callable[[], float] | None = None,
+    best_name: str = "best.pt",
+    **kwargs: Any,
+) -> Trainer:
     """A seeded 96-sample, 6-steps-per-epoch run: checkpoints in ``directory/ckpt``, epoch records
     in ``directory/metrics.jsonl``. ``selector``: "stopper", "running_average", "best" or an object."""
     torch.manual_seed(0)
     model = TinyModel(hidden)
     optimizer = build_optimizer(model, "adamw", lr=3e-2)
     if isinstance(selector, str):
-        selector = {"stopper": lambda: EarlyStopper(patience=patience, min_epochs=min_epochs),
-                    "running_average": RunningAverage, "best": lambda: None}[selector]()
-    checkpoints = CheckpointManager(directory / "ckpt", keep_last=3, every_seconds=every_seconds, pinned=(best_name,),
-                                    **({} if clock is None else {"clock": clock}))
-    options: dict[str, Any] = {"loggers": [JSONLinesLogger(directory / "metrics.jsonl")], "progress": False,
-                               "log_every": 2, "config": {"name": "tiny"}, **kwargs}
+        selector = {
+            "stopper": lambda: EarlyStopper(patience=patience, min_epochs=min_epochs),
+            "running_average": RunningAverage,
+            "best": lambda: None,
+        }[selector]()
+    checkpoints = CheckpointManager(
+        directory / "ckpt",
+        keep_last=3,
+        every_seconds=every_seconds,
+        pinned=(best_name,),
+        **({} if clock is None else {"clock": clock}),
+    )
+    options: dict[str, Any] = {
+        "loggers": [JSONLinesLogger(directory / "metrics.jsonl")],
+        "progress": False,
+        "log_every": 2,
+        "config": {"name": "tiny"},
+        **kwargs,
+    }
     return Trainer(
-        model, optimizer, loss_fn or LabelSmoothedNLLLoss(0.03),
+        model,
+        optimizer,
+        loss_fn or LabelSmoothedNLLLoss(0.03),
         TensorBatches(make_data(96, 1), 16, shuffle=True, seed=3, transform=to_batch),
         TensorBatches(make_data(40, 2), 16, shuffle=False, transform=to_batch),
-        test_loader=TensorBatches(make_data(40, 4), 16, shuffle=False, transform=to_batch), epochs=epochs,
+        test_loader=TensorBatches(make_data(40, 4), 16, shuffle=False, transform=to_batch),
+        epochs=epochs,
         schedule=WarmupCosineSchedule(3e-2, 1, epochs, 1e-4),
-        amp=AMPStep(optimizer, precision, max_grad_norm=0.8, device_type="cpu"), selector=selector,
-        checkpoints=checkpoints, best_name=best_name, **options,
+        amp=AMPStep(optimizer, precision, max_grad_norm=0.8, device_type="cpu"),
+        selector=selector,
+        checkpoints=checkpoints,
+        best_name=best_name,
+        **options,
     )
 
 
-def poisoned(is_bad: Callable[[int], bool], factor: float = float("nan")) -> Callable[..., torch.Tensor]:
+def poisoned(
+    is_bad: Callable[[int], bool], factor: float = float("nan")
+) -> Callable[..., torch.Tensor]:
     """The label-smoothed loss, multiplied by ``factor`` on the training steps n (1-based) where
     ``is_bad(n)``: NaN/inf for non-finite losses, a huge finite factor for fp16 overflow."""
     criterion = LabelSmoothedNLLLoss(0.03)

@@ -64,12 +64,24 @@ def check(pages: list[str]) -> tuple[int, str]:
             return 0, "no runnable snippets"
         CACHE.mkdir(parents=True, exist_ok=True)
         command = [
-            sys.executable, "-m", "mypy", "--strict", "--untyped-calls-exclude=torch",
-            "--follow-imports=silent", "--no-error-summary", "--cache-dir", str(CACHE),
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--untyped-calls-exclude=torch",
+            "--follow-imports=silent",
+            "--no-error-summary",
+            "--cache-dir",
+            str(CACHE),
             *sorted(str(directory / name) for name in where),
         ]
-        done = subprocess.run(command, capture_output=True, text=True, cwd=tmp,
-                              env={**os.environ, "MYPYPATH": str(ROOT / "src")})
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            cwd=tmp,
+            env={**os.environ, "MYPYPATH": str(ROOT / "src")},
+        )
         lines = []
         errors = 0
         for raw in (done.stdout + done.stderr).splitlines():

@@ -66,7 +66,9 @@ def scenario(function: Scenario) -> Scenario:
 
 
 @contextmanager
-def expect_raises(kind: type[BaseException] | tuple[type[BaseException], ...], match: str = "") -> Iterator[None]:
+def expect_raises(
+    kind: type[BaseException] | tuple[type[BaseException], ...], match: str = ""
+) -> Iterator[None]:
     """The block must raise ``kind`` with a message matching ``match`` (a regex)."""
     try:
         yield
@@ -208,7 +210,12 @@ def losses_label_smoothed_out_of_range_refused(tmp: Path) -> None:
 @scenario
 def losses_label_smoothed_all_ignored_is_zero(tmp: Path) -> None:
     """LabelSmoothedNLLLoss with every target ignored is 0, not NaN."""
-    assert LabelSmoothedNLLLoss()(torch.randn(3, 4).log_softmax(-1), torch.zeros(3, dtype=torch.long)).item() == 0.0
+    assert (
+        LabelSmoothedNLLLoss()(
+            torch.randn(3, 4).log_softmax(-1), torch.zeros(3, dtype=torch.long)
+        ).item()
+        == 0.0
+    )
 
 
 @scenario
@@ -235,7 +242,9 @@ def losses_label_smoothed_from_logits(tmp: Path) -> None:
     """LabelSmoothedNLLLoss(from_logits=True) equals CrossEntropyLoss on logits."""
     logits, targets = 3 * torch.randn(8, 6), torch.randint(0, 6, (8,))
     ours = LabelSmoothedNLLLoss(from_logits=True)(logits, targets)
-    assert torch.allclose(ours, nn.CrossEntropyLoss(ignore_index=0, label_smoothing=0.03)(logits, targets), atol=1e-6)
+    assert torch.allclose(
+        ours, nn.CrossEntropyLoss(ignore_index=0, label_smoothing=0.03)(logits, targets), atol=1e-6
+    )
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -307,8 +316,13 @@ class _Config:
 
 def _unsafe_values() -> dict[str, Any]:
     values: dict[str, Any] = {
-        "Path": Path("/data"), "dataclass": _Config(), "Namespace": argparse.Namespace(lr=0.1),
-        "nn.Module": nn.Linear(2, 2), "function": len, "lambda": lambda: 0, "frozenset": frozenset({1}),
+        "Path": Path("/data"),
+        "dataclass": _Config(),
+        "Namespace": argparse.Namespace(lr=0.1),
+        "nn.Module": nn.Linear(2, 2),
+        "function": len,
+        "lambda": lambda: 0,
+        "frozenset": frozenset({1}),
     }
     try:
         import numpy as np
@@ -329,7 +343,9 @@ def _make_unsafe_scenario(label: str) -> Scenario:
         assert os.listdir(tmp) == ["last.pt"] and manager.load("last.pt")["step"] == 1
 
     check.__name__ = f"ckpt_unsafe_{label.replace('.', '_').lower()}_refused_before_writing"
-    check.__doc__ = f"save() refuses a {label} (its own safe load would), naming the key, before writing."
+    check.__doc__ = (
+        f"save() refuses a {label} (its own safe load would), naming the key, before writing."
+    )
     return check
 
 
@@ -391,8 +407,12 @@ def ckpt_keep_last_zero_state_refused(tmp: Path) -> None:
 def ckpt_bad_state_types_refused(tmp: Path) -> None:
     """load_state_dict refuses a str keep_last, a bool, a missing key and a non-mapping."""
     manager = CheckpointManager(tmp)
-    for bad in ({**manager.state_dict(), "keep_last": "3"}, {**manager.state_dict(), "keep_last": True},
-                {"keep_last": 3}, [("keep_last", 3)]):
+    for bad in (
+        {**manager.state_dict(), "keep_last": "3"},
+        {**manager.state_dict(), "keep_last": True},
+        {"keep_last": 3},
+        [("keep_last", 3)],
+    ):
         with expect_raises(ValueError):
             manager.load_state_dict(bad)  # type: ignore[arg-type]
 
@@ -476,7 +496,9 @@ def ckpt_fake_enospc(tmp: Path) -> None:
     """ENOSPC during a save: 'No space left on device' with the path; the old file intact."""
     manager = CheckpointManager(tmp)
     manager.save("last.pt", _state(1))
-    with _patched(torch, "save", _writer_failing_with(OSError(errno.ENOSPC, "No space left on device"))):
+    with _patched(
+        torch, "save", _writer_failing_with(OSError(errno.ENOSPC, "No space left on device"))
+    ):
         with expect_raises(CheckpointError, r"last\.pt: No space left on device"):
             manager.save("last.pt", _state(2))
     assert os.listdir(tmp) == ["last.pt"] and manager.load("last.pt")["step"] == 1
@@ -487,7 +509,10 @@ def ckpt_unexpected_pos_on_full_disk(tmp: Path) -> None:
     """torch's 'unexpected pos' writer error on a full disk says 'No space left on device'."""
     error = RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 4032")
     full = shutil._ntuple_diskusage(10**9, 10**9, 0)  # type: ignore[attr-defined]
-    with _patched(torch, "save", _writer_failing_with(error)), _patched(shutil, "disk_usage", lambda p: full):
+    with (
+        _patched(torch, "save", _writer_failing_with(error)),
+        _patched(shutil, "disk_usage", lambda p: full),
+    ):
         with expect_raises(CheckpointError, "No space left on device"):
             CheckpointManager(tmp).save("last.pt", _state(1))
     assert os.listdir(tmp) == []
@@ -504,7 +529,9 @@ def ckpt_raw_pickle_one_warning(tmp: Path) -> None:
         warnings.simplefilter("always")
         found = manager.load_latest()
     assert found is not None and found[0].name == "step-1.pt"
-    assert len(caught) == 1 and "last.pt" in str(caught[0].message), [str(w.message) for w in caught]
+    assert len(caught) == 1 and "last.pt" in str(caught[0].message), [
+        str(w.message) for w in caught
+    ]
 
 
 class _Evil:
@@ -627,9 +654,13 @@ def amp_state_of_other_precision_refused(tmp: Path) -> None:
     """An AMPStep state of another precision or accumulation is refused."""
     optimizer = _amp_model()[1]
     with expect_raises(ValueError, "precision"):
-        AMPStep(optimizer, "fp32").load_state_dict(AMPStep(optimizer, "fp16", device_type="cpu").state_dict())
+        AMPStep(optimizer, "fp32").load_state_dict(
+            AMPStep(optimizer, "fp16", device_type="cpu").state_dict()
+        )
     with expect_raises(ValueError, "accumulation_steps"):
-        AMPStep(optimizer, "fp32").load_state_dict(AMPStep(optimizer, "fp32", accumulation_steps=2).state_dict())
+        AMPStep(optimizer, "fp32").load_state_dict(
+            AMPStep(optimizer, "fp32", accumulation_steps=2).state_dict()
+        )
 
 
 # ----------------------------------------------------------------------------- stopping and optimizers

@@ -19,7 +19,9 @@ def _model() -> nn.Module:
 
 def _batches(n: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(32, 8, generator=g), torch.randint(0, 4, (32,), generator=g)) for _ in range(n)]
+    return [
+        (torch.randn(32, 8, generator=g), torch.randint(0, 4, (32,), generator=g)) for _ in range(n)
+    ]
 
 
 def _params(model: nn.Module) -> list[torch.Tensor]:
@@ -33,7 +35,9 @@ def test_fp32_equals_seed_non_amp_branch_bit_for_bit(opt_name):
 
     def make_opt(m):
         if opt_name == "adamw":
-            return torch.optim.AdamW(m.parameters(), lr=1e-2, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.015)
+            return torch.optim.AdamW(
+                m.parameters(), lr=1e-2, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.015
+            )
         return torch.optim.Adagrad(m.parameters(), lr=0.15, initial_accumulator_value=0.1)
 
     ref_opt, opt = make_opt(ref_model), make_opt(model)
@@ -75,7 +79,9 @@ def test_fp32_without_clipping_equals_plain_step():
 
     ref_opt.zero_grad()
     nn.functional.cross_entropy(ref_model(x), y).backward()
-    want_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in ref_model.parameters()]))
+    want_norm = torch.linalg.vector_norm(
+        torch.stack([p.grad.norm() for p in ref_model.parameters()])
+    )
     ref_opt.step()
 
     with amp.autocast():
@@ -230,7 +236,9 @@ def test_state_dict_round_trip_carries_the_scaler():
     state = torch.load(buf, weights_only=True)
 
     model2 = _model()
-    amp2 = AMPStep(torch.optim.SGD(model2.parameters(), lr=0.1), precision="fp16", device_type="cpu")
+    amp2 = AMPStep(
+        torch.optim.SGD(model2.parameters(), lr=0.1), precision="fp16", device_type="cpu"
+    )
     assert amp2.scaler.get_scale() != scale
     amp2.load_state_dict(state)
     assert amp2.scaler.get_scale() == scale
@@ -250,7 +258,9 @@ def test_fp32_state_dict_round_trip():
 # --------------------------------------------------------------------------- misuse refused or explained
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA"
+)
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_cuda_precision_without_cuda_is_refused_at_construction(precision):
     optimizer = torch.optim.SGD(_model().parameters(), lr=0.1)
@@ -264,7 +274,9 @@ def test_loss_backward_called_first_is_explained():
     x, y = _batches(1)[0]
     loss = nn.functional.cross_entropy(model(x), y)
     loss.backward()  # the user's own backward, then amp.step(loss) runs another
-    with pytest.raises(RuntimeError, match=r"did you call loss.backward\(\) before amp.step\(loss\)"):
+    with pytest.raises(
+        RuntimeError, match=r"did you call loss.backward\(\) before amp.step\(loss\)"
+    ):
         amp.step(loss)
 
 
@@ -276,14 +288,20 @@ def test_accumulation_equals_one_step_on_the_whole_batch(precision):
     x, y = torch.cat([b[0] for b in _batches(4)]), torch.cat([b[1] for b in _batches(4)])
     whole, parts = _model(), _model()
     amp_whole = AMPStep(torch.optim.SGD(whole.parameters(), lr=0.5), precision, device_type="cpu")
-    amp_parts = AMPStep(torch.optim.SGD(parts.parameters(), lr=0.5), precision, device_type="cpu",
-                        accumulation_steps=4)
+    amp_parts = AMPStep(
+        torch.optim.SGD(parts.parameters(), lr=0.5),
+        precision,
+        device_type="cpu",
+        accumulation_steps=4,
+    )
     with amp_whole.autocast():
         info_whole = amp_whole.step(nn.functional.cross_entropy(whole(x).float(), y))
     stepped = []
     for i in range(4):  # four micro-batches of 32, each loss a mean over its own batch
         with amp_parts.autocast():
-            loss = nn.functional.cross_entropy(parts(x[32 * i : 32 * (i + 1)]).float(), y[32 * i : 32 * (i + 1)])
+            loss = nn.functional.cross_entropy(
+                parts(x[32 * i : 32 * (i + 1)]).float(), y[32 * i : 32 * (i + 1)]
+            )
         info = amp_parts.step(loss)
         stepped.append(info.stepped)
         if not info.stepped:
@@ -298,13 +316,23 @@ def test_accumulation_equals_one_step_on_the_whole_batch(precision):
 
 def test_manual_backward_then_optimizer_step_equals_step():
     automatic, manual = _model(), _model()
-    amp_auto = AMPStep(torch.optim.SGD(automatic.parameters(), lr=0.5), "fp32", max_grad_norm=0.5,
-                       accumulation_steps=2)
-    amp_manual = AMPStep(torch.optim.SGD(manual.parameters(), lr=0.5), "fp32", max_grad_norm=0.5,
-                         accumulation_steps=2)
+    amp_auto = AMPStep(
+        torch.optim.SGD(automatic.parameters(), lr=0.5),
+        "fp32",
+        max_grad_norm=0.5,
+        accumulation_steps=2,
+    )
+    amp_manual = AMPStep(
+        torch.optim.SGD(manual.parameters(), lr=0.5),
+        "fp32",
+        max_grad_norm=0.5,
+        accumulation_steps=2,
+    )
     for x, y in _batches(4):
         amp_auto.step(nn.functional.cross_entropy(automatic(x), y))
-        amp_manual.backward(nn.functional.cross_entropy(manual(x), y))  # like Lightning's manual_backward
+        amp_manual.backward(
+            nn.functional.cross_entropy(manual(x), y)
+        )  # like Lightning's manual_backward
         if amp_manual.micro_step == 2:
             assert amp_manual.optimizer_step().stepped
     for a, b in zip(automatic.parameters(), manual.parameters()):
@@ -313,7 +341,9 @@ def test_manual_backward_then_optimizer_step_equals_step():
 
 def test_accumulation_position_is_in_the_state_dict():
     model = _model()
-    amp = AMPStep(torch.optim.SGD(model.parameters(), lr=0.1), "fp16", device_type="cpu", accumulation_steps=3)
+    amp = AMPStep(
+        torch.optim.SGD(model.parameters(), lr=0.1), "fp16", device_type="cpu", accumulation_steps=3
+    )
     x, y = _batches(1)[0]
     with amp.autocast():
         amp.step(nn.functional.cross_entropy(model(x).float(), y))
@@ -322,11 +352,15 @@ def test_accumulation_position_is_in_the_state_dict():
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)
     assert state["micro_step"] == 1 and state["accumulation_steps"] == 3
-    restored = AMPStep(torch.optim.SGD(model.parameters(), lr=0.1), "fp16", device_type="cpu", accumulation_steps=3)
+    restored = AMPStep(
+        torch.optim.SGD(model.parameters(), lr=0.1), "fp16", device_type="cpu", accumulation_steps=3
+    )
     restored.load_state_dict(state)
     assert restored.micro_step == 1
     with pytest.raises(ValueError, match="accumulation_steps"):
-        AMPStep(torch.optim.SGD(model.parameters(), lr=0.1), "fp16", device_type="cpu").load_state_dict(state)
+        AMPStep(
+            torch.optim.SGD(model.parameters(), lr=0.1), "fp16", device_type="cpu"
+        ).load_state_dict(state)
     with pytest.raises(ValueError, match="'scaler'"):
         restored.load_state_dict({"precision": "fp16", "max_grad_norm": None})
 

@@ -10,7 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from trainkit import CapturedEval, CapturedStep, LabelSmoothedNLLLoss, RankingMetrics, TensorBatches, WarmupCosineSchedule
+from trainkit import (
+    CapturedEval,
+    CapturedStep,
+    LabelSmoothedNLLLoss,
+    RankingMetrics,
+    TensorBatches,
+    WarmupCosineSchedule,
+)
 from trainkit.amp import AMPStep
 from trainkit.captured import CaptureError, _StaticInputs, make_capturable
 
@@ -40,8 +47,11 @@ def forward(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.devi
 
 def tensors(n: int = 40, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"x": torch.randint(1, V, (n, L), generator=g), "f": torch.randn(n, generator=g),
-            "y": torch.randint(1, V, (n,), generator=g)}
+    return {
+        "x": torch.randint(1, V, (n, L), generator=g),
+        "f": torch.randn(n, generator=g),
+        "y": torch.randint(1, V, (n,), generator=g),
+    }
 
 
 def setup(device: str = "cpu", dropout: float = 0.0, **opt):
@@ -72,8 +82,13 @@ def test_why_not_names_the_reason() -> None:
     else:
         cuda_model, cuda_opt = setup("cuda")
         assert CapturedStep.why_not(cuda_model, cuda_opt, loader=padded) is None
-        assert "last batch is short (8 of 16)" in CapturedStep.why_not(cuda_model, cuda_opt, loader=short)
-    for reason in (CapturedStep.why_not(model, sgd), CapturedStep.why_not(model, adamw, precision="fp16")):
+        assert "last batch is short (8 of 16)" in CapturedStep.why_not(
+            cuda_model, cuda_opt, loader=short
+        )
+    for reason in (
+        CapturedStep.why_not(model, sgd),
+        CapturedStep.why_not(model, adamw, precision="fp16"),
+    ):
         assert "\n" not in reason
 
 
@@ -92,8 +107,12 @@ def test_capture_refused_leaves_optimizer_untouched() -> None:
 def test_bad_arguments_raise_value_error() -> None:
     model, optimizer = setup()
     batch = next(iter(TensorBatches(tensors(), B)))
-    for kwargs, match in (({"precision": "fp8"}, "precision"), ({"max_grad_norm": 0.0}, "max_grad_norm"),
-                          ({"nonfinite": "ignore"}, "nonfinite"), ({"warmup_steps": 0}, "warmup_steps")):
+    for kwargs, match in (
+        ({"precision": "fp8"}, "precision"),
+        ({"max_grad_norm": 0.0}, "max_grad_norm"),
+        ({"nonfinite": "ignore"}, "nonfinite"),
+        ({"warmup_steps": 0}, "warmup_steps"),
+    ):
         with pytest.raises(ValueError, match=match):
             CapturedStep(model, optimizer, LOSS, forward, batch, capture=False, **kwargs)
 
@@ -110,7 +129,16 @@ def test_eager_twin_equals_ampstep_and_sums_match() -> None:
         losses.append(loss.item())
         norms.append(amp.step(loss).grad_norm.item())
     model_b, opt_b = setup()
-    step = CapturedStep(model_b, opt_b, LOSS, forward, batches[0], precision="fp32", max_grad_norm=0.5, capture=False)
+    step = CapturedStep(
+        model_b,
+        opt_b,
+        LOSS,
+        forward,
+        batches[0],
+        precision="fp32",
+        max_grad_norm=0.5,
+        capture=False,
+    )
     for batch in batches:
         step.run(batch)
     for a, b in zip(model_a.parameters(), model_b.parameters()):
@@ -130,7 +158,9 @@ def test_nonfinite_step_is_recorded_and_fused_skips_it() -> None:
     bad["f"][0] = float("nan")
     for fused in (False, True):
         model, optimizer = setup(fused=True) if fused else setup()
-        step = CapturedStep(model, optimizer, LOSS, forward, batches[0], precision="fp32", capture=False)
+        step = CapturedStep(
+            model, optimizer, LOSS, forward, batches[0], precision="fp32", capture=False
+        )
         step.run(batches[0])
         before = [p.detach().clone() for p in model.parameters()]
         step.run(bad)
@@ -151,12 +181,23 @@ def test_nonfinite_step_is_recorded_and_fused_skips_it() -> None:
 def test_static_padding_changes_no_update() -> None:
     data = tensors(20)
     short = list(TensorBatches(data, 8, shuffle=False))[-1]
-    padded = list(TensorBatches(data, 8, shuffle=False, pad_to_full_batch=True, pad_values={"y": 0}))[-1]
+    padded = list(
+        TensorBatches(data, 8, shuffle=False, pad_to_full_batch=True, pad_values={"y": 0})
+    )[-1]
     assert short["y"].shape[0] == 4 and padded["y"].shape[0] == 8 and (padded["y"][4:] == 0).all()
     results = []
     for batch in (short, padded):
         model, optimizer = setup()
-        step = CapturedStep(model, optimizer, LOSS, forward, batch, precision="fp32", max_grad_norm=1.0, capture=False)
+        step = CapturedStep(
+            model,
+            optimizer,
+            LOSS,
+            forward,
+            batch,
+            precision="fp32",
+            max_grad_norm=1.0,
+            capture=False,
+        )
         step.run(batch)
         results.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*results):
@@ -178,7 +219,11 @@ def test_schedule_apply_fills_a_tensor_lr_in_place() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, foreach=False)
     schedule = WarmupCosineSchedule(1e-3, warmup=2, total=10, min_lr=1e-5)
     value = schedule.apply(optimizer, 3.25)
-    assert optimizer.param_groups[0]["lr"] is lr and lr.item() == pytest.approx(value) and value == schedule(3.25)
+    assert (
+        optimizer.param_groups[0]["lr"] is lr
+        and lr.item() == pytest.approx(value)
+        and value == schedule(3.25)
+    )
     plain = torch.optim.AdamW(model.parameters(), lr=0.5)
     schedule.apply(plain, 3.25)
     assert plain.param_groups[0]["lr"] == schedule(3.25)
@@ -190,16 +235,26 @@ def test_make_capturable_converts_in_place() -> None:
     optimizer.step()
     make_capturable(optimizer, torch.device("cpu"))
     group = optimizer.param_groups[0]
-    assert group["capturable"] and isinstance(group["lr"], torch.Tensor) and group["lr"].item() == pytest.approx(1e-2)
+    assert (
+        group["capturable"]
+        and isinstance(group["lr"], torch.Tensor)
+        and group["lr"].item() == pytest.approx(1e-2)
+    )
     with pytest.raises(ValueError, match="SGD"):
         make_capturable(torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"))
     adagrad = torch.optim.Adagrad(model.parameters(), lr=0.15, initial_accumulator_value=0.1)
     make_capturable(adagrad, torch.device("cpu"))
     group = adagrad.param_groups[0]
-    assert "capturable" not in group and isinstance(group["lr"], torch.Tensor) and group["lr"].item() == pytest.approx(0.15)
+    assert (
+        "capturable" not in group
+        and isinstance(group["lr"], torch.Tensor)
+        and group["lr"].item() == pytest.approx(0.15)
+    )
 
 
-@pytest.mark.parametrize("options", [{}, {"lr_decay": 0.01, "weight_decay": 0.02}, {"maximize": True}])
+@pytest.mark.parametrize(
+    "options", [{}, {"lr_decay": 0.01, "weight_decay": 0.02}, {"maximize": True}]
+)
 def test_eager_twin_with_adagrad_is_bit_identical_to_torch_adagrad(options: dict) -> None:
     """The original recipe's optimizer through the step's own update (adagrad_step, LR as a tensor)."""
     batches = list(TensorBatches(tensors(), B, seed=1))
@@ -207,11 +262,23 @@ def test_eager_twin_with_adagrad_is_bit_identical_to_torch_adagrad(options: dict
     for use_step in (False, True):
         torch.manual_seed(0)
         model = Tiny()
-        optimizer = torch.optim.Adagrad(model.parameters(), lr=0.15, initial_accumulator_value=0.1, **options)
+        optimizer = torch.optim.Adagrad(
+            model.parameters(), lr=0.15, initial_accumulator_value=0.1, **options
+        )
         if use_step:
-            step = CapturedStep(model, optimizer, LOSS, forward, batches[0], precision="fp32", max_grad_norm=2.0,
-                                capture=False)
-            make_capturable(optimizer, torch.device("cpu"))  # what capture does: the LR becomes a tensor
+            step = CapturedStep(
+                model,
+                optimizer,
+                LOSS,
+                forward,
+                batches[0],
+                precision="fp32",
+                max_grad_norm=2.0,
+                capture=False,
+            )
+            make_capturable(
+                optimizer, torch.device("cpu")
+            )  # what capture does: the LR becomes a tensor
             for batch in batches:
                 step.run(batch)
             assert step.pop_nonfinite() == (0, None, len(batches))
@@ -221,15 +288,30 @@ def test_eager_twin_with_adagrad_is_bit_identical_to_torch_adagrad(options: dict
                 amp.step(LOSS(*forward(model, batch, torch.device("cpu"))))
         weights.append([p.detach().clone() for p in model.parameters()])
         assert optimizer.state[model.out.weight]["step"].item() == len(batches)
-    for a, b in zip(*weights):  # with lr_decay, torch computes the decayed LR in float64 from a float LR
-        assert torch.equal(a, b) if "lr_decay" not in options else torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    for a, b in zip(
+        *weights
+    ):  # with lr_decay, torch computes the decayed LR in float64 from a float LR
+        assert (
+            torch.equal(a, b)
+            if "lr_decay" not in options
+            else torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+        )
 
 
 def test_eager_eval_matches_manual_evaluation() -> None:
     model, _ = setup()
-    loader = TensorBatches(tensors(30), 8, shuffle=False, pad_to_full_batch=True, pad_values={"y": 0})
-    ev = CapturedEval(model, forward, LOSS, next(iter(loader)), metrics=RankingMetrics(V), precision="fp32",
-                      capture=False)
+    loader = TensorBatches(
+        tensors(30), 8, shuffle=False, pad_to_full_batch=True, pad_values={"y": 0}
+    )
+    ev = CapturedEval(
+        model,
+        forward,
+        LOSS,
+        next(iter(loader)),
+        metrics=RankingMetrics(V),
+        precision="fp32",
+        capture=False,
+    )
     result = ev.evaluate(loader)
     metrics, loss_sum, count, losses = RankingMetrics(V), 0.0, 0, []
     with torch.no_grad():
@@ -243,22 +325,36 @@ def test_eager_eval_matches_manual_evaluation() -> None:
     expected = metrics.compute()
     assert result["count"] == 30 == count
     assert result["loss"] == pytest.approx(loss_sum / count, rel=1e-6)
-    assert result["acc@1"] == pytest.approx(expected["acc@1"]) and result["mrr"] == pytest.approx(expected["mrr"])
+    assert result["acc@1"] == pytest.approx(expected["acc@1"]) and result["mrr"] == pytest.approx(
+        expected["mrr"]
+    )
     assert ev.batch_losses() == pytest.approx(losses, rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- CUDA
 def cuda_loader(n: int = 64, seed: int = 0) -> TensorBatches:
-    return TensorBatches(tensors(n, seed), B, seed=seed, device="cuda", pad_to_full_batch=True, pad_values={"y": 0})
+    return TensorBatches(
+        tensors(n, seed), B, seed=seed, device="cuda", pad_to_full_batch=True, pad_values={"y": 0}
+    )
 
 
-def train_twice(build: Any, loader: TensorBatches, **step_options: Any) -> list[tuple[CapturedStep, nn.Module, Any]]:
+def train_twice(
+    build: Any, loader: TensorBatches, **step_options: Any
+) -> list[tuple[CapturedStep, nn.Module, Any]]:
     """Two epochs of the same seeded model and optimizer (``build()``): the eager twin, then captured."""
     runs = []
     for capture in (False, True):
         model, optimizer = build()
-        step = CapturedStep(model, optimizer, LOSS, forward, next(iter(loader)), precision="fp32", capture=capture,
-                            **step_options)
+        step = CapturedStep(
+            model,
+            optimizer,
+            LOSS,
+            forward,
+            next(iter(loader)),
+            precision="fp32",
+            capture=capture,
+            **step_options,
+        )
         for epoch in range(2):
             loader.set_epoch(epoch)
             for batch in loader:
@@ -282,7 +378,9 @@ def test_captured_step_matches_its_eager_twin() -> None:
 def test_eager_batches_between_replays_match_the_eager_twin() -> None:
     """A short batch runs eagerly between replays: no gradient leaks from one path into the other."""
     loader = TensorBatches(tensors(44), B, seed=1, device="cuda")  # 5 full batches and a short one
-    (eager, _, _), (captured, _, _) = train_twice(lambda: setup("cuda", fused=True), loader, max_grad_norm=0.5)
+    (eager, _, _), (captured, _, _) = train_twice(
+        lambda: setup("cuda", fused=True), loader, max_grad_norm=0.5
+    )
     assert (eager.eager_steps, captured.eager_steps) == (0, 2)
 
 
@@ -291,11 +389,17 @@ def test_adagrad_is_captured_and_matches_its_eager_twin() -> None:
     def build() -> tuple[nn.Module, torch.optim.Optimizer]:
         torch.manual_seed(0)
         model = Tiny().cuda()
-        return model, torch.optim.Adagrad(model.parameters(), lr=0.15, initial_accumulator_value=0.1)
+        return model, torch.optim.Adagrad(
+            model.parameters(), lr=0.15, initial_accumulator_value=0.1
+        )
 
     runs = train_twice(build, cuda_loader(), max_grad_norm=2.0)
     for (step, model, optimizer), capture in zip(runs, (False, True)):
-        assert step.captured == capture and step.eager_steps == 0 and step.pop_nonfinite() == (0, None, 16)
+        assert (
+            step.captured == capture
+            and step.eager_steps == 0
+            and step.pop_nonfinite() == (0, None, 16)
+        )
         assert optimizer.state[model.out.weight]["step"].item() == 16  # warm-up left no trace
 
 
@@ -306,7 +410,9 @@ def test_dropout_is_fresh_on_every_replay_and_lr_tensor_is_read() -> None:
     model, optimizer = setup("cuda", dropout=0.5, fused=True)
     step = CapturedStep(model, optimizer, LOSS, forward, batch, precision="bf16")
     step.set_lr(0.0)
-    optimizer.param_groups[0]["weight_decay"] = 0.0  # baked in at capture: lr 0 still means no change
+    optimizer.param_groups[0]["weight_decay"] = (
+        0.0  # baked in at capture: lr 0 still means no change
+    )
     weights = [p.detach().clone() for p in model.parameters()]
     losses = []
     for _ in range(3):
@@ -314,7 +420,9 @@ def test_dropout_is_fresh_on_every_replay_and_lr_tensor_is_read() -> None:
         step.run(batch)
         losses.append(step.sums[0].item())
     assert len(set(losses)) == 3  # a new dropout mask each replay
-    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))  # lr 0 read from the tensor
+    assert all(
+        torch.equal(a, b) for a, b in zip(weights, model.parameters())
+    )  # lr 0 read from the tensor
     WarmupCosineSchedule(1e-2, warmup=0, total=10).apply(optimizer, 0)
     step.run(batch)
     assert not all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
@@ -334,11 +442,17 @@ def test_a_failed_capture_leaves_eager_steps_and_new_captures_working() -> None:
         float(loss)  # a host sync: fine eagerly, invalid under capture
         return loss
 
-    step, reason = CapturedStep.try_create(model, optimizer, syncing_loss, forward, batch, precision="bf16")
+    step, reason = CapturedStep.try_create(
+        model, optimizer, syncing_loss, forward, batch, precision="bf16"
+    )
     assert step is None and reason is not None and reason.startswith("capture failed"), reason
     assert torch.cuda.current_stream() == torch.cuda.default_stream()
-    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))  # the warm-up was undone
-    eager = CapturedStep(model, optimizer, syncing_loss, forward, batch, precision="bf16", capture=False)
+    assert all(
+        torch.equal(a, b) for a, b in zip(weights, model.parameters())
+    )  # the warm-up was undone
+    eager = CapturedStep(
+        model, optimizer, syncing_loss, forward, batch, precision="bf16", capture=False
+    )
     for each in loader:
         eager.run(each)
     assert eager.pop_nonfinite() == (0, None, 8)
@@ -349,7 +463,9 @@ def test_a_failed_capture_leaves_eager_steps_and_new_captures_working() -> None:
         captured.reset_sums()
         captured.run(batch)
         losses.append(captured.sums[0].item())
-    assert all(map(math.isfinite, losses)) and losses[0] != losses[1]  # fresh dropout in each replay
+    assert (
+        all(map(math.isfinite, losses)) and losses[0] != losses[1]
+    )  # fresh dropout in each replay
 
 
 @needs_cuda
@@ -357,7 +473,9 @@ def test_nonfinite_under_capture_is_skipped_and_located() -> None:
     loader = cuda_loader()
     batches = list(loader)
     model, optimizer = setup("cuda", fused=True)
-    step = CapturedStep(model, optimizer, LOSS, forward, batches[0], precision="bf16", nonfinite="skip")
+    step = CapturedStep(
+        model, optimizer, LOSS, forward, batches[0], precision="bf16", nonfinite="skip"
+    )
     step.run(batches[0])
     bad = {k: v.clone() for k, v in batches[1].items()}
     bad["f"][3] = float("inf") * 0
@@ -372,7 +490,9 @@ def test_nonfinite_under_capture_is_skipped_and_located() -> None:
 def test_fp16_is_captured_with_a_fused_optimizer() -> None:
     loader = cuda_loader()
     model, optimizer = setup("cuda", fused=True)
-    step = CapturedStep(model, optimizer, LOSS, forward, next(iter(loader)), precision="fp16", max_grad_norm=1.0)
+    step = CapturedStep(
+        model, optimizer, LOSS, forward, next(iter(loader)), precision="fp16", max_grad_norm=1.0
+    )
     for batch in loader:
         step.run(batch)
     loss_sum, _, overflow, finite = step.sums.tolist()
@@ -394,7 +514,9 @@ def test_resume_continues_from_the_restored_optimizer_state() -> None:
         step.run(batch)
     uninterrupted = [p.detach().clone() for p in model.parameters()]
 
-    def load() -> dict:  # one load per optimizer: load_state_dict adopts the loaded tensors themselves
+    def load() -> (
+        dict
+    ):  # one load per optimizer: load_state_dict adopts the loaded tensors themselves
         buffer.seek(0)
         return torch.load(buffer, weights_only=True)
 
@@ -424,7 +546,9 @@ def test_adagrad_state_loaded_after_capture_continues_the_run() -> None:
     cuda = torch.device("cuda")
     torch.manual_seed(0)
     model = Tiny().cuda()
-    foreach = torch.optim.Adagrad(model.parameters(), lr=0.15, initial_accumulator_value=0.1, foreach=True)
+    foreach = torch.optim.Adagrad(
+        model.parameters(), lr=0.15, initial_accumulator_value=0.1, foreach=True
+    )
     amp = AMPStep(foreach, precision="fp32", max_grad_norm=2.0)
     buffer = io.BytesIO()
     for index, batch in enumerate(batches):
@@ -435,11 +559,15 @@ def test_adagrad_state_loaded_after_capture_continues_the_run() -> None:
     torch.manual_seed(1)
     resumed = Tiny().cuda()
     captured = torch.optim.Adagrad(resumed.parameters(), lr=0.15, initial_accumulator_value=0.1)
-    step = CapturedStep(resumed, captured, LOSS, forward, batches[0], precision="fp32", max_grad_norm=2.0)
+    step = CapturedStep(
+        resumed, captured, LOSS, forward, batches[0], precision="fp32", max_grad_norm=2.0
+    )
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
     resumed.load_state_dict(saved["model"])
-    captured.load_state_dict(saved["optimizer"])  # an eager run's state: CPU step counters, float LR
+    captured.load_state_dict(
+        saved["optimizer"]
+    )  # an eager run's state: CPU step counters, float LR
     for batch in batches[4:]:
         step.run(batch)
     for a, b in zip(uninterrupted, resumed.parameters()):
@@ -451,12 +579,21 @@ def test_adagrad_state_loaded_after_capture_continues_the_run() -> None:
 
 @needs_cuda
 def test_captured_eval_matches_eager_eval() -> None:
-    loader = TensorBatches(tensors(30), 8, shuffle=False, device="cuda", pad_to_full_batch=True, pad_values={"y": 0})
+    loader = TensorBatches(
+        tensors(30), 8, shuffle=False, device="cuda", pad_to_full_batch=True, pad_values={"y": 0}
+    )
     model, _ = setup("cuda", dropout=0.3)
     results = []
     for capture in (False, True):
-        ev = CapturedEval(model, forward, LOSS, next(iter(loader)), metrics=RankingMetrics(V, device="cuda"),
-                          precision="fp32", capture=capture)
+        ev = CapturedEval(
+            model,
+            forward,
+            LOSS,
+            next(iter(loader)),
+            metrics=RankingMetrics(V, device="cuda"),
+            precision="fp32",
+            capture=capture,
+        )
         results.append((ev.evaluate(loader), ev.batch_losses()))
         assert ev.eager_batches == 0
     (eager, eager_losses), (captured, captured_losses) = results
@@ -489,19 +626,33 @@ def test_ddp_reasons_and_the_step_around_the_wrapped_module(one_rank_group) -> N
 
     batches = list(TensorBatches(tensors(), B, seed=1))
     model, optimizer = setup()
-    assert "over gloo: the gradient all-reduce in the graph needs NCCL" in CapturedStep.why_not(DDP(model), optimizer)
+    assert "over gloo: the gradient all-reduce in the graph needs NCCL" in CapturedStep.why_not(
+        DDP(model), optimizer
+    )
     unused = DDP(model, find_unused_parameters=True)
     assert "find_unused_parameters=True" in CapturedStep.why_not(unused, optimizer)
     parts = [torch.arange(6.0).view(2, 3), torch.ones(4)]
     _all_reduce_mean(parts, None)  # one rank: the mean is the tensor itself, reshaped back in place
-    assert torch.equal(parts[0], torch.arange(6.0).view(2, 3)) and torch.equal(parts[1], torch.ones(4))
+    assert torch.equal(parts[0], torch.arange(6.0).view(2, 3)) and torch.equal(
+        parts[1], torch.ones(4)
+    )
     weights = []
     for wrap in (False, True):
         model, optimizer = setup()
-        model.register_buffer("counter", torch.zeros(1))  # broadcast from rank 0 each step, as DDP's forward does
+        model.register_buffer(
+            "counter", torch.zeros(1)
+        )  # broadcast from rank 0 each step, as DDP's forward does
         stepped = DDP(model) if wrap else model
-        step = CapturedStep(stepped, optimizer, LOSS, forward, batches[0], precision="fp32", max_grad_norm=0.5,
-                            capture=False)
+        step = CapturedStep(
+            stepped,
+            optimizer,
+            LOSS,
+            forward,
+            batches[0],
+            precision="fp32",
+            max_grad_norm=0.5,
+            capture=False,
+        )
         assert len(step._broadcast) == wrap
         for batch in batches:
             step.run(batch)

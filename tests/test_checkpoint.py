@@ -77,7 +77,9 @@ def test_no_temp_files_left_after_saves(tmp_path):
         mgr.save("last.pt", _state(k))
         mgr.save(f"step-{k:04d}.pt", _state(k))
     mgr.save("best.pt", _state(9))
-    assert sorted(os.listdir(tmp_path)) == ["best.pt", "last.pt"] + [f"step-{k:04d}.pt" for k in range(4)]
+    assert sorted(os.listdir(tmp_path)) == ["best.pt", "last.pt"] + [
+        f"step-{k:04d}.pt" for k in range(4)
+    ]
 
 
 def test_missing_file_raises(tmp_path):
@@ -285,7 +287,10 @@ def test_sigkill_mid_save_leaves_a_consistent_file(tmp_path, rep):
     script.write_text(_CHILD)
     env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(ckpt_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        [sys.executable, str(script), str(ckpt_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 120)
@@ -343,7 +348,9 @@ def test_kill_before_rename_keeps_old_file_and_next_save_removes_the_temp(tmp_pa
     script = tmp_path / "child.py"
     script.write_text(_CHILD_DIES_BEFORE_RENAME)
     env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, str(script), str(ckpt_dir)], env=env, capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(ckpt_dir)], env=env, capture_output=True, timeout=120
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
 
     names = os.listdir(ckpt_dir)
@@ -364,7 +371,9 @@ def test_kill_before_rename_keeps_old_file_and_next_save_removes_the_temp(tmp_pa
 # --------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("kwargs, name", [(dict(keep_last=0), "keep_last"), (dict(every_seconds=0), "every_seconds")])
+@pytest.mark.parametrize(
+    "kwargs, name", [(dict(keep_last=0), "keep_last"), (dict(every_seconds=0), "every_seconds")]
+)
 def test_invalid_arguments(tmp_path, kwargs, name):
     with pytest.raises(ValueError, match=name):
         CheckpointManager(tmp_path, **kwargs)
@@ -424,12 +433,16 @@ def _unsafe_values() -> list[tuple[str, object, str]]:
     ]
 
 
-@pytest.mark.parametrize("index", range(5), ids=["path", "dataclass", "namespace", "numpy", "module"])
+@pytest.mark.parametrize(
+    "index", range(5), ids=["path", "dataclass", "namespace", "numpy", "module"]
+)
 def test_save_refuses_what_its_own_safe_load_would_refuse_before_writing(tmp_path, index):
     label, value, type_name = _unsafe_values()[index]
     mgr = CheckpointManager(tmp_path)
     mgr.save("last.pt", _state(1))
-    with pytest.raises(ValueError, match=rf"state\['config'\]\['deep'\]\[1\]: .*{type_name}.*weights_only"):
+    with pytest.raises(
+        ValueError, match=rf"state\['config'\]\['deep'\]\[1\]: .*{type_name}.*weights_only"
+    ):
         mgr.save("last.pt", {"step": 2, "config": {"deep": [0, value]}})
     assert os.listdir(tmp_path) == ["last.pt"]  # nothing written, no temp file
     assert mgr.load("last.pt")["step"] == 1
@@ -457,12 +470,37 @@ def test_the_save_check_agrees_with_torch_load_weights_only():
     from trainkit.checkpoint import _refused_entry
 
     values = [
-        None, True, 3, 2.5, 1 + 2j, "s", b"b", bytearray(b"x"), [1, (2, 3)], {1, 2}, {"a": {"b": [1]}},
-        OrderedDict(a=1), Counter("aab"), torch.Size([2, 3]), torch.device("cpu"), torch.float16,
-        torch.strided, torch.zeros(2), torch.nn.Parameter(torch.ones(1)), torch.nn.Linear(2, 2).state_dict(),
-        torch.optim.AdamW(torch.nn.Linear(2, 2).parameters()).state_dict(), torch.get_rng_state(),
-        Path("p"), Config(), argparse.Namespace(a=1), torch.nn.Linear(2, 2), frozenset({1}),
-        defaultdict(int), Pair(1, 2), range(3), slice(1, 2),
+        None,
+        True,
+        3,
+        2.5,
+        1 + 2j,
+        "s",
+        b"b",
+        bytearray(b"x"),
+        [1, (2, 3)],
+        {1, 2},
+        {"a": {"b": [1]}},
+        OrderedDict(a=1),
+        Counter("aab"),
+        torch.Size([2, 3]),
+        torch.device("cpu"),
+        torch.float16,
+        torch.strided,
+        torch.zeros(2),
+        torch.nn.Parameter(torch.ones(1)),
+        torch.nn.Linear(2, 2).state_dict(),
+        torch.optim.AdamW(torch.nn.Linear(2, 2).parameters()).state_dict(),
+        torch.get_rng_state(),
+        Path("p"),
+        Config(),
+        argparse.Namespace(a=1),
+        torch.nn.Linear(2, 2),
+        frozenset({1}),
+        defaultdict(int),
+        Pair(1, 2),
+        range(3),
+        slice(1, 2),
     ]
     for value in values:
         refused = _refused_entry({"v": value}, "state", (), set()) is not None
@@ -490,14 +528,24 @@ def test_rotation_deletes_only_files_the_manager_owns(tmp_path):
     mgr = CheckpointManager(tmp_path, keep_last=2)
     for k in range(1, 4):
         mgr.save(f"epoch-{k:04d}.pt", _state(k))
-    assert sorted(os.listdir(tmp_path)) == ["epoch-0002.pt", "epoch-0003.pt", "pretrained_embeddings.pt", "resnet-50.pt"]
-    assert [p.name for p in mgr.checkpoints()] == ["epoch-0003.pt", "epoch-0002.pt"]  # user files not listed
+    assert sorted(os.listdir(tmp_path)) == [
+        "epoch-0002.pt",
+        "epoch-0003.pt",
+        "pretrained_embeddings.pt",
+        "resnet-50.pt",
+    ]
+    assert [p.name for p in mgr.checkpoints()] == [
+        "epoch-0003.pt",
+        "epoch-0002.pt",
+    ]  # user files not listed
 
 
 def test_rotation_after_a_restart_recognises_its_prefixes_and_restored_names(tmp_path):
     first = CheckpointManager(tmp_path, keep_last=2)
     first.save("epoch-0001.pt", _state(1))
-    first.save("snapshot-a.pt", _state(1))  # a name without a number: rotating because save() wrote it
+    first.save(
+        "snapshot-a.pt", _state(1)
+    )  # a name without a number: rotating because save() wrote it
     state = first.state_dict()
     # a new process: epoch-0001.pt is recognised by its prefix, snapshot-a.pt only via state_dict
     second = CheckpointManager(tmp_path, keep_last=2)
@@ -521,9 +569,17 @@ def test_custom_rotating_prefixes(tmp_path):
 
 @pytest.mark.parametrize(
     "change",
-    [{"keep_last": 0}, {"keep_last": "3"}, {"keep_last": True}, {"every_seconds": -1.0},
-     {"seconds_since_save": "x"}, {"saved": ["../x.pt"]}, {"best_mode": "avg"}, {"keep_best": -1},
-     {"best": [["best-1.pt", 1.0]] * 5}],
+    [
+        {"keep_last": 0},
+        {"keep_last": "3"},
+        {"keep_last": True},
+        {"every_seconds": -1.0},
+        {"seconds_since_save": "x"},
+        {"saved": ["../x.pt"]},
+        {"best_mode": "avg"},
+        {"keep_best": -1},
+        {"best": [["best-1.pt", 1.0]] * 5},
+    ],
 )
 def test_load_state_dict_refuses_bad_values_and_changes_nothing(tmp_path, change):
     mgr = CheckpointManager(tmp_path, keep_last=2, keep_best=2)
@@ -532,7 +588,8 @@ def test_load_state_dict_refuses_bad_values_and_changes_nothing(tmp_path, change
         mgr.load_state_dict({**before, **change})
     after = mgr.state_dict()
     assert {k: v for k, v in after.items() if k != "seconds_since_save"} == {
-        k: v for k, v in before.items() if k != "seconds_since_save"}
+        k: v for k, v in before.items() if k != "seconds_since_save"
+    }
 
 
 def test_load_state_dict_names_missing_keys(tmp_path):
@@ -568,8 +625,18 @@ def test_keep_best_min_keeps_the_k_lowest_and_deletes_the_rest(tmp_path):
     mgr = CheckpointManager(tmp_path, keep_last=1, keep_best=2, best_mode="min")
     values = [3.0, 1.0, 2.0, float("nan"), 0.5, 2.0]
     kept = [mgr.save_best(f"best-epoch-{e}.pt", _state(e), v) for e, v in enumerate(values)]
-    assert [p is not None for p in kept] == [True, True, True, False, True, False]  # NaN and a tie: not kept
-    assert [(p.name, v) for p, v in mgr.best_checkpoints()] == [("best-epoch-4.pt", 0.5), ("best-epoch-1.pt", 1.0)]
+    assert [p is not None for p in kept] == [
+        True,
+        True,
+        True,
+        False,
+        True,
+        False,
+    ]  # NaN and a tie: not kept
+    assert [(p.name, v) for p, v in mgr.best_checkpoints()] == [
+        ("best-epoch-4.pt", 0.5),
+        ("best-epoch-1.pt", 1.0),
+    ]
     for e in range(3):
         mgr.save(f"epoch-{e}.pt", _state(e))  # rotation (keep_last=1) never touches k-best files
     assert sorted(os.listdir(tmp_path)) == ["best-epoch-1.pt", "best-epoch-4.pt", "epoch-2.pt"]
@@ -628,10 +695,17 @@ def _failing_torch_save(error: BaseException):
 def test_disk_full_inside_torch_save_says_no_space_left(tmp_path, monkeypatch):
     mgr = CheckpointManager(tmp_path)
     mgr.save("last.pt", _state(1))
-    torch_error = RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 4032")
+    torch_error = RuntimeError(
+        "[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 4032"
+    )
     monkeypatch.setattr(torch, "save", _failing_torch_save(torch_error))
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 512, 512))
-    with pytest.raises(CheckpointError, match=r"could not save checkpoint .*last\.pt: No space left on device \(0\.0 MiB free\)"):
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 512, 512)
+    )
+    with pytest.raises(
+        CheckpointError,
+        match=r"could not save checkpoint .*last\.pt: No space left on device \(0\.0 MiB free\)",
+    ):
         mgr.save("last.pt", {"w": torch.zeros(1 << 18)})
     assert os.listdir(tmp_path) == ["last.pt"]
     monkeypatch.undo()
@@ -639,17 +713,25 @@ def test_disk_full_inside_torch_save_says_no_space_left(tmp_path, monkeypatch):
 
 
 def test_a_writer_failure_with_free_space_is_not_called_disk_full(tmp_path, monkeypatch):
-    torch_error = RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 4032")
+    torch_error = RuntimeError(
+        "[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 4032"
+    )
     monkeypatch.setattr(torch, "save", _failing_torch_save(torch_error))
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**9, 10**11))
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**9, 10**11)
+    )
     with pytest.raises(CheckpointError, match="could not save checkpoint") as caught:
         CheckpointManager(tmp_path).save("last.pt", _state(1))
     assert "No space" not in str(caught.value) and "unexpected pos" in str(caught.value)
 
 
 def test_enospc_from_the_os_says_no_space_left(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch, "save", _failing_torch_save(OSError(errno.ENOSPC, "No space left on device")))
-    with pytest.raises(CheckpointError, match=r"could not save checkpoint .*step-1\.pt: No space left on device"):
+    monkeypatch.setattr(
+        torch, "save", _failing_torch_save(OSError(errno.ENOSPC, "No space left on device"))
+    )
+    with pytest.raises(
+        CheckpointError, match=r"could not save checkpoint .*step-1\.pt: No space left on device"
+    ):
         CheckpointManager(tmp_path).save("step-1.pt", _state(1))
 
 

@@ -31,7 +31,9 @@ RESULT_KEYS = ("acc@1", "acc@5", "acc@10", "mrr", "ndcg", "f1", "loss", "acc@1_s
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +58,29 @@ def test_two_epoch_run_writes_the_run_directory(smoke_run: Path) -> None:
     assert all(n > 0 for n in results["num_samples"].values())
     assert results["num_locations"] > 2
     assert {"seed", "best_epoch", "wall_time_s"} <= set(results)
-    assert set(results["timings"]) == {"imports", "data", "device_init", "capture", "train", "eval", "final_eval",
-                                       "total_wall"}
+    assert set(results["timings"]) == {
+        "imports",
+        "data",
+        "device_init",
+        "capture",
+        "train",
+        "eval",
+        "final_eval",
+        "total_wall",
+    }
     assert all(isinstance(v, float) and v >= 0 for v in results["timings"].values())
-    assert results["timings"]["total_wall"] >= results["timings"]["train"] + results["timings"]["eval"]
+    assert (
+        results["timings"]["total_wall"] >= results["timings"]["train"] + results["timings"]["eval"]
+    )
     assert (smoke_run / "checkpoints" / "best.pt").is_file()
     assert (smoke_run / "checkpoints" / "last.pt").is_file()
     assert len((smoke_run / "metrics.jsonl").read_text().splitlines()) == 2
     config = json.loads((smoke_run / "config.json").read_text())
     assert config["recipe"] == "proposed" and config["training"]["epochs"] == 2
     assert config["training"]["warmup"] == 0 and config["training"]["capture"] is True
-    assert not (smoke_run.parent / ".cache").exists()  # the split cache lives in the user cache directory
+    assert not (
+        smoke_run.parent / ".cache"
+    ).exists()  # the split cache lives in the user cache directory
     assert list(Path(os.environ["TRAINKIT_CACHE_DIR"]).glob("geolife-*.npz"))
     log = (smoke_run / "train.log").read_text()
     assert "reduced to 0" in log  # warmup 5 does not fit 2 epochs
@@ -88,7 +102,9 @@ def test_resume_of_a_finished_run_continues_to_more_epochs(smoke_run: Path) -> N
 
 def one_line_error(code: int, err: str) -> str:
     assert code == 2, err
-    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert (
+        err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    ), err
     return err
 
 
@@ -100,10 +116,15 @@ def one_line_error(code: int, err: str) -> str:
         (["--seed", str(10**400)], "--seed must be a 64-bit integer, got 1000"),
         (["--data", "/nonexistent/staypoints.csv"], "staypoint file not found"),
         (["--resume", "/nonexistent/run"], "no config.json"),
-        (["--recipe", "compare", "--seeds", "two"], "--seeds must be a count or a comma-separated list"),
+        (
+            ["--recipe", "compare", "--seeds", "two"],
+            "--seeds must be a count or a comma-separated list",
+        ),
     ],
 )
-def test_bad_input_gives_one_line_error(args: list[str], message: str, tmp_path: Path, capsys) -> None:
+def test_bad_input_gives_one_line_error(
+    args: list[str], message: str, tmp_path: Path, capsys
+) -> None:
     code = pointer_v45.main([*args, "--out", str(tmp_path / "runs"), "--device", "cpu"])
     assert message in one_line_error(code, capsys.readouterr().err)
     assert not (tmp_path / "runs").exists()  # refused before the run directory was made
@@ -113,27 +134,51 @@ def test_bad_input_gives_one_line_error(args: list[str], message: str, tmp_path:
     "yaml_text, message",
     [
         ("training:\n  learning_rate: 0.001\n", "unknown key training.learning_rate"),
-        ("training:\n  warmup_epochs: 3\n", "unknown key training.warmup_epochs (did you mean 'warmup'?)"),
+        (
+            "training:\n  warmup_epochs: 3\n",
+            "unknown key training.warmup_epochs (did you mean 'warmup'?)",
+        ),
         ("trainng:\n  lr: 0.001\n", "unknown section 'trainng' (did you mean 'training'?)"),
         ("training:\n  compile: 'no'\n", "training.compile must be true or false, got 'no'"),
-        ("training:\n  per_step_schedule: 'no'\n", "training.per_step_schedule must be true or false, got 'no'"),
+        (
+            "training:\n  per_step_schedule: 'no'\n",
+            "training.per_step_schedule must be true or false, got 'no'",
+        ),
         ("training:\n  lr: .nan\n", "training.lr must be a finite number, got nan"),
         ("model:\n  num_layers: 1.0\n", "model.num_layers must be a 64-bit integer, got 1.0"),
-        ("model:\n  d_model: 100000000\n", "model.d_model must be between 1 and 4096, got 100000000"),
+        (
+            "model:\n  d_model: 100000000\n",
+            "model.d_model must be between 1 and 4096, got 100000000",
+        ),
         ("data:\n  max_len: ten\n", "data.max_len must be a 64-bit integer or null, got 'ten'"),
         ("data:\n  path: 5\n", "data.path must be a string or null, got 5"),
-        ("data:\n  path: [a.csv, b.csv]\n", "data.path must be a string or null, got ['a.csv', 'b.csv']"),
-        ("proposed:\n  optimizer: sgd\n", "proposed.optimizer must be one of 'adagrad', 'adamw', got 'sgd'"),
+        (
+            "data:\n  path: [a.csv, b.csv]\n",
+            "data.path must be a string or null, got ['a.csv', 'b.csv']",
+        ),
+        (
+            "proposed:\n  optimizer: sgd\n",
+            "proposed.optimizer must be one of 'adagrad', 'adamw', got 'sgd'",
+        ),
         ("training: [1, 2]\n", "section 'training' must be a mapping"),
-        ("training:\n  epochs: 3\n  warmup: 5\n", "warmup must be <= total (3), got 5"),  # WarmupCosineSchedule
-        ("proposed:\n  lr: -0.001\n", "-0.001"),  # refused by the optimizer, after the run directory was made
+        (
+            "training:\n  epochs: 3\n  warmup: 5\n",
+            "warmup must be <= total (3), got 5",
+        ),  # WarmupCosineSchedule
+        (
+            "proposed:\n  lr: -0.001\n",
+            "-0.001",
+        ),  # refused by the optimizer, after the run directory was made
     ],
 )
-def test_bad_config_is_one_line_and_leaves_no_run_directory(yaml_text: str, message: str, tmp_path: Path,
-                                                            capsys) -> None:
+def test_bad_config_is_one_line_and_leaves_no_run_directory(
+    yaml_text: str, message: str, tmp_path: Path, capsys
+) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(yaml_text)
-    code = pointer_v45.main(["--config", str(config), "--out", str(tmp_path / "runs"), "--device", "cpu"])
+    code = pointer_v45.main(
+        ["--config", str(config), "--out", str(tmp_path / "runs"), "--device", "cpu"]
+    )
     assert message in one_line_error(code, capsys.readouterr().err)
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
@@ -147,10 +192,14 @@ def test_csv_missing_a_column_is_refused(tmp_path: Path, capsys) -> None:
 
 def test_non_integral_location_id_names_the_row(tmp_path: Path, capsys) -> None:
     csv = tmp_path / "bad.csv"
-    csv.write_text("id,user_id,location_id,duration,start_day,end_day,start_min,end_min,weekday\n"
-                   "0,1,5,30.0,0,0,60,90,1\n1,1,1e300,30.0,0,0,60,90,1\n")
-    err = one_line_error(pointer_v45.main(["--data", str(csv), "--out", str(tmp_path / "runs")]),
-                         capsys.readouterr().err)
+    csv.write_text(
+        "id,user_id,location_id,duration,start_day,end_day,start_min,end_min,weekday\n"
+        "0,1,5,30.0,0,0,60,90,1\n1,1,1e300,30.0,0,0,60,90,1\n"
+    )
+    err = one_line_error(
+        pointer_v45.main(["--data", str(csv), "--out", str(tmp_path / "runs")]),
+        capsys.readouterr().err,
+    )
     assert "line 3, column 'location_id': expected an integer, got '1e300'" in err
 
 
@@ -166,7 +215,9 @@ def test_yaml_config_equals_the_recipe_and_dataclass_defaults() -> None:
     assert {k: v for k, v in loaded["training"].items() if k in run_fields} == run_fields
     assert all(proposed[k] == original[k] == v for k, v in shared.items())  # for every recipe
     assert all(proposed[k] == v for k, v in loaded["proposed"].items()), loaded["proposed"]
-    assert set(shared) | set(loaded["proposed"]) | {"name"} == set(proposed)  # every field spelled out
+    assert set(shared) | set(loaded["proposed"]) | {"name"} == set(
+        proposed
+    )  # every field spelled out
     settings, chosen = pointer_v45_config.configure(loaded, {"proposed": recipes.proposed()})
     assert chosen["proposed"] == recipes.proposed() and settings == pointer_v45_config.Settings()
 
@@ -191,8 +242,19 @@ def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     for name in recipes.NAMES:
-        code = pointer_v45.main(["--config", str(config), "--recipe", name, "--out", str(out / name), "--device", "cpu",
-                                 "--no-progress"])
+        code = pointer_v45.main(
+            [
+                "--config",
+                str(config),
+                "--recipe",
+                name,
+                "--out",
+                str(out / name),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
         assert code == 0
         (runs[name],) = (out / name).iterdir()
     for handler in list(root.handlers):
@@ -209,18 +271,36 @@ def copy_run(tiny_runs: dict[str, Path], name: str, tmp_path: Path) -> Path:
     return target
 
 
-@pytest.mark.parametrize("flag, value", [("--seed", "7"), ("--recipe", "original"), ("--precision", "bf16"),
-                                         ("--data", "other.csv"), ("--config", "tiny.yaml")])
-def test_resume_refuses_a_conflicting_flag(flag: str, value: str, tiny_runs: dict[str, Path], tmp_path: Path,
-                                           capsys) -> None:
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--seed", "7"),
+        ("--recipe", "original"),
+        ("--precision", "bf16"),
+        ("--data", "other.csv"),
+        ("--config", "tiny.yaml"),
+    ],
+)
+def test_resume_refuses_a_conflicting_flag(
+    flag: str, value: str, tiny_runs: dict[str, Path], tmp_path: Path, capsys
+) -> None:
     run = copy_run(tiny_runs, "proposed", tmp_path)
-    err = one_line_error(pointer_v45.main(["--resume", str(run), flag, value, "--no-progress"]), capsys.readouterr().err)
+    err = one_line_error(
+        pointer_v45.main(["--resume", str(run), flag, value, "--no-progress"]),
+        capsys.readouterr().err,
+    )
     assert f"{flag} " in err and "conflicts with the run's" in err
-    assert pointer_v45.main(["--resume", str(run), "--seed", "42", "--recipe", "proposed", "--no-progress"]) == 0
+    assert (
+        pointer_v45.main(
+            ["--resume", str(run), "--seed", "42", "--recipe", "proposed", "--no-progress"]
+        )
+        == 0
+    )
 
 
-def test_resume_with_the_other_recipes_checkpoint_is_refused_before_loading(tiny_runs: dict[str, Path],
-                                                                           tmp_path: Path, capsys) -> None:
+def test_resume_with_the_other_recipes_checkpoint_is_refused_before_loading(
+    tiny_runs: dict[str, Path], tmp_path: Path, capsys
+) -> None:
     run = copy_run(tiny_runs, "proposed", tmp_path)
     shutil.copy(tiny_runs["original"] / "checkpoints" / "last.pt", run / "checkpoints" / "last.pt")
     out_err = capsys.readouterr()
@@ -230,30 +310,41 @@ def test_resume_with_the_other_recipes_checkpoint_is_refused_before_loading(tiny
     assert "written by another recipe" in err and "optimizer" in err
     assert "Resumed from" not in captured.out, out_err
 
-    edited = copy_run(tiny_runs, "proposed", tmp_path / "edited")  # config.json edited to the other recipe
+    edited = copy_run(
+        tiny_runs, "proposed", tmp_path / "edited"
+    )  # config.json edited to the other recipe
     config = json.loads((tiny_runs["original"] / "config.json").read_text())
     (edited / "config.json").write_text(json.dumps(config))
-    err = one_line_error(pointer_v45.main(["--resume", str(edited), "--epochs", "2", "--no-progress"]),
-                         capsys.readouterr().err)
+    err = one_line_error(
+        pointer_v45.main(["--resume", str(edited), "--epochs", "2", "--no-progress"]),
+        capsys.readouterr().err,
+    )
     assert "written by another recipe" in err
 
 
-@pytest.mark.parametrize("block, value", [("optimizer", {"state": {}, "param_groups": "x"}), ("rng", [1, 2]),
-                                          ("optimizer", None)])
-def test_resume_with_a_malformed_state_block_is_one_line(block: str, value, tiny_runs: dict[str, Path],
-                                                         tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    "block, value",
+    [("optimizer", {"state": {}, "param_groups": "x"}), ("rng", [1, 2]), ("optimizer", None)],
+)
+def test_resume_with_a_malformed_state_block_is_one_line(
+    block: str, value, tiny_runs: dict[str, Path], tmp_path: Path, capsys
+) -> None:
     run = copy_run(tiny_runs, "proposed", tmp_path)
     for name in os.listdir(run / "checkpoints"):
         if name != "best.pt":
             state = torch.load(run / "checkpoints" / name, weights_only=True)
             state[block] = value
             torch.save(state, run / "checkpoints" / name)
-    err = one_line_error(pointer_v45.main(["--resume", str(run), "--epochs", "2", "--no-progress"]),
-                         capsys.readouterr().err)
+    err = one_line_error(
+        pointer_v45.main(["--resume", str(run), "--epochs", "2", "--no-progress"]),
+        capsys.readouterr().err,
+    )
     assert block in err
 
 
-def test_resume_tolerates_malformed_steps_jsonl_lines(tiny_runs: dict[str, Path], tmp_path: Path) -> None:
+def test_resume_tolerates_malformed_steps_jsonl_lines(
+    tiny_runs: dict[str, Path], tmp_path: Path
+) -> None:
     run = copy_run(tiny_runs, "proposed", tmp_path)
     with (run / "steps.jsonl").open("a") as handle:
         handle.write('{"step": "x"}\n[1, 2]\n{"step": [3]}\n{broken\n')
@@ -261,22 +352,31 @@ def test_resume_tolerates_malformed_steps_jsonl_lines(tiny_runs: dict[str, Path]
     assert json.loads((run / "results.json").read_text())["epochs_run"] == 2
 
 
-def test_a_second_process_on_a_locked_run_directory_is_refused(tiny_runs: dict[str, Path], tmp_path: Path,
-                                                                capsys) -> None:
+def test_a_second_process_on_a_locked_run_directory_is_refused(
+    tiny_runs: dict[str, Path], tmp_path: Path, capsys
+) -> None:
     run = copy_run(tiny_runs, "proposed", tmp_path)
-    script = ("import fcntl, os, sys, time\n"
-              "f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.write(f'{os.getpid()}\\n'); f.flush()\n"
-              "print('locked', flush=True); time.sleep(60)\n")
-    holder = subprocess.Popen([sys.executable, "-c", script, str(run / ".lock")], stdout=subprocess.PIPE, text=True)
+    script = (
+        "import fcntl, os, sys, time\n"
+        "f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.write(f'{os.getpid()}\\n'); f.flush()\n"
+        "print('locked', flush=True); time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(run / ".lock")], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        err = one_line_error(pointer_v45.main(["--resume", str(run), "--epochs", "2", "--no-progress"]),
-                             capsys.readouterr().err)
+        err = one_line_error(
+            pointer_v45.main(["--resume", str(run), "--epochs", "2", "--no-progress"]),
+            capsys.readouterr().err,
+        )
         assert f"in use by process {holder.pid}" in err
     finally:
         holder.kill()
         holder.wait()
-    assert pointer_v45.main(["--resume", str(run), "--epochs", "2", "--no-progress"]) == 0  # the lock died with it
+    assert (
+        pointer_v45.main(["--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    )  # the lock died with it
     with open(run / ".lock") as handle:  # and a finished run holds no lock
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
@@ -288,14 +388,17 @@ def test_a_run_killed_before_its_config_json_is_refused_clearly(tmp_path: Path, 
     assert "no config.json" in err and "stopped before it started" in err
 
 
-def test_sweep_directory_with_a_malformed_sweep_json_is_one_line(tiny_runs: dict[str, Path], tmp_path: Path,
-                                                                  capsys) -> None:
+def test_sweep_directory_with_a_malformed_sweep_json_is_one_line(
+    tiny_runs: dict[str, Path], tmp_path: Path, capsys
+) -> None:
     pytest.importorskip("matplotlib")
     sweep = tmp_path / "pointer_v45-compare-seed42-x"
     for name in recipes.NAMES:
         shutil.copytree(tiny_runs[name], sweep / name / "seed42")
     (sweep / "sweep.json").write_text("[1, 2")
-    err = one_line_error(pointer_v45.main(["--resume", str(sweep), "--no-progress"]), capsys.readouterr().err)
+    err = one_line_error(
+        pointer_v45.main(["--resume", str(sweep), "--no-progress"]), capsys.readouterr().err
+    )
     assert "sweep.json" in err
 
 

@@ -51,8 +51,12 @@ class FakeRun:
     writes its config.json and then raises :class:`Killed`.
     """
 
-    def __init__(self, effect: Callable[[Recipe], float] = lambda r: 0.0, noise: float = 0.0,
-                 kill_at: int | None = None) -> None:
+    def __init__(
+        self,
+        effect: Callable[[Recipe], float] = lambda r: 0.0,
+        noise: float = 0.0,
+        kill_at: int | None = None,
+    ) -> None:
         self.effect, self.noise, self.kill_at = effect, noise, kill_at
         self.calls: list[tuple[Recipe, Path, bool]] = []
 
@@ -60,20 +64,35 @@ class FakeRun:
         self.calls.append((recipe, run_dir, resume))
         assert (run_dir.parent.parent / "sweep.json").is_file()  # written before any run
         run_dir.mkdir(parents=True, exist_ok=True)  # run_one makes its own run directory
-        (run_dir / "config.json").write_text(json.dumps({"recipe": recipe.name, "data": {"path": None},
-                                                         "model": {"d_model": 8}}))
+        (run_dir / "config.json").write_text(
+            json.dumps({"recipe": recipe.name, "data": {"path": None}, "model": {"d_model": 8}})
+        )
         if self.kill_at == len(self.calls):
             raise Killed(str(run_dir))
         shared = np.random.default_rng(recipe.seed).normal(0.0, 1.0)
         own = np.random.default_rng([recipe.seed, len(run_dir.parent.name)]).normal(0.0, 1.0)
         acc = 50.0 + shared + self.effect(recipe) + self.noise * own
         best = 1 + recipe.seed % recipe.epochs
-        epochs = [{"epoch": e, "lr": recipe.lr, "train_loss": 3.0 / e, "val_loss": 2.5 / e + 0.01 * recipe.seed,
-                   "val_acc@1": acc - 5 + e} for e in range(1, recipe.epochs + 1)]
+        epochs = [
+            {
+                "epoch": e,
+                "lr": recipe.lr,
+                "train_loss": 3.0 / e,
+                "val_loss": 2.5 / e + 0.01 * recipe.seed,
+                "val_acc@1": acc - 5 + e,
+            }
+            for e in range(1, recipe.epochs + 1)
+        ]
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in epochs))
-        results = {"recipe": recipe.name, "seed": recipe.seed, "best_epoch": best, "wall_time_s": 10.0 + recipe.seed,
-                   "test": {"acc@1": acc, "acc@5": acc + 30, "mrr": acc + 12, "acc@1_seen": acc + 2},
-                   "data": "synthetic", "device": "cpu"}
+        results = {
+            "recipe": recipe.name,
+            "seed": recipe.seed,
+            "best_epoch": best,
+            "wall_time_s": 10.0 + recipe.seed,
+            "test": {"acc@1": acc, "acc@5": acc + 30, "mrr": acc + 12, "acc@1_seen": acc + 2},
+            "data": "synthetic",
+            "device": "cpu",
+        }
         (run_dir / "results.json").write_text(json.dumps(results))
         return results
 
@@ -104,7 +123,10 @@ def test_compare_runs_both_recipes_with_the_same_seeds_seed_by_seed(tmp_path: Pa
     report = compare.run_compare(base(), tmp_path, SEEDS[:3], fake)
     assert report == tmp_path / "report.md" and report.is_file()
     assert [(r.name, r.seed, d, resume) for r, d, resume in fake.calls] == [
-        (name, seed, tmp_path / name / f"seed{seed}", False) for seed in SEEDS[:3] for name in ("original", "proposed")]
+        (name, seed, tmp_path / name / f"seed{seed}", False)
+        for seed in SEEDS[:3]
+        for name in ("original", "proposed")
+    ]
     assert all(r.epochs == 4 for r, _, _ in fake.calls)
     spec = json.loads((tmp_path / "sweep.json").read_text())
     assert spec["kind"] == "compare" and spec["seeds"] == SEEDS[:3]
@@ -116,20 +138,31 @@ def test_progress_is_one_line_per_run_started_and_finished(tmp_path: Path) -> No
     compare.run_compare(base(), tmp_path, [7, 8], FakeRun())
     lines = (tmp_path / "sweep.log").read_text().splitlines()
     assert lines[0] == "run 1/4: original seed 7 started"
-    assert lines[1] == f"run 1/4: original seed 7 finished: test Acc@1 {acc_of(tmp_path, 'original', 7):.2f}, 17.0 s"
+    assert (
+        lines[1]
+        == f"run 1/4: original seed 7 finished: test Acc@1 {acc_of(tmp_path, 'original', 7):.2f}, 17.0 s"
+    )
     assert lines[6] == "run 4/4: proposed seed 8 started"
     assert lines[-1] == f"report: {tmp_path / 'report.md'}"
 
 
 def test_report_numbers_are_the_paired_statistics_of_the_runs(tmp_path: Path) -> None:
-    compare.run_compare(base(), tmp_path, SEEDS, FakeRun(effect=lambda r: 0.3 * (r.optimizer == "adamw"), noise=0.4))
+    compare.run_compare(
+        base(), tmp_path, SEEDS, FakeRun(effect=lambda r: 0.3 * (r.optimizer == "adamw"), noise=0.4)
+    )
     rows = report_rows((tmp_path / "report.md").read_text())
     a = [acc_of(tmp_path, "original", s) for s in SEEDS]
     b = [acc_of(tmp_path, "proposed", s) for s in SEEDS]
     diff = stats.paired_difference(a, b, rng_seed=0)
     assert diff.t is not None and diff.bootstrap is not None
-    assert rows["test Acc@1"] == [stats.summarize(a).text(), stats.summarize(b).text(), f"{diff.mean:+.2f} ± {diff.sd:.2f}",
-                                  diff.t.text(), diff.bootstrap.text(), diff.verdict]
+    assert rows["test Acc@1"] == [
+        stats.summarize(a).text(),
+        stats.summarize(b).text(),
+        f"{diff.mean:+.2f} ± {diff.sd:.2f}",
+        diff.t.text(),
+        diff.bootstrap.text(),
+        diff.verdict,
+    ]
     for i, seed in enumerate(SEEDS):
         assert rows[str(seed)][:3] == [f"{a[i]:.2f}", f"{b[i]:.2f}", f"{b[i] - a[i]:+.2f}"]
     report = (tmp_path / "report.md").read_text()
@@ -138,11 +171,17 @@ def test_report_numbers_are_the_paired_statistics_of_the_runs(tmp_path: Path) ->
 
 
 def test_a_clear_difference_is_reported_as_one_and_none_as_none(tmp_path: Path) -> None:
-    compare.run_compare(base(), tmp_path / "clear", SEEDS, FakeRun(effect=lambda r: 2.0 * (r.optimizer == "adamw"),
-                                                                   noise=0.1))
+    compare.run_compare(
+        base(),
+        tmp_path / "clear",
+        SEEDS,
+        FakeRun(effect=lambda r: 2.0 * (r.optimizer == "adamw"), noise=0.1),
+    )
     rows = report_rows((tmp_path / "clear" / "report.md").read_text())
     assert rows["test Acc@1"][-1] == "differs"
-    compare.run_compare(base(), tmp_path / "none", SEEDS, FakeRun())  # the pairs are equal: every difference is 0
+    compare.run_compare(
+        base(), tmp_path / "none", SEEDS, FakeRun()
+    )  # the pairs are equal: every difference is 0
     report = (tmp_path / "none" / "report.md").read_text()
     assert report_rows(report)["test Acc@1"][-1] == "no difference detected"
     assert "- test Acc@1: no difference detected at N = 5: +0.00" in report
@@ -192,21 +231,35 @@ def test_ablation_reverts_one_group_of_fields_per_row(tmp_path: Path) -> None:
     assert by_row["base"] == proposed.replace(seed=1)
     for row, fields in compare.ABLATION_ROWS.items():
         recipe = by_row[row]
-        changed = {f.name for f in dataclasses.fields(Recipe)
-                   if getattr(recipe, f.name) != getattr(proposed, f.name) and f.name != "seed"}
+        changed = {
+            f.name
+            for f in dataclasses.fields(Recipe)
+            if getattr(recipe, f.name) != getattr(proposed, f.name) and f.name != "seed"
+        }
         assert changed == {f for f in fields if getattr(original, f) != getattr(proposed, f)}, row
         assert all(getattr(recipe, f) == getattr(original, f) for f in fields), row
     assert by_row["optimizer"].optimizer == "adagrad" and by_row["optimizer"].lr == 0.15
-    assert by_row["optimizer"].initial_accumulator_value == 0.1 and by_row["optimizer"].weight_decay is None
+    assert (
+        by_row["optimizer"].initial_accumulator_value == 0.1
+        and by_row["optimizer"].weight_decay is None
+    )
     assert by_row["schedule"].schedule == "fixed"
     assert by_row["clip"].max_grad_norm == 2.0
     assert by_row["loss"].label_smoothing == 0.0 and by_row["loss"].loss == "masked_nll"
-    assert by_row["selection"].selection == "running_average" and by_row["selection"].patience is None
+    assert (
+        by_row["selection"].selection == "running_average" and by_row["selection"].patience is None
+    )
     assert by_row["precision"].precision == "fp32" and by_row["precision"].amp is False
 
 
 def test_ablation_report_marks_the_rows_that_matter(tmp_path: Path) -> None:
-    compare.run_ablation(short(recipes.proposed()), recipes.original(), tmp_path, SEEDS, FakeRun(effect=adagrad_matters))
+    compare.run_ablation(
+        short(recipes.proposed()),
+        recipes.original(),
+        tmp_path,
+        SEEDS,
+        FakeRun(effect=adagrad_matters),
+    )
     report = (tmp_path / "report.md").read_text()
     rows = report_rows(report, "## test Acc@1: each row against `base`")
     base_acc = [acc_of(tmp_path, "base", s) for s in SEEDS]
@@ -219,31 +272,45 @@ def test_ablation_report_marks_the_rows_that_matter(tmp_path: Path) -> None:
     assert per_seed["seed"] == ["`base`", *(f"`{row}`" for row in compare.ABLATION_ROWS)]
     assert per_seed["3"][1] == f"{acc_of(tmp_path, 'optimizer', 3):.2f}"
     others = report_rows(report, "## Other metrics: difference from `base` (mean, 95% t-interval)")
-    assert others["`optimizer`"][0].startswith("-2.00 [-2.00, -2.00]")  # Acc@5 moves with Acc@1 in the fake
+    assert others["`optimizer`"][0].startswith(
+        "-2.00 [-2.00, -2.00]"
+    )  # Acc@5 moves with Acc@1 in the fake
 
 
 def test_ablation_refuses_a_row_that_changes_nothing(tmp_path: Path) -> None:
     proposed = short(recipes.proposed())
     with pytest.raises(ValueError, match="ablation row 'optimizer' changes nothing"):
-        compare.run_ablation(proposed, proposed.replace(schedule="fixed"), tmp_path, SEEDS, FakeRun())
+        compare.run_ablation(
+            proposed, proposed.replace(schedule="fixed"), tmp_path, SEEDS, FakeRun()
+        )
     assert not (tmp_path / "sweep.json").exists()
 
 
 # -------------------------------------------------------------------------------- resume
 def test_a_killed_sweep_resumes_keeps_finished_runs_and_reports_all(tmp_path: Path) -> None:
     with pytest.raises(Killed):
-        compare.run_compare(base(), tmp_path, [1, 2, 3], FakeRun(kill_at=4))  # proposed seed 2 killed mid-run
+        compare.run_compare(
+            base(), tmp_path, [1, 2, 3], FakeRun(kill_at=4)
+        )  # proposed seed 2 killed mid-run
     assert not (tmp_path / "report.md").exists()
     before = {p: p.read_text() for p in tmp_path.glob("*/seed*/results.json")}
     assert len(before) == 3
     fake = FakeRun()
     report = compare.resume_sweep(tmp_path, fake, recipe_from_dict)
     assert [(d.relative_to(tmp_path).as_posix(), resume) for _, d, resume in fake.calls] == [
-        ("proposed/seed2", True), ("original/seed3", False), ("proposed/seed3", False)]
-    assert all(p.read_text() == text for p, text in before.items())  # finished runs kept as they were
+        ("proposed/seed2", True),
+        ("original/seed3", False),
+        ("proposed/seed3", False),
+    ]
+    assert all(
+        p.read_text() == text for p, text in before.items()
+    )  # finished runs kept as they were
     assert report.is_file() and len(report_rows(report.read_text())["test Acc@1"]) == 6
     log = (tmp_path / "sweep.log").read_text()
-    assert "run 1/6: original seed 1 finished already" in log and "run 4/6: proposed seed 2 resumed" in log
+    assert (
+        "run 1/6: original seed 1 finished already" in log
+        and "run 4/6: proposed seed 2 resumed" in log
+    )
     assert "run 5/6: original seed 3 started" in log
 
 
@@ -259,7 +326,9 @@ def test_malformed_results_is_a_one_line_error_naming_the_file(tmp_path: Path) -
     compare.run_compare(base(), tmp_path, [1, 2, 3], FakeRun())
     bad = tmp_path / "proposed" / "seed2" / "results.json"
     bad.write_text('{"test": {"acc@1": 50.0')
-    (tmp_path / "original" / "seed3" / "results.json").unlink()  # a run that would otherwise be trained
+    (
+        tmp_path / "original" / "seed3" / "results.json"
+    ).unlink()  # a run that would otherwise be trained
     fake = FakeRun()
     with pytest.raises(compare.SweepError) as caught:
         compare.resume_sweep(tmp_path, fake, recipe_from_dict)
@@ -267,7 +336,9 @@ def test_malformed_results_is_a_one_line_error_naming_the_file(tmp_path: Path) -
     assert message.startswith(f"{bad}: not valid JSON") and "\n" not in message
     assert fake.calls == []  # checked before anything trains
     bad.write_text(json.dumps({"test": {"acc@1": 50.0}, "best_epoch": 2}))
-    with pytest.raises(compare.SweepError, match="missing or not a finite number: test.acc@5, test.mrr"):
+    with pytest.raises(
+        compare.SweepError, match="missing or not a finite number: test.acc@5, test.mrr"
+    ):
         compare.resume_sweep(tmp_path, fake, recipe_from_dict)
 
 
@@ -304,8 +375,21 @@ def test_cli_compare_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     config = tmp_path / "small.yaml"
     config.write_text(SMALL_CONFIG)
     out = tmp_path / "runs"
-    proc = run_cli("--recipe", "compare", "--seeds", "2", "--epochs", "2", "--config", str(config), "--out", str(out),
-                   "--device", "cpu", "--no-progress")
+    proc = run_cli(
+        "--recipe",
+        "compare",
+        "--seeds",
+        "2",
+        "--epochs",
+        "2",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (sweep,) = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert f"report: {sweep / 'report.md'}" in proc.stdout
@@ -313,7 +397,9 @@ def test_cli_compare_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     for name in recipes.NAMES:
         for seed in (42, 43):
             results = json.loads((sweep / name / f"seed{seed}" / "results.json").read_text())
-            assert results["recipe"] == name and results["seed"] == seed and results["epochs_run"] == 2
+            assert (
+                results["recipe"] == name and results["seed"] == seed and results["epochs_run"] == 2
+            )
     rows = report_rows((sweep / "report.md").read_text())
     assert rows["42"][:2] == [f"{acc_of(sweep, name, 42):.2f}" for name in recipes.NAMES]
     assert rows["test Acc@1"][-1] == "too few seeds"
@@ -321,7 +407,9 @@ def test_cli_compare_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(sweep, copy)
     (copy / "report.md").unlink()
-    (copy / "proposed" / "seed43" / "results.json").unlink()  # as if killed before its final evaluation
+    (
+        copy / "proposed" / "seed43" / "results.json"
+    ).unlink()  # as if killed before its final evaluation
     proc = run_cli("--resume", str(copy), "--no-progress")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "run 3/4: original seed 43 finished already" in proc.stdout
@@ -334,4 +422,5 @@ def test_cli_compare_two_seeds_end_to_end_and_resume(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: {copy / 'original' / 'seed42' / 'results.json'}: not valid JSON "
-        "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"]
+        "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"
+    ]

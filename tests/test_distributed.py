@@ -13,13 +13,24 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER = ROOT / "tests" / "helpers" / "ddp_driver.py"
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not __import__("torch").distributed.is_available(), reason="torch.distributed missing")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not __import__("torch").distributed.is_available(), reason="torch.distributed missing"
+    ),
+]
 
 
 def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -53,7 +64,9 @@ def test_validation_metrics_are_exact_across_ranks(tmp_path: Path) -> None:
 
 
 def test_a_failed_save_on_rank_0_ends_every_rank(tmp_path: Path) -> None:
-    proc = torchrun(str(DRIVER), str(tmp_path), "-1", "fail-save", timeout=180)  # a hang would time out
+    proc = torchrun(
+        str(DRIVER), str(tmp_path), "-1", "fail-save", timeout=180
+    )  # a hang would time out
     assert proc.returncode != 0
     assert "No space left" in proc.stderr
     assert "rank 0 could not save" in proc.stderr  # rank 1 raised too, instead of waiting
@@ -61,8 +74,17 @@ def test_a_failed_save_on_rank_0_ends_every_rank(tmp_path: Path) -> None:
 
 
 def test_example_under_torchrun_writes_one_run(tmp_path: Path) -> None:
-    proc = torchrun(str(ROOT / "examples" / "pointer_v45.py"), "--device", "cpu", "--epochs", "2",
-                    "--out", str(tmp_path), "--no-progress", timeout=600)
+    proc = torchrun(
+        str(ROOT / "examples" / "pointer_v45.py"),
+        "--device",
+        "cpu",
+        "--epochs",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(runs) == 1

@@ -29,8 +29,17 @@ from trainkit import recipes
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 NO_RUN = "no-run"
 PAGES = (
-    "schedule.md", "stopping.md", "checkpoint.md", "amp.md", "losses.md", "optim.md",
-    "recipes.md", "trainer.md", "batching.md", "metrics.md", "compare.md",
+    "schedule.md",
+    "stopping.md",
+    "checkpoint.md",
+    "amp.md",
+    "losses.md",
+    "optim.md",
+    "recipes.md",
+    "trainer.md",
+    "batching.md",
+    "metrics.md",
+    "compare.md",
 )
 _FENCE = re.compile(r"^(`{3,})\s*(\S*)\s*(.*)$")
 
@@ -68,7 +77,9 @@ def _collect() -> list:
     for path in sorted(DOCS.glob("*.md")):
         for index, (line, code, skip) in enumerate(python_blocks(path), start=1):
             marks = [pytest.mark.skip(reason=f"fenced as python {NO_RUN}")] if skip else []
-            params.append(pytest.param(path.name, line, code, marks=marks, id=f"{path.name}-{index}"))
+            params.append(
+                pytest.param(path.name, line, code, marks=marks, id=f"{path.name}-{index}")
+            )
     return params
 
 
@@ -76,7 +87,9 @@ SNIPPETS = _collect()
 
 
 @pytest.mark.parametrize(("page", "line", "code"), SNIPPETS)
-def test_snippet_runs(page: str, line: int, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_snippet_runs(
+    page: str, line: int, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": f"docs_{Path(page).stem}"}
     try:
@@ -92,7 +105,9 @@ def test_snippet_runs(page: str, line: int, code: str, tmp_path: Path, monkeypat
 def test_every_page_exists_and_has_a_runnable_snippet() -> None:
     missing = [page for page in PAGES if not (DOCS / page).is_file()]
     assert not missing, f"missing docs pages: {missing}"
-    without = [page for page in PAGES if not any(not skip for _, _, skip in python_blocks(DOCS / page))]
+    without = [
+        page for page in PAGES if not any(not skip for _, _, skip in python_blocks(DOCS / page))
+    ]
     assert not without, f"pages without a runnable python block: {without}"
 
 
@@ -131,7 +146,10 @@ def test_recipe_table_matches_recipes() -> None:
         f"unknown {sorted(set(rows) - set(fields))}"
     )
     for field, (original_cell, proposed_cell) in rows.items():
-        for cell, recipe in ((original_cell, recipes.original()), (proposed_cell, recipes.proposed())):
+        for cell, recipe in (
+            (original_cell, recipes.original()),
+            (proposed_cell, recipes.proposed()),
+        ):
             documented, actual = _literal(cell), getattr(recipe, field)
             assert documented == actual and type(documented) is type(actual), (
                 f"docs/recipes.md says {recipe.name}.{field} = {documented!r}, recipes says {actual!r}"

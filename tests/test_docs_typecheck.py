@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("mypy", reason="mypy is not installed (pip install mypy to type-check the docs' snippets)")
+pytest.importorskip(
+    "mypy", reason="mypy is not installed (pip install mypy to type-check the docs' snippets)"
+)
 
 import docs_snippets_typecheck  # noqa: E402  (tests/ is on sys.path under pytest's rootdir conftest)
 
 
 def test_every_docs_page_passes_mypy_strict() -> None:
     pages = docs_snippets_typecheck.docs_pages()
-    assert "recipes.md" in pages and len(pages) > 20     # the glob found docs/, not an empty folder
+    assert "recipes.md" in pages and len(pages) > 20  # the glob found docs/, not an empty folder
     errors, report = docs_snippets_typecheck.check(pages)
     assert errors == 0, report

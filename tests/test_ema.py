@@ -12,7 +12,9 @@ from torch import nn
 from trainkit.ema import EMA
 
 
-def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA, steps: int, start: int) -> None:
+def train_steps(
+    model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA, steps: int, start: int
+) -> None:
     """``steps`` SGD steps on data derived from the step index, then ``ema.update()`` each."""
     for i in range(start, start + steps):
         generator = torch.Generator().manual_seed(i)
@@ -34,7 +36,7 @@ def test_first_update_copies_then_average_follows_the_formula() -> None:
     model, optimizer = make()
     ema = EMA(model, decay=0.9)
     train_steps(model, optimizer, ema, 1, start=0)
-    by_hand = [p.detach().clone() for p in model.parameters()]          # the first update copies
+    by_hand = [p.detach().clone() for p in model.parameters()]  # the first update copies
     assert all(torch.equal(a, b) for a, b in zip(ema.module.module.parameters(), by_hand))
     for i in range(1, 4):
         train_steps(model, optimizer, ema, 1, start=i)
@@ -50,8 +52,8 @@ def test_buffers_are_averaged_too() -> None:
     ema = EMA(model, decay=0.5)
     train_steps(model, optimizer, ema, 5, start=0)
     bn_model, bn_ema = model[1], ema.module.module[1]
-    assert not torch.equal(bn_model.running_mean, bn_ema.running_mean)   # averaged, not copied
-    assert bn_ema.running_mean.abs().sum() > 0                            # and not left at init
+    assert not torch.equal(bn_model.running_mean, bn_ema.running_mean)  # averaged, not copied
+    assert bn_ema.running_mean.abs().sum() > 0  # and not left at init
 
 
 def test_the_average_does_not_track_gradients_and_does_not_touch_the_model() -> None:
@@ -87,10 +89,17 @@ def test_resume_is_bit_identical(before: int, after: int) -> None:
     ema_a = EMA(model_a, decay=0.95)
     train_steps(model_a, optimizer_a, ema_a, before, start=0)
     buffer = io.BytesIO()
-    torch.save({"model": model_a.state_dict(), "optimizer": optimizer_a.state_dict(), "ema": ema_a.state_dict()}, buffer)
+    torch.save(
+        {
+            "model": model_a.state_dict(),
+            "optimizer": optimizer_a.state_dict(),
+            "ema": ema_a.state_dict(),
+        },
+        buffer,
+    )
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
-    model_b, optimizer_b = make(seed=123)                 # different initial weights: all must come from the state
+    model_b, optimizer_b = make(seed=123)  # different initial weights: all must come from the state
     model_b.load_state_dict(saved["model"])
     optimizer_b.load_state_dict(saved["optimizer"])
     ema_b = EMA(model_b, decay=0.95)

@@ -19,7 +19,8 @@ try:
 except ImportError:
     HAVE_SAFETENSORS = False
 needs_safetensors = pytest.mark.skipif(
-    not HAVE_SAFETENSORS, reason="safetensors is not installed (pip install 'trainkit-pt[safetensors]')"
+    not HAVE_SAFETENSORS,
+    reason="safetensors is not installed (pip install 'trainkit-pt[safetensors]')",
 )
 
 
@@ -43,14 +44,16 @@ def test_roundtrip_of_a_model_with_tied_weights_and_buffers(tmp_path: Path) -> N
     model = Tied()
     model.norm.running_mean.add_(1.5)
     path = save_safetensors(model, tmp_path / "model.safetensors")
-    assert path == tmp_path / "model.safetensors" and [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+    assert path == tmp_path / "model.safetensors" and [p.name for p in tmp_path.iterdir()] == [
+        "model.safetensors"
+    ]
     torch.manual_seed(1)
     fresh = Tied()
     tensors = load_safetensors(path, fresh)
     assert set(tensors) == set(model.state_dict())
     for key, value in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
-    assert fresh.out.weight is fresh.embed.weight          # still tied after loading
+    assert fresh.out.weight is fresh.embed.weight  # still tied after loading
 
 
 @needs_safetensors
@@ -63,7 +66,9 @@ def test_ema_weights_and_metadata(tmp_path: Path) -> None:
     with torch.no_grad():
         model.weight.add_(1.0)
     ema.update()
-    path = save_safetensors(ema.model_state_dict(), tmp_path / "ema.safetensors", metadata={"epoch": "7"})
+    path = save_safetensors(
+        ema.model_state_dict(), tmp_path / "ema.safetensors", metadata={"epoch": "7"}
+    )
     with safe_open(str(path), framework="pt") as handle:
         assert handle.metadata() == {"format": "pt", "epoch": "7"}
     loaded = load_safetensors(path)
@@ -91,8 +96,12 @@ def test_bad_inputs_raise_naming_the_argument(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
-def test_missing_package_gives_a_one_line_install_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "safetensors", None)        # import safetensors now raises ImportError
+def test_missing_package_gives_a_one_line_install_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(
+        sys.modules, "safetensors", None
+    )  # import safetensors now raises ImportError
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)
     with pytest.raises(ImportError, match=r"pip install 'trainkit-pt\[safetensors\]'"):
         save_safetensors(nn.Linear(2, 2), tmp_path / "m.safetensors")

@@ -41,23 +41,42 @@ HEADER = "id,user_id,location_id,duration,start_day,end_day,start_min,end_min,we
 # Train locations {10, 20, 30, 40, 50, 60} -> 2, 3, 4, 5, 6, 7; num_locations = 8.
 # Users 3, 8, 9 -> 1, 2, 3; num_users = 4.
 ROWS = [
-    (0, 3, 10, 60.0, 0, 480), (1, 3, 20, 30.0, 0, 720), (2, 3, 10, 125.0, 2, 480),
-    (3, 3, 30, 5000.0, 5, 600), (4, 3, 20, 45.0, 7, 540), (5, 3, 10, 90.0, 8, 300),
-    (6, 3, 30, 29.0, 8, 900), (7, 3, 20, 10.0, 11, 600), (8, 3, 20, 10.0, 12, 600),
+    (0, 3, 10, 60.0, 0, 480),
+    (1, 3, 20, 30.0, 0, 720),
+    (2, 3, 10, 125.0, 2, 480),
+    (3, 3, 30, 5000.0, 5, 600),
+    (4, 3, 20, 45.0, 7, 540),
+    (5, 3, 10, 90.0, 8, 300),
+    (6, 3, 30, 29.0, 8, 900),
+    (7, 3, 20, 10.0, 11, 600),
+    (8, 3, 20, 10.0, 12, 600),
     (9, 3, 30, 10.0, 20, 600),
-    (10, 8, 10, 60.0, 0, 60), (11, 8, 40, 60.0, 1, 60), (12, 8, 10, 60.0, 3, 60),
-    (13, 8, 40, 60.0, 29, 60), (14, 8, 40, 60.0, 30, 60), (15, 8, 10, 60.0, 31, 60),
-    (16, 8, 99, 60.0, 33, 60), (17, 8, 40, 60.0, 37, 60), (18, 8, 10, 60.0, 39, 60),
-    (19, 8, 10, 60.0, 40, 60), (20, 8, 77, 60.0, 41, 60), (21, 8, 10, 60.0, 42, 60),
-    (22, 8, 77, 60.0, 47, 60), (23, 8, 20, 60.0, 50, 60),
-    (24, 9, 50, 60.0, 0, 60), (25, 9, 60, 60.0, 0, 600), (26, 9, 50, 60.0, 1, 60),
-    (27, 9, 60, 60.0, 2, 60), (28, 9, 50, 60.0, 2, 600),
+    (10, 8, 10, 60.0, 0, 60),
+    (11, 8, 40, 60.0, 1, 60),
+    (12, 8, 10, 60.0, 3, 60),
+    (13, 8, 40, 60.0, 29, 60),
+    (14, 8, 40, 60.0, 30, 60),
+    (15, 8, 10, 60.0, 31, 60),
+    (16, 8, 99, 60.0, 33, 60),
+    (17, 8, 40, 60.0, 37, 60),
+    (18, 8, 10, 60.0, 39, 60),
+    (19, 8, 10, 60.0, 40, 60),
+    (20, 8, 77, 60.0, 41, 60),
+    (21, 8, 10, 60.0, 42, 60),
+    (22, 8, 77, 60.0, 47, 60),
+    (23, 8, 20, 60.0, 50, 60),
+    (24, 9, 50, 60.0, 0, 60),
+    (25, 9, 60, 60.0, 0, 600),
+    (26, 9, 50, 60.0, 1, 60),
+    (27, 9, 60, 60.0, 2, 60),
+    (28, 9, 50, 60.0, 2, 600),
 ]
 
 
 def write_csv(path: Path, rows: list[tuple] = ROWS) -> Path:
     lines = [HEADER] + [
-        f"{i},{u},{loc},{dur},{day},{day},{minute},{minute},{day % 7}" for i, u, loc, dur, day, minute in rows
+        f"{i},{u},{loc},{dur},{day},{day},{minute},{minute},{day % 7}"
+        for i, u, loc, dur, day, minute in rows
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -78,7 +97,9 @@ def test_hand_derived_samples(tiny_csv: Path) -> None:
 
     tr = s.train
     np.testing.assert_array_equal(tr["x"], [[2, 3, 2, 4], [2, 4, 3, 0], [2, 4, 3, 2], [4, 3, 2, 4]])
-    np.testing.assert_array_equal(tr["diff"], [[7, 7, 5, 2], [6, 3, 1, 0], [6, 3, 1, 0], [6, 4, 3, 3]])
+    np.testing.assert_array_equal(
+        tr["diff"], [[7, 7, 5, 2], [6, 3, 1, 0], [6, 3, 1, 0], [6, 4, 3, 3]]
+    )
     np.testing.assert_array_equal(tr["len"], [4, 3, 4, 4])
     np.testing.assert_array_equal(tr["y"], [3, 2, 4, 3])
     np.testing.assert_array_equal(tr["user"], [1, 1, 1, 1])
@@ -127,13 +148,31 @@ def test_splits_to_tensors(tiny_csv: Path) -> None:
     [
         ("", "empty"),
         (HEADER + "\n", "no rows"),
-        ("id,user_id,location_id,duration,start_day,start_min\n0,1,1,1.0,0,0\n", "missing required column.*weekday"),
-        (HEADER + "\n0,1,1,10.0,0,0,480,500,1\n1,1,2,10.0,0,0,abc,500,1\n", "line 3, column 'start_min'"),
+        (
+            "id,user_id,location_id,duration,start_day,start_min\n0,1,1,1.0,0,0\n",
+            "missing required column.*weekday",
+        ),
+        (
+            HEADER + "\n0,1,1,10.0,0,0,480,500,1\n1,1,2,10.0,0,0,abc,500,1\n",
+            "line 3, column 'start_min'",
+        ),
         (HEADER + "\n0,1,1,10.0,0,0,480,500,9\n", "column 'weekday'"),
-        (HEADER + "\n0,1,1e300,10.0,0,0,480,500,1\n", "line 2, column 'location_id': expected an integer, got '1e300'"),
-        (HEADER + "\n0,1,3.5,10.0,0,0,480,500,1\n", "line 2, column 'location_id': expected an integer, got '3.5'"),
-        (HEADER + "\n0,1,3,10.0,0,0,480,500,1\n1,1.5,3,10.0,0,0,480,500,1\n", "line 3, column 'user_id': expected an integer"),
-        (HEADER + f"\n0,1,{2**63},10.0,0,0,480,500,1\n", "column 'location_id': integer .* does not fit 64 bits"),
+        (
+            HEADER + "\n0,1,1e300,10.0,0,0,480,500,1\n",
+            "line 2, column 'location_id': expected an integer, got '1e300'",
+        ),
+        (
+            HEADER + "\n0,1,3.5,10.0,0,0,480,500,1\n",
+            "line 2, column 'location_id': expected an integer, got '3.5'",
+        ),
+        (
+            HEADER + "\n0,1,3,10.0,0,0,480,500,1\n1,1.5,3,10.0,0,0,480,500,1\n",
+            "line 3, column 'user_id': expected an integer",
+        ),
+        (
+            HEADER + f"\n0,1,{2**63},10.0,0,0,480,500,1\n",
+            "column 'location_id': integer .* does not fit 64 bits",
+        ),
         (HEADER + "\n0,1,3,inf,0,0,480,500,1\n", "column 'duration': non-numeric value 'inf'"),
     ],
 )
@@ -156,7 +195,9 @@ def test_ids_beyond_2_to_the_53_stay_distinct(tmp_path: Path) -> None:
     assert s.num_locations == expected.num_locations == 8
     for name in gd.SPLITS:
         np.testing.assert_array_equal(s.split(name)["x"], expected.split(name)["x"])
-    assert gd.load_staypoints(write_csv(tmp_path / "float.csv", [(0, 1, 7, 1.0, 0, 0)]))["location_id"].tolist() == [7]
+    assert gd.load_staypoints(write_csv(tmp_path / "float.csv", [(0, 1, 7, 1.0, 0, 0)]))[
+        "location_id"
+    ].tolist() == [7]
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -166,10 +207,14 @@ def test_missing_file(tmp_path: Path) -> None:
         geolife_cache.load_or_build_splits(tmp_path / "nope.csv", tmp_path / "cache")
 
 
-def test_cache_reused_and_rebuilt(tiny_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_reused_and_rebuilt(
+    tiny_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     builds = []
     real = gd.make_samples
-    monkeypatch.setattr(geolife_cache, "make_samples", lambda *a, **k: builds.append(1) or real(*a, **k))
+    monkeypatch.setattr(
+        geolife_cache, "make_samples", lambda *a, **k: builds.append(1) or real(*a, **k)
+    )
     cache = tmp_path / "cache"
     first = geolife_cache.load_or_build_splits(tiny_csv, cache)
     second = geolife_cache.load_or_build_splits(tiny_csv, cache)
@@ -182,7 +227,9 @@ def test_cache_reused_and_rebuilt(tiny_csv: Path, tmp_path: Path, monkeypatch: p
     assert second.skipped_users == [9] and second.warnings == first.warnings
     np.testing.assert_array_equal(second.location_frequencies, first.location_frequencies)
 
-    other = geolife_cache.load_or_build_splits(tiny_csv, cache, max_len=3)  # max_len is part of the key
+    other = geolife_cache.load_or_build_splits(
+        tiny_csv, cache, max_len=3
+    )  # max_len is part of the key
     assert len(builds) == 2 and other.max_len == 3 and len(list(cache.iterdir())) == 2
 
     write_csv(tiny_csv, ROWS[:-1])  # source changed -> rebuilt under a new name
@@ -190,7 +237,11 @@ def test_cache_reused_and_rebuilt(tiny_csv: Path, tmp_path: Path, monkeypatch: p
     assert len(builds) == 3 and len(list(cache.iterdir())) == 3
     assert third.num_users == 4
 
-    (damaged,) = [p for p in cache.iterdir() if p.stat().st_mtime == max(q.stat().st_mtime for q in cache.iterdir())]
+    (damaged,) = [
+        p
+        for p in cache.iterdir()
+        if p.stat().st_mtime == max(q.stat().st_mtime for q in cache.iterdir())
+    ]
     damaged.write_bytes(b"not an npz")  # an unreadable cache file is rebuilt, not an error
     assert geolife_cache.load_or_build_splits(tiny_csv, cache).num_users == 4 and len(builds) == 4
 
@@ -207,20 +258,32 @@ def test_cache_dir_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_synthetic_deterministic(tmp_path: Path) -> None:
-    a = synthetic_data.generate_synthetic_staypoints(tmp_path / "a.csv", num_users=4, num_days=40, seed=3)
-    b = synthetic_data.generate_synthetic_staypoints(tmp_path / "b.csv", num_users=4, num_days=40, seed=3)
-    c = synthetic_data.generate_synthetic_staypoints(tmp_path / "c.csv", num_users=4, num_days=40, seed=4)
+    a = synthetic_data.generate_synthetic_staypoints(
+        tmp_path / "a.csv", num_users=4, num_days=40, seed=3
+    )
+    b = synthetic_data.generate_synthetic_staypoints(
+        tmp_path / "b.csv", num_users=4, num_days=40, seed=3
+    )
+    c = synthetic_data.generate_synthetic_staypoints(
+        tmp_path / "c.csv", num_users=4, num_days=40, seed=4
+    )
     assert a.read_bytes() == b.read_bytes() != c.read_bytes()
     s = gd.make_samples(gd.load_staypoints(a))
     assert len(s.train["y"]) > 100 and len(s.test["y"]) > 0
     with pytest.raises(ValueError, match="num_days"):
         synthetic_data.generate_synthetic_staypoints(tmp_path / "d.csv", num_days=5)
-    cached = synthetic_data.cached_synthetic_csv(tmp_path / "cache", num_users=4, num_days=40, seed=3)
-    assert cached.read_bytes() == a.read_bytes() and cached.name.startswith(synthetic_data.SYNTHETIC_VERSION)
+    cached = synthetic_data.cached_synthetic_csv(
+        tmp_path / "cache", num_users=4, num_days=40, seed=3
+    )
+    assert cached.read_bytes() == a.read_bytes() and cached.name.startswith(
+        synthetic_data.SYNTHETIC_VERSION
+    )
 
 
 def test_synthetic_default_is_small_and_learnable(tmp_path: Path) -> None:
-    s = gd.make_samples(gd.load_staypoints(synthetic_data.generate_synthetic_staypoints(tmp_path / "syn.csv")))
+    s = gd.make_samples(
+        gd.load_staypoints(synthetic_data.generate_synthetic_staypoints(tmp_path / "syn.csv"))
+    )
     assert 2000 <= len(s.train["y"]) <= 5000
     assert len(s.validation["y"]) >= 300 and len(s.test["y"]) >= 300
     assert 10.0 <= gd.most_frequent_baseline(s) <= 25.0

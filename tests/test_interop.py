@@ -25,11 +25,15 @@ from trainkit import AMPStep, CheckpointManager, WarmupCosineSchedule, build_opt
 SEED = WarmupCosineSchedule(6.5e-4, warmup=5, total=50, min_lr=1e-6)  # the seed's proposed schedule
 
 
-def make(lr: float = 1.0, groups: int = 1, seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
+def make(
+    lr: float = 1.0, groups: int = 1, seed: int = 0
+) -> tuple[nn.Module, torch.optim.Optimizer]:
     """A tiny model and an AdamW whose initial ``lr`` differs from the schedule's (it must be ignored)."""
     torch.manual_seed(seed)
     model = nn.Sequential(*[nn.Linear(3, 3) for _ in range(groups)])
-    param_groups = [{"params": layer.parameters(), "lr": lr * (i + 1)} for i, layer in enumerate(model)]
+    param_groups = [
+        {"params": layer.parameters(), "lr": lr * (i + 1)} for i, layer in enumerate(model)
+    ]
     return model, torch.optim.AdamW(param_groups, lr=lr)
 
 
@@ -56,7 +60,10 @@ def run(sched: WarmupCosineSchedule, steps_per_epoch: int | None, calls: int) ->
 
 
 def expected(sched: WarmupCosineSchedule, steps_per_epoch: int | None, calls: int) -> list[float]:
-    return [sched(k) if steps_per_epoch is None else sched(k / steps_per_epoch) for k in range(calls + 1)]
+    return [
+        sched(k) if steps_per_epoch is None else sched(k / steps_per_epoch)
+        for k in range(calls + 1)
+    ]
 
 
 # ---------------------------------------------------------------------- the whole run
@@ -67,7 +74,9 @@ def test_is_a_standard_lr_scheduler() -> None:
     scheduler = SEED.as_lr_scheduler(optimizer)
     assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler)
     assert scheduler.optimizer is optimizer
-    assert lrs(optimizer) == [SEED(0)] and scheduler.get_last_lr() == [SEED(0)]  # set at construction
+    assert lrs(optimizer) == [SEED(0)] and scheduler.get_last_lr() == [
+        SEED(0)
+    ]  # set at construction
     assert scheduler.last_epoch == 0
 
 
@@ -121,7 +130,9 @@ def test_equals_sched_for_any_schedule(
     for k in range(1, calls + 1):
         optimizer.step()  # no gradients: a no-op step, keeps torch's call-order check happy
         scheduler.step()
-        assert optimizer.param_groups[0]["lr"] == (sched(k) if steps_per_epoch is None else sched(k / steps_per_epoch))
+        assert optimizer.param_groups[0]["lr"] == (
+            sched(k) if steps_per_epoch is None else sched(k / steps_per_epoch)
+        )
 
 
 def test_step_with_an_epoch_argument_is_exact_too() -> None:
@@ -194,7 +205,9 @@ def test_state_dict_holds_plain_values_only(steps_per_epoch: int | None) -> None
 
 @pytest.mark.parametrize("steps_per_epoch", [None, 6])
 @pytest.mark.parametrize("stop_after", [2, 5, 31])  # in warmup, at the seam, in the decay
-def test_state_dict_roundtrip_mid_run_continues_identically(steps_per_epoch: int | None, stop_after: int) -> None:
+def test_state_dict_roundtrip_mid_run_continues_identically(
+    steps_per_epoch: int | None, stop_after: int
+) -> None:
     per = steps_per_epoch or 1
     calls = 55 * per
     reference = run(SEED, steps_per_epoch, calls)
@@ -205,18 +218,30 @@ def test_state_dict_roundtrip_mid_run_continues_identically(steps_per_epoch: int
         train_step(model, optimizer)
         scheduler.step()
     saved = weights_only_roundtrip(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+        }
     )
 
     # a new process: fresh model, optimizer and scheduler (torch's documented order), then load
     model2, optimizer2 = make(groups=2, seed=1)
-    scheduler2 = WarmupCosineSchedule(6.5e-4, 5, 50, 1e-6).as_lr_scheduler(optimizer2, steps_per_epoch)
+    scheduler2 = WarmupCosineSchedule(6.5e-4, 5, 50, 1e-6).as_lr_scheduler(
+        optimizer2, steps_per_epoch
+    )
     assert lrs(optimizer2) == [SEED(0), SEED(0) * 2]  # the fresh scheduler starts over ...
     model2.load_state_dict(saved["model"])
     optimizer2.load_state_dict(saved["optimizer"])
     scheduler2.load_state_dict(saved["scheduler"])
-    assert lrs(optimizer2) == [reference[stop_after * per], reference[stop_after * per] * 2]  # ... until loaded
-    assert scheduler2.last_epoch == scheduler.last_epoch and scheduler2.get_last_lr() == scheduler.get_last_lr()
+    assert lrs(optimizer2) == [
+        reference[stop_after * per],
+        reference[stop_after * per] * 2,
+    ]  # ... until loaded
+    assert (
+        scheduler2.last_epoch == scheduler.last_epoch
+        and scheduler2.get_last_lr() == scheduler.get_last_lr()
+    )
 
     resumed = [optimizer2.param_groups[0]["lr"]]
     with warnings.catch_warnings():
@@ -225,7 +250,9 @@ def test_state_dict_roundtrip_mid_run_continues_identically(steps_per_epoch: int
             train_step(model2, optimizer2)
             scheduler2.step()
             resumed.append(optimizer2.param_groups[0]["lr"])
-            assert optimizer2.param_groups[1]["lr"] == resumed[-1] * 2  # the second group keeps its ratio
+            assert (
+                optimizer2.param_groups[1]["lr"] == resumed[-1] * 2
+            )  # the second group keeps its ratio
     assert resumed == reference[stop_after * per :]
 
 
@@ -235,7 +262,9 @@ def test_loading_the_scheduler_before_the_optimizer_works_too() -> None:
     for _ in range(20):
         train_step(model, optimizer)
         scheduler.step()
-    state = weights_only_roundtrip({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+    state = weights_only_roundtrip(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    )
     _, optimizer2 = make()
     scheduler2 = SEED.as_lr_scheduler(optimizer2, steps_per_epoch=3)
     scheduler2.load_state_dict(state["scheduler"])
@@ -321,7 +350,9 @@ def _have_lightning() -> bool:
     return True
 
 
-@pytest.mark.skipif(not _have_lightning(), reason="lightning is not installed (not a trainkit dependency)")
+@pytest.mark.skipif(
+    not _have_lightning(), reason="lightning is not installed (not a trainkit dependency)"
+)
 def test_lightning_example_of_docs_interop_runs(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The page's one `python no-run` block: schedule, stopper, checkpoint manager and AMP step
     # inside a LightningModule and a Callback; it asserts the best epoch, the step count and

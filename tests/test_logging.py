@@ -16,13 +16,26 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def test_jsonl_and_csv_logs_per_epoch_and_per_step(tmp_path: Path, build_trainer) -> None:
-    loggers = [JSONLinesLogger(tmp_path / "metrics.jsonl"), JSONLinesLogger(tmp_path / "steps.jsonl", kind="step"),
-               CSVLogger(tmp_path / "metrics.csv"), CSVLogger(tmp_path / "steps.csv", kind="step")]
+    loggers = [
+        JSONLinesLogger(tmp_path / "metrics.jsonl"),
+        JSONLinesLogger(tmp_path / "steps.jsonl", kind="step"),
+        CSVLogger(tmp_path / "metrics.csv"),
+        CSVLogger(tmp_path / "steps.csv", kind="step"),
+    ]
     build_trainer(tmp_path, epochs=2, loggers=loggers).fit()
     epochs = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["epoch"] for r in epochs] == [1, 2]
-    for key in ("step", "lr", "train_loss", "val_loss", "val_acc@1", "grad_norm", "fp16_overflow_steps",
-                "nonfinite_steps", "epoch_seconds"):
+    for key in (
+        "step",
+        "lr",
+        "train_loss",
+        "val_loss",
+        "val_acc@1",
+        "grad_norm",
+        "fp16_overflow_steps",
+        "nonfinite_steps",
+        "epoch_seconds",
+    ):
         assert key in epochs[0], key
     steps = read_jsonl(tmp_path / "steps.jsonl")
     assert [r["step"] for r in steps] == [2, 4, 6, 8, 10, 12]  # log_every=2, 6 steps per epoch
@@ -34,14 +47,19 @@ def test_jsonl_and_csv_logs_per_epoch_and_per_step(tmp_path: Path, build_trainer
         assert [int(r["step"]) for r in csv.DictReader(handle)] == [2, 4, 6, 8, 10, 12]
 
 
-@pytest.mark.parametrize("make", [lambda p: JSONLinesLogger(p / "log.jsonl"), lambda p: CSVLogger(p / "log.csv")],
-                         ids=["jsonl", "csv"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda p: JSONLinesLogger(p / "log.jsonl"), lambda p: CSVLogger(p / "log.csv")],
+    ids=["jsonl", "csv"],
+)
 def test_truncate_drops_later_records_and_a_torn_line(tmp_path: Path, make) -> None:
     logger = make(tmp_path)
     for step in (6, 12, 18):
         logger.log({"epoch": step // 6, "val_loss": 1.0 / step}, step)
     path = logger.path
-    path.write_text(path.read_text() + ('{"step": 24, "epo' if path.suffix == ".jsonl" else "24,4"))  # a crash mid-write
+    path.write_text(
+        path.read_text() + ('{"step": 24, "epo' if path.suffix == ".jsonl" else "24,4")
+    )  # a crash mid-write
     logger.truncate(12)
     text = path.read_text()
     assert "18" not in text and "24" not in text and text.endswith("\n")
@@ -69,7 +87,10 @@ def test_a_logger_of_an_unknown_kind_is_refused(tmp_path: Path) -> None:
 
 def test_resume_truncates_every_logger_to_the_checkpoint(tmp_path: Path, build_trainer) -> None:
     def loggers():
-        return [JSONLinesLogger(tmp_path / "metrics.jsonl"), JSONLinesLogger(tmp_path / "steps.jsonl", kind="step")]
+        return [
+            JSONLinesLogger(tmp_path / "metrics.jsonl"),
+            JSONLinesLogger(tmp_path / "steps.jsonl", kind="step"),
+        ]
 
     build_trainer(tmp_path, epochs=3, epoch_checkpoints=True, loggers=loggers()).fit()
     second = build_trainer(tmp_path, epochs=3, epoch_checkpoints=True, loggers=loggers())
@@ -77,7 +98,11 @@ def test_resume_truncates_every_logger_to_the_checkpoint(tmp_path: Path, build_t
     assert [r["epoch"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
     assert read_jsonl(tmp_path / "steps.jsonl")[-1]["step"] == 12
     second.fit()
-    assert [r["epoch"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]  # epoch 3 once, not twice
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [
+        1,
+        2,
+        3,
+    ]  # epoch 3 once, not twice
     assert [r["step"] for r in read_jsonl(tmp_path / "steps.jsonl")] == list(range(2, 19, 2))
 
 
@@ -86,25 +111,35 @@ def test_tensorboard_scalars_use_the_jsonl_names(tmp_path: Path, build_trainer) 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     board = TensorBoardLogger(tmp_path / "tb")
-    build_trainer(tmp_path, epochs=2, loggers=[JSONLinesLogger(tmp_path / "metrics.jsonl"), board]).fit()
+    build_trainer(
+        tmp_path, epochs=2, loggers=[JSONLinesLogger(tmp_path / "metrics.jsonl"), board]
+    ).fit()
     board.close()
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
     epochs = read_jsonl(tmp_path / "metrics.jsonl")
-    numeric = {k for k, v in epochs[0].items() if isinstance(v, (int, float)) and k not in ("epoch", "step")}
+    numeric = {
+        k
+        for k, v in epochs[0].items()
+        if isinstance(v, (int, float)) and k not in ("epoch", "step")
+    }
     assert numeric <= tags
     assert {"step_train_loss", "step_lr"} <= tags
     val_loss = [e.value for e in events.Scalars("val_loss")]
     assert val_loss == pytest.approx([r["val_loss"] for r in epochs], rel=1e-6)
 
 
-def test_tensorboard_resume_hides_events_after_the_checkpoint(tmp_path: Path, build_trainer) -> None:
+def test_tensorboard_resume_hides_events_after_the_checkpoint(
+    tmp_path: Path, build_trainer
+) -> None:
     pytest.importorskip("tensorboard", reason="the optional 'tensorboard' extra is not installed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     first = TensorBoardLogger(tmp_path / "tb")
-    build_trainer(tmp_path, epochs=3, epoch_checkpoints=True, loggers=[first]).fit()  # then "die" after epoch 2
+    build_trainer(
+        tmp_path, epochs=3, epoch_checkpoints=True, loggers=[first]
+    ).fit()  # then "die" after epoch 2
     first.close()
     second = TensorBoardLogger(tmp_path / "tb")
     trainer = build_trainer(tmp_path, epochs=3, epoch_checkpoints=True, loggers=[second])
@@ -116,7 +151,9 @@ def test_tensorboard_resume_hides_events_after_the_checkpoint(tmp_path: Path, bu
     assert [e.step for e in events.Scalars("val_loss")] == [6, 12, 18]  # epoch 3 once, not twice
 
 
-def test_tensorboard_without_the_package_is_one_line_and_a_no_op(tmp_path: Path, monkeypatch, caplog) -> None:
+def test_tensorboard_without_the_package_is_one_line_and_a_no_op(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
     import builtins
 
     real_import = builtins.__import__

@@ -15,7 +15,9 @@ try:
     HAVE_MLFLOW = True
 except ImportError:
     HAVE_MLFLOW = False
-needs_mlflow = pytest.mark.skipif(not HAVE_MLFLOW, reason="mlflow is not installed (pip install 'trainkit-pt[mlflow]')")
+needs_mlflow = pytest.mark.skipif(
+    not HAVE_MLFLOW, reason="mlflow is not installed (pip install 'trainkit-pt[mlflow]')"
+)
 
 
 @pytest.fixture
@@ -29,13 +31,24 @@ def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key)]
 
 
-EPOCH = {"epoch": 1, "step": 30, "lr": 0.001, "train_loss": 2.5, "val_loss": 2.25, "val_acc@1": 0.375,
-         "improved": True, "note": "text", "epoch_seconds": 1.5}
+EPOCH = {
+    "epoch": 1,
+    "step": 30,
+    "lr": 0.001,
+    "train_loss": 2.5,
+    "val_loss": 2.25,
+    "val_acc@1": 0.375,
+    "improved": True,
+    "note": "text",
+    "epoch_seconds": 1.5,
+}
 
 
 @needs_mlflow
 def test_records_become_metrics_at_their_step(store: str) -> None:
-    logger = MLflowLogger(store, experiment="exp", run_name="run", params={"lr": 0.001, "recipe": "proposed"})
+    logger = MLflowLogger(
+        store, experiment="exp", run_name="run", params={"lr": 0.001, "recipe": "proposed"}
+    )
     logger.log(EPOCH, step=30)
     logger.log({"step": 10, "epoch": 1, "step_train_loss": 3.0, "step_lr": 0.0005}, step=10)
     logger.log({**EPOCH, "epoch": 2, "val_loss": 2.0}, step=60)
@@ -43,8 +56,15 @@ def test_records_become_metrics_at_their_step(store: str) -> None:
     run = MlflowClient(store).get_run(logger.run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "run"
     assert run.data.params == {"lr": "0.001", "recipe": "proposed"}
-    assert set(run.data.metrics) == {"lr", "train_loss", "val_loss", "val_acc_1", "epoch_seconds",
-                                     "step_train_loss", "step_lr"}
+    assert set(run.data.metrics) == {
+        "lr",
+        "train_loss",
+        "val_loss",
+        "val_acc_1",
+        "epoch_seconds",
+        "step_train_loss",
+        "step_lr",
+    }
     assert history(store, logger.run_id, "val_loss") == [(30, 2.25), (60, 2.0)]
     assert history(store, logger.run_id, "val_acc_1") == [(30, 0.375), (60, 0.375)]
     assert history(store, logger.run_id, "step_train_loss") == [(10, 3.0)]
@@ -54,15 +74,20 @@ def test_records_become_metrics_at_their_step(store: str) -> None:
 def test_resume_continues_the_same_run_and_marks_the_truncation(store: str) -> None:
     first = MLflowLogger(store, experiment="exp")
     for step in (10, 20, 30):
-        first.log({"val_loss": float(step)}, step=step)     # the run dies after logging step 30
+        first.log({"val_loss": float(step)}, step=step)  # the run dies after logging step 30
     second = MLflowLogger(store, experiment="exp", run_id=first.run_id)
-    second.truncate(20)                                      # its checkpoint was at step 20
+    second.truncate(20)  # its checkpoint was at step 20
     second.log({"val_loss": 30.5}, step=30)
     second.close()
     run = MlflowClient(store).get_run(first.run_id)
     assert run.data.tags["trainkit.resumed_at_step"] == "20"
     # MLflow cannot delete values: the interrupted run's step-30 value stays next to the new one
-    assert sorted(history(store, first.run_id, "val_loss")) == [(10, 10.0), (20, 20.0), (30, 30.0), (30, 30.5)]
+    assert sorted(history(store, first.run_id, "val_loss")) == [
+        (10, 10.0),
+        (20, 20.0),
+        (30, 30.0),
+        (30, 30.5),
+    ]
     assert len(MlflowClient(store).search_runs([run.info.experiment_id])) == 1
 
 
@@ -71,10 +96,12 @@ def test_an_existing_experiment_is_reused_and_tags_are_set(store: str) -> None:
     a = MLflowLogger(store, experiment="exp", tags={"team": "geo"})
     b = MLflowLogger(store, experiment="exp")
     client = MlflowClient(store)
-    assert client.get_run(a.run_id).info.experiment_id == client.get_run(b.run_id).info.experiment_id
+    assert (
+        client.get_run(a.run_id).info.experiment_id == client.get_run(b.run_id).info.experiment_id
+    )
     assert client.get_run(a.run_id).data.tags["team"] == "geo"
     a.close()
-    a.close()                                                # idempotent
+    a.close()  # idempotent
     with pytest.raises(ValueError, match="after close"):
         a.log({"x": 1.0}, step=1)
 
@@ -107,7 +134,11 @@ def test_missing_package_gives_a_one_line_install_hint(monkeypatch: pytest.Monke
 def test_the_docs_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from test_docs import DOCS, python_blocks
 
-    blocks = [code for _, code, skipped in python_blocks(DOCS / "loggers.md") if skipped and "MLflowLogger" in code]
+    blocks = [
+        code
+        for _, code, skipped in python_blocks(DOCS / "loggers.md")
+        if skipped and "MLflowLogger" in code
+    ]
     assert len(blocks) == 1
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")

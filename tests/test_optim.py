@@ -62,7 +62,12 @@ def test_overrides_win():
 
     opt = build_optimizer(model, "adamw", weight_decay=0.0, betas=(0.8, 0.9), eps=1e-8)
     group = opt.param_groups[0]
-    assert (group["weight_decay"], tuple(group["betas"]), group["eps"], group["lr"]) == (0.0, (0.8, 0.9), 1e-8, 3e-4)
+    assert (group["weight_decay"], tuple(group["betas"]), group["eps"], group["lr"]) == (
+        0.0,
+        (0.8, 0.9),
+        1e-8,
+        3e-4,
+    )
 
     opt = build_optimizer(model, "adagrad", lr=0.05, initial_accumulator_value=0.2)
     assert opt.param_groups[0]["lr"] == 0.05

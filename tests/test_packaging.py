@@ -15,7 +15,9 @@ import trainkit
 ROOT = Path(__file__).resolve().parent.parent
 DIST = "trainkit-pt"
 INSTALLED = os.environ.get("TRAINKIT_TEST_INSTALLED") == "1"
-installed_only = pytest.mark.skipif(not INSTALLED, reason="runs under `make test` (TRAINKIT_TEST_INSTALLED=1), against the wheel")
+installed_only = pytest.mark.skipif(
+    not INSTALLED, reason="runs under `make test` (TRAINKIT_TEST_INSTALLED=1), against the wheel"
+)
 
 
 def pyproject() -> dict:
@@ -34,7 +36,9 @@ def test_version_is_single_sourced_from_the_package() -> None:
 
 
 def test_changelog_has_unreleased_on_top_and_a_section_for_this_version() -> None:
-    headings = re.findall(r"^## \[([^\]]+)\]", (ROOT / "CHANGELOG.md").read_text(encoding="utf-8"), re.M)
+    headings = re.findall(
+        r"^## \[([^\]]+)\]", (ROOT / "CHANGELOG.md").read_text(encoding="utf-8"), re.M
+    )
     assert headings[0] == "Unreleased", headings
     assert trainkit.__version__ in headings, (trainkit.__version__, headings)
 
@@ -45,7 +49,9 @@ def test_license_and_metadata() -> None:
     assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
     assert (ROOT / "LICENSE").read_text(encoding="utf-8").startswith("MIT License")
     assert "Typing :: Typed" in project["classifiers"]
-    assert not any(c.startswith("License ::") for c in project["classifiers"])  # SPDX expression instead
+    assert not any(
+        c.startswith("License ::") for c in project["classifiers"]
+    )  # SPDX expression instead
     assert f"pip install {DIST}" in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
@@ -53,7 +59,9 @@ def test_license_and_metadata() -> None:
 def test_trainkit_is_imported_from_the_installed_wheel() -> None:
     package = Path(trainkit.__file__).resolve().parent
     assert "site-packages" in package.parts, package
-    assert not (ROOT / "src").exists(), "make test runs the suite from the unpacked sdist without src/"
+    assert not (ROOT / "src").exists(), (
+        "make test runs the suite from the unpacked sdist without src/"
+    )
     dist = metadata.distribution(DIST)
     assert dist.version == trainkit.__version__
     assert dist.metadata["License-Expression"] == "MIT"
@@ -62,15 +70,29 @@ def test_trainkit_is_imported_from_the_installed_wheel() -> None:
     assert "trainkit/py.typed" in files
     assert any(f.endswith("licenses/LICENSE") for f in files), sorted(files)
     shipped = {Path(f).name for f in files if f.startswith("trainkit/") and f.endswith(".py")}
-    expected = {"__init__.py", "ema.py", "export.py", "atomic.py", "state.py", "checkpoint.py", "trainer.py"}
+    expected = {
+        "__init__.py",
+        "ema.py",
+        "export.py",
+        "atomic.py",
+        "state.py",
+        "checkpoint.py",
+        "trainer.py",
+    }
     assert expected <= shipped, expected - shipped
 
 
 def test_api_reference_renders_every_public_module() -> None:
     package = Path(trainkit.__file__).resolve().parent
     modules = {f"trainkit.{p.stem}" for p in package.glob("*.py") if not p.stem.startswith("_")}
-    listed = set(re.findall(r"^::: (trainkit\.\w+)$", (ROOT / "docs" / "api.md").read_text(encoding="utf-8"), re.M))
-    assert listed == modules, f"docs/api.md: missing {sorted(modules - listed)}, unknown {sorted(listed - modules)}"
+    listed = set(
+        re.findall(
+            r"^::: (trainkit\.\w+)$", (ROOT / "docs" / "api.md").read_text(encoding="utf-8"), re.M
+        )
+    )
+    assert listed == modules, (
+        f"docs/api.md: missing {sorted(modules - listed)}, unknown {sorted(listed - modules)}"
+    )
 
 
 def test_every_docs_page_is_in_the_mkdocs_navigation() -> None:
@@ -87,4 +109,6 @@ def test_every_docs_page_is_in_the_mkdocs_navigation() -> None:
 
     nav = set(pages(yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))["nav"]))
     docs = {p.relative_to(ROOT / "docs").as_posix() for p in (ROOT / "docs").rglob("*.md")}
-    assert nav == docs, f"mkdocs.yml nav: missing {sorted(docs - nav)}, unknown {sorted(nav - docs)}"
+    assert nav == docs, (
+        f"mkdocs.yml nav: missing {sorted(docs - nav)}, unknown {sorted(nav - docs)}"
+    )

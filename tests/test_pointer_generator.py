@@ -13,13 +13,32 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import pointer_generator as pg  # noqa: E402
 
-from trainkit import AMPStep, RunningAverage, build_optimizer, coverage_loss, load_checkpoint, masked_nll, recipes  # noqa: E402
+from trainkit import (
+    AMPStep,
+    RunningAverage,
+    build_optimizer,
+    coverage_loss,
+    load_checkpoint,
+    masked_nll,
+    recipes,
+)  # noqa: E402
 from trainkit.nonfinite import NonFiniteLossError  # noqa: E402
 
 V = pg.VOCAB_SIZE
 REPORT_KEYS = {
-    "steps", "coverage_steps", "best_step", "train_seconds", "val_nll", "val_coverage_loss", "token_accuracy",
-    "exact_match", "oov_accuracy", "repeated_attention", "repeated_words", "missing_words", "decoded_steps",
+    "steps",
+    "coverage_steps",
+    "best_step",
+    "train_seconds",
+    "val_nll",
+    "val_coverage_loss",
+    "token_accuracy",
+    "exact_match",
+    "oov_accuracy",
+    "repeated_attention",
+    "repeated_words",
+    "missing_words",
+    "decoded_steps",
 }
 
 
@@ -84,7 +103,9 @@ def test_probability_of_an_oov_comes_only_from_copying() -> None:
         where_k = (batch.src_ext == V + k).float()  # [B, L]: where OOV k sits in each source
         copied = (1 - p_gen) * torch.einsum("btl,bl->bt", attn, where_k)
         assert torch.allclose(final[..., V + k], copied, atol=1e-6)
-        assert (final[batch.n_oov <= k][..., V + k] == 0).all()  # no OOV k in that source: exactly 0
+        assert (
+            final[batch.n_oov <= k][..., V + k] == 0
+        ).all()  # no OOV k in that source: exactly 0
 
 
 def test_forward_returns_the_log_final_distribution_and_the_attention() -> None:
@@ -107,7 +128,9 @@ def test_coverage_switches_on_smoothly_and_changes_attention_once_learned() -> N
     with torch.no_grad():
         model.w_c.normal_()
     _, learned = model(batch)
-    assert torch.equal(learned[:, 0], before[:, 0]) and not torch.allclose(learned[:, 1:], before[:, 1:])
+    assert torch.equal(learned[:, 0], before[:, 0]) and not torch.allclose(
+        learned[:, 1:], before[:, 1:]
+    )
 
 
 def test_coverage_loss_of_the_models_attention_is_zero_at_the_first_step() -> None:
@@ -128,9 +151,9 @@ def test_a_few_original_recipe_steps_reduce_the_loss() -> None:
 
     def loss() -> torch.Tensor:
         log_final, attn = model(batch)
-        return masked_nll(log_final, batch.target, batch.dec_mask) + recipe.cov_loss_wt * coverage_loss(
-            attn, batch.dec_mask
-        )
+        return masked_nll(
+            log_final, batch.target, batch.dec_mask
+        ) + recipe.cov_loss_wt * coverage_loss(attn, batch.dec_mask)
 
     before = loss()
     amp.step(before)
@@ -142,9 +165,18 @@ def test_a_few_original_recipe_steps_reduce_the_loss() -> None:
 def tiny_setup(tmp_path: Path, steps: int = 5, eval_every: int = 2, switch: int = 0) -> pg.Setup:
     """40 training examples, two validation batches of 8, batches of 8."""
     val = pg.make_split(16, 1)
-    return pg.Setup(pg.make_split(40, 0), [val.take(torch.arange(8)), val.take(torch.arange(8, 16))],
-                    pg.batch_order(40, 8, steps, seed=0), recipes.original(), eval_every, torch.device("cpu"), {},
-                    tmp_path, 60.0, pg.epoch_ends(steps, eval_every, switch))
+    return pg.Setup(
+        pg.make_split(40, 0),
+        [val.take(torch.arange(8)), val.take(torch.arange(8, 16))],
+        pg.batch_order(40, 8, steps, seed=0),
+        recipes.original(),
+        eval_every,
+        torch.device("cpu"),
+        {},
+        tmp_path,
+        60.0,
+        pg.epoch_ends(steps, eval_every, switch),
+    )
 
 
 def test_epochs_end_at_each_evaluation_and_at_the_switch(tmp_path: Path) -> None:
@@ -160,7 +192,9 @@ def test_epochs_end_at_each_evaluation_and_at_the_switch(tmp_path: Path) -> None
         seen += [batch.src for batch in batches]
         evaluated.append([batch is b for batch in pg.EvalBatch(train) for b in setup.val_batches])
     assert len(seen) == 7
-    assert all(torch.equal(src, setup.train_data.take(setup.order[i]).src) for i, src in enumerate(seen))
+    assert all(
+        torch.equal(src, setup.train_data.take(setup.order[i]).src) for i, src in enumerate(seen)
+    )
     # steps 2, 4, 6 read validation batch (step // 2) % 2; the epochs ending at 3 and 7 read none
     assert evaluated == [[False, True], [], [True, False], [False, True], []]
 
@@ -174,13 +208,19 @@ def test_the_trainer_reproduces_the_original_step_loop(tmp_path: Path) -> None:
     model.load_state_dict(trainer.model.state_dict())
     optimizer = build_optimizer(model, recipe.optimizer, **recipe.optimizer_kwargs())
     amp = AMPStep(optimizer, precision=recipe.precision, max_grad_norm=recipe.max_grad_norm)
-    averager, best_step, best = RunningAverage(recipe.running_avg_decay, recipe.running_avg_clip), 0, {}
+    averager, best_step, best = (
+        RunningAverage(recipe.running_avg_decay, recipe.running_avg_clip),
+        0,
+        {},
+    )
     for step in range(1, 6):  # the original's loop, written out
         model.train()
         batch = setup.train_data.take(setup.order[step - 1])
         log_final, attn = model(batch)
-        amp.step(masked_nll(log_final, batch.target, batch.dec_mask)
-                 + recipe.cov_loss_wt * coverage_loss(attn, batch.dec_mask))
+        amp.step(
+            masked_nll(log_final, batch.target, batch.dec_mask)
+            + recipe.cov_loss_wt * coverage_loss(attn, batch.dec_mask)
+        )
         if step % 2 == 0:
             model.eval()
             val = setup.val_batches[(step // 2) % 2]
@@ -192,10 +232,15 @@ def test_the_trainer_reproduces_the_original_step_loop(tmp_path: Path) -> None:
     assert trainer.selector.avg == averager.avg and trainer.selector.count == averager.count == 2
     arm = pg.Arm(trainer, 0, 5, 0.0)
     assert arm.best_step() == best_step > 0
-    last, saved_best = (load_checkpoint(tmp_path / "coverage" / name)["model"] for name in ("last.pt", "bestmodel.pt"))
+    last, saved_best = (
+        load_checkpoint(tmp_path / "coverage" / name)["model"]
+        for name in ("last.pt", "bestmodel.pt")
+    )
     assert all(torch.equal(last[k], v) for k, v in model.state_dict().items())
     assert all(torch.equal(saved_best[k], v) for k, v in best.items())
-    assert trainer.progress.history[0]["val_coverage_loss"] > 0  # TeacherForcedMetrics in the epoch record
+    assert (
+        trainer.progress.history[0]["val_coverage_loss"] > 0
+    )  # TeacherForcedMetrics in the epoch record
 
 
 def test_teacher_forced_metrics_match_the_losses() -> None:
@@ -216,10 +261,14 @@ def test_a_non_finite_loss_stops_training_with_the_originals_message(tmp_path: P
     trainer = pg.build_trainer(tiny_setup(tmp_path), "no_coverage", 3, coverage=False)
     with torch.no_grad():
         trainer.model.out2.bias.fill_(float("nan"))
-    with pytest.raises(NonFiniteLossError, match=r"^Loss is not finite\. Stopping\. \(epoch 1, step 1;"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"^Loss is not finite\. Stopping\. \(epoch 1, step 1;"
+    ):
         trainer.fit()
     assert trainer.progress.global_step == 1  # checked right after the step, as the original did
-    assert not list((tmp_path / "no_coverage").glob("*.pt"))  # no checkpoint holds weights trained on it
+    assert not list(
+        (tmp_path / "no_coverage").glob("*.pt")
+    )  # no checkpoint holds weights trained on it
 
 
 def test_greedy_decoding_stays_in_the_extended_vocabulary() -> None:
@@ -232,7 +281,9 @@ def test_greedy_decoding_stays_in_the_extended_vocabulary() -> None:
 def test_batch_order_is_seeded_epochs_of_permutations() -> None:
     order = pg.batch_order(10, 3, 7, seed=5)
     assert order.shape == (7, 3) and torch.equal(order, pg.batch_order(10, 3, 7, seed=5))
-    assert sorted(order[:3].flatten().tolist()) == sorted(set(order[:3].flatten().tolist()))  # no repeat in an epoch
+    assert sorted(order[:3].flatten().tolist()) == sorted(
+        set(order[:3].flatten().tolist())
+    )  # no repeat in an epoch
 
 
 def test_bad_arguments_are_refused() -> None:
@@ -246,14 +297,35 @@ def test_bad_arguments_are_refused() -> None:
         pg.batch_order(4, 5, 1, seed=0)
     with pytest.raises(ValueError, match="eval_every"):
         pg.epoch_ends(5, 0, 0)
-    for argv in (["--steps", "0"], ["--coverage-steps", "700"], ["--coverage", "sometimes"], ["--cov-loss-wt", "-1"]):
+    for argv in (
+        ["--steps", "0"],
+        ["--coverage-steps", "700"],
+        ["--coverage", "sometimes"],
+        ["--cov-loss-wt", "-1"],
+    ):
         with pytest.raises(SystemExit):
             pg.parse_args(argv)
 
 
-def test_main_runs_a_tiny_configuration_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--steps", "6", "--coverage-steps", "3", "--train-size", "48", "--val-size", "20", "--batch-size", "8",
-            "--eval-every", "2", "--seed", "1"]
+def test_main_runs_a_tiny_configuration_end_to_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "--steps",
+        "6",
+        "--coverage-steps",
+        "3",
+        "--train-size",
+        "48",
+        "--val-size",
+        "20",
+        "--batch-size",
+        "8",
+        "--eval-every",
+        "2",
+        "--seed",
+        "1",
+    ]
     assert pg.main([*argv, "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "coverage_report.json").read_text())
     assert set(report) == {"config", "recipe", "device", "runs"}
@@ -263,12 +335,19 @@ def test_main_runs_a_tiny_configuration_end_to_end(tmp_path: Path, capsys: pytes
         assert set(run) == REPORT_KEYS, name
         assert run["steps"] == 6
         best = load_checkpoint(tmp_path / name / "bestmodel.pt")  # loads with weights_only=True
-        assert best["global_step"] == run["best_step"] and best["config"]["model_coverage"] == (name == "coverage")
-    assert report["runs"]["coverage"]["coverage_steps"] == 3 and report["runs"]["no_coverage"]["coverage_steps"] == 0
+        assert best["global_step"] == run["best_step"] and best["config"]["model_coverage"] == (
+            name == "coverage"
+        )
+    assert (
+        report["runs"]["coverage"]["coverage_steps"] == 3
+        and report["runs"]["no_coverage"]["coverage_steps"] == 0
+    )
     out = capsys.readouterr().out
     assert "no_coverage" in out and "rep attn" in out and "coverage_report.json" in out
     # the baseline arm, continued from the shared last.pt, is the run that never parted
     assert pg.main([*argv, "--coverage", "off", "--out", str(tmp_path / "off")]) == 0
     for name in ("last.pt", "bestmodel.pt"):
-        forked, straight = (load_checkpoint(d / "no_coverage" / name)["model"] for d in (tmp_path, tmp_path / "off"))
+        forked, straight = (
+            load_checkpoint(d / "no_coverage" / name)["model"] for d in (tmp_path, tmp_path / "off")
+        )
         assert all(torch.equal(forked[k], v) for k, v in straight.items()), name

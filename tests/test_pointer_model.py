@@ -15,7 +15,9 @@ from pointer_v45_model import PointerV45, lookup  # noqa: E402
 V, U, L = 40, 6, 9
 
 
-def make_batch(batch: int = 5, length: int = L, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def make_batch(
+    batch: int = 5, length: int = L, seed: int = 0
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Random right-padded batch with lengths 1..length."""
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(1, length + 1, (batch,), generator=g)
@@ -36,7 +38,9 @@ def make_batch(batch: int = 5, length: int = L, seed: int = 0) -> tuple[torch.Te
 @pytest.fixture
 def model() -> PointerV45:
     torch.manual_seed(0)
-    return PointerV45(V, U, d_model=32, nhead=4, num_layers=2, dim_feedforward=64, max_len=16).eval()
+    return PointerV45(
+        V, U, d_model=32, nhead=4, num_layers=2, dim_feedforward=64, max_len=16
+    ).eval()
 
 
 def test_output_is_normalised(model: PointerV45) -> None:
@@ -70,8 +74,12 @@ def test_padding_is_masked(model: PointerV45) -> None:
     noisy = {k: (v + 3 * pad if v.dim() == 2 else v) for k, v in x_dict.items()}
     torch.testing.assert_close(model(x + 5 * pad, noisy), reference)
     # extra padding columns change nothing either
-    wider = {k: (torch.nn.functional.pad(v, (0, 4)) if v.dim() == 2 else v) for k, v in x_dict.items()}
-    torch.testing.assert_close(model(torch.nn.functional.pad(x, (0, 4)), wider), reference, atol=1e-5, rtol=1e-5)
+    wider = {
+        k: (torch.nn.functional.pad(v, (0, 4)) if v.dim() == 2 else v) for k, v in x_dict.items()
+    }
+    torch.testing.assert_close(
+        model(torch.nn.functional.pad(x, (0, 4)), wider), reference, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_gradients_flow() -> None:
@@ -83,8 +91,15 @@ def test_gradients_flow() -> None:
     for name, p in model.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
-    for name in ("loc_emb.weight", "pointer_query.weight", "pointer_key.weight", "position_bias",
-                 "gen_head.weight", "gate.0.weight", "input_proj.weight"):
+    for name in (
+        "loc_emb.weight",
+        "pointer_query.weight",
+        "pointer_key.weight",
+        "position_bias",
+        "gen_head.weight",
+        "gate.0.weight",
+        "input_proj.weight",
+    ):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
     assert model.loc_emb.weight.grad[0].abs().sum() == 0  # padding row
 
@@ -97,7 +112,9 @@ def test_lookup_is_an_embedding_lookup_with_its_gradient() -> None:
         reference = table.detach().clone().requires_grad_(True)
         weights = torch.randn(*ids.shape, *shape[1:], generator=g)
         (lookup(table, ids) * weights).sum().backward()
-        expected = torch.nn.functional.embedding(ids, reference) if len(shape) == 2 else reference[ids]
+        expected = (
+            torch.nn.functional.embedding(ids, reference) if len(shape) == 2 else reference[ids]
+        )
         (expected * weights).sum().backward()
         assert torch.equal(lookup(table, ids), expected)
         torch.testing.assert_close(table.grad, reference.grad)
@@ -109,10 +126,15 @@ def test_model_equals_its_nn_embedding_formulation(monkeypatch: pytest.MonkeyPat
     results = []
     for by_embedding in (False, True):
         if by_embedding:
-            monkeypatch.setattr(pointer_v45_model, "lookup",
-                                lambda t, i: torch.nn.functional.embedding(i, t) if t.dim() == 2 else t[i])
+            monkeypatch.setattr(
+                pointer_v45_model,
+                "lookup",
+                lambda t, i: torch.nn.functional.embedding(i, t) if t.dim() == 2 else t[i],
+            )
         torch.manual_seed(0)
-        model = PointerV45(V, U, d_model=32, nhead=4, num_layers=2, dim_feedforward=64, max_len=16, dropout=0.0)
+        model = PointerV45(
+            V, U, d_model=32, nhead=4, num_layers=2, dim_feedforward=64, max_len=16, dropout=0.0
+        )
         out = model(x, x_dict)
         torch.nn.functional.nll_loss(out, x[:, 0]).backward()
         results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))

@@ -26,8 +26,22 @@ REQUIRED = [
     "recipes",
 ]
 
-COMPONENT_MODULES = ["schedule", "stopping", "checkpoint", "amp", "losses", "optim", "recipes", "loggers", "nonfinite",
-                     "progress", "evaluation", "interrupt", "training_state", "distributed"]
+COMPONENT_MODULES = [
+    "schedule",
+    "stopping",
+    "checkpoint",
+    "amp",
+    "losses",
+    "optim",
+    "recipes",
+    "loggers",
+    "nonfinite",
+    "progress",
+    "evaluation",
+    "interrupt",
+    "training_state",
+    "distributed",
+]
 
 
 def test_top_level_import():
@@ -135,14 +149,42 @@ def test_trainer_constructor_keywords_and_loop_exports():
     from trainkit import interrupt, nonfinite
 
     params = inspect.signature(trainkit.Trainer).parameters
-    expected = {"epochs": inspect.Parameter.empty, "test_loader": None, "schedule": None, "per_step_schedule": False,
-                "amp": None, "selector": None, "checkpoints": None, "best_name": "best.pt", "epoch_checkpoints": False,
-                "forward": trainkit.default_forward, "metrics": trainkit.RankingMetrics, "device": "cpu",
-                "ignore_index": 0, "nonfinite": "raise", "max_nonfinite_steps": 100, "log_every": 50, "loggers": (),
-                "progress": True, "config": None, "on_epoch_end": None, "ema": None, "step": None}
+    expected = {
+        "epochs": inspect.Parameter.empty,
+        "test_loader": None,
+        "schedule": None,
+        "per_step_schedule": False,
+        "amp": None,
+        "selector": None,
+        "checkpoints": None,
+        "best_name": "best.pt",
+        "epoch_checkpoints": False,
+        "forward": trainkit.default_forward,
+        "metrics": trainkit.RankingMetrics,
+        "device": "cpu",
+        "ignore_index": 0,
+        "nonfinite": "raise",
+        "max_nonfinite_steps": 100,
+        "log_every": 50,
+        "loggers": (),
+        "progress": True,
+        "config": None,
+        "on_epoch_end": None,
+        "ema": None,
+        "step": None,
+    }
     for name, default in expected.items():
-        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY and params[name].default == default, name
-    for old in ("stopper", "running_average", "metrics_log", "step_log", "tensorboard_dir", "max_skipped"):
+        assert (
+            params[name].kind is inspect.Parameter.KEYWORD_ONLY and params[name].default == default
+        ), name
+    for old in (
+        "stopper",
+        "running_average",
+        "metrics_log",
+        "step_log",
+        "tensorboard_dir",
+        "max_skipped",
+    ):
         assert old not in params, old
     assert trainkit.NonFiniteLossError is nonfinite.NonFiniteLossError
     assert trainkit.TrainingInterrupted is interrupt.TrainingInterrupted

@@ -92,7 +92,9 @@ def test_recipes_are_fresh_values():
     assert recipes.original() != recipes.proposed()
 
 
-@pytest.mark.parametrize("factory, cls", [(recipes.original, torch.optim.Adagrad), (recipes.proposed, torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    "factory, cls", [(recipes.original, torch.optim.Adagrad), (recipes.proposed, torch.optim.AdamW)]
+)
 def test_recipe_drives_build_optimizer(factory, cls):
     r = factory()
     model = nn.Linear(3, 2)
@@ -103,7 +105,11 @@ def test_recipe_drives_build_optimizer(factory, cls):
     if cls is torch.optim.Adagrad:
         assert group["initial_accumulator_value"] == 0.1
     else:
-        assert (tuple(group["betas"]), group["eps"], group["weight_decay"]) == ((0.9, 0.98), 1e-9, 0.015)
+        assert (tuple(group["betas"]), group["eps"], group["weight_decay"]) == (
+            (0.9, 0.98),
+            1e-9,
+            0.015,
+        )
 
 
 def test_proposed_schedule_from_recipe():
@@ -129,15 +135,20 @@ def test_typed_builders_pass_the_recipe_numbers_on():
     assert p.replace(patience=2).early_stopper().patience == 2
 
 
-@pytest.mark.parametrize("factory, builder, missing", [
-    (recipes.original, "lr_schedule", "warmup, schedule_epochs, min_lr"),
-    (recipes.original, "label_smoothed_loss", "ignore_index"),
-    (recipes.original, "early_stopper", "patience, min_epochs"),
-    (recipes.proposed, "running_average", "running_avg_decay, running_avg_clip"),
-])
+@pytest.mark.parametrize(
+    "factory, builder, missing",
+    [
+        (recipes.original, "lr_schedule", "warmup, schedule_epochs, min_lr"),
+        (recipes.original, "label_smoothed_loss", "ignore_index"),
+        (recipes.original, "early_stopper", "patience, min_epochs"),
+        (recipes.proposed, "running_average", "running_avg_decay, running_avg_clip"),
+    ],
+)
 def test_typed_builders_name_the_fields_a_recipe_lacks(factory, builder, missing):
     recipe = factory()
-    with pytest.raises(ValueError, match=f"recipe '{recipe.name}' has no {missing} \\(None\\), which {builder}"):
+    with pytest.raises(
+        ValueError, match=f"recipe '{recipe.name}' has no {missing} \\(None\\), which {builder}"
+    ):
         getattr(recipe, builder)()
 
 
@@ -146,7 +157,9 @@ def test_replace_checks_names_and_types():
     assert p.replace(lr=1e-3, epochs=3).lr == 1e-3
     assert p.replace(lr=1).lr == 1.0 and isinstance(p.replace(lr=1).lr, float)
     assert p.replace(betas=[0.8, 0.9]).betas == (0.8, 0.9)  # YAML lists become tuples
-    with pytest.raises(ValueError, match=r"unknown key Recipe.grad_clip \(did you mean 'max_grad_norm'\?\)"):
+    with pytest.raises(
+        ValueError, match=r"unknown key Recipe.grad_clip \(did you mean 'max_grad_norm'\?\)"
+    ):
         p.replace(grad_clip=1.0)
     cases = [
         ({"epochs": 2.0}, "Recipe.epochs must be a 64-bit integer, got 2.0"),
@@ -154,7 +167,10 @@ def test_replace_checks_names_and_types():
         ({"seed": True}, "Recipe.seed must be a 64-bit integer, got True"),
         ({"lr": float("nan")}, "Recipe.lr must be a finite number, got nan"),
         ({"lr": "0.1"}, "Recipe.lr must be a finite number, got '0.1'"),
-        ({"precision": "fp8"}, "Recipe.precision must be one of 'auto', 'fp32', 'bf16', 'fp16', got 'fp8'"),
+        (
+            {"precision": "fp8"},
+            "Recipe.precision must be one of 'auto', 'fp32', 'bf16', 'fp16', got 'fp8'",
+        ),
         ({"warmup": "5"}, "Recipe.warmup must be a 64-bit integer or null, got '5'"),
         ({"betas": [0.9]}, "Recipe.betas must be a list of 2 numbers or null"),
         ({"amp": "no"}, "Recipe.amp must be true or false, got 'no'"),
@@ -162,11 +178,18 @@ def test_replace_checks_names_and_types():
     for change, message in cases:
         with pytest.raises(ValueError) as info:
             p.replace(**change)
-        assert str(info.value).startswith(message) and "\n" not in str(info.value), (change, str(info.value))
+        assert str(info.value).startswith(message) and "\n" not in str(info.value), (
+            change,
+            str(info.value),
+        )
 
 
 def test_from_dict_inverts_to_dict():
-    for recipe in (recipes.original(), recipes.proposed(), recipes.proposed().replace(optimizer="adagrad")):
+    for recipe in (
+        recipes.original(),
+        recipes.proposed(),
+        recipes.proposed().replace(optimizer="adagrad"),
+    ):
         assert recipes.from_dict(recipe.to_dict()) == recipe
     values = recipes.original().to_dict()
     del values["lr"]

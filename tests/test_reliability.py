@@ -107,7 +107,9 @@ def comparable(state: dict[str, Any]) -> dict[str, Any]:
     """A Trainer checkpoint without what legitimately differs between runs (wall-clock timings)."""
     state = dict(state)
     state.pop("checkpoints", None)  # seconds since the last save
-    state["history"] = [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in state["history"]]
+    state["history"] = [
+        {k: v for k, v in record.items() if k not in TIMING_KEYS} for record in state["history"]
+    ]
     return state
 
 
@@ -199,16 +201,31 @@ class Driver:
 
     def start(self, args: list[str], kill_at: str = "") -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, str(self.script), str(EXAMPLES), *args, "--device", "cpu", "--no-progress"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**self.env, "KILL_AT": kill_at},
+            [
+                sys.executable,
+                str(self.script),
+                str(EXAMPLES),
+                *args,
+                "--device",
+                "cpu",
+                "--no-progress",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**self.env, "KILL_AT": kill_at},
         )
 
     def fresh_args(self, out: Path) -> list[str]:
         return ["--config", str(self.config), "--out", str(out), "--recipe", self.recipe]
 
     @staticmethod
-    def run(proc: subprocess.Popen[str], delay: float = 0.0, timeout: float = 240.0,
-            signum: int = signal.SIGKILL) -> tuple[bool, str]:
+    def run(
+        proc: subprocess.Popen[str],
+        delay: float = 0.0,
+        timeout: float = 240.0,
+        signum: int = signal.SIGKILL,
+    ) -> tuple[bool, str]:
         """Read output until a marker line (then send ``signum`` after ``delay``) or the end.
 
         Returns ``(killed, output)``: killed when the process died of SIGKILL. With another
@@ -297,16 +314,29 @@ def reference(references: Any) -> ReferenceRun:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["proposed", "original"])
-def test_sigkill_at_random_moments_then_resume_is_bit_identical(recipe: str, references: Any, tmp_path: Path) -> None:
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(
+    recipe: str, references: Any, tmp_path: Path
+) -> None:
     reference = references(recipe)  # runs alongside the killed one
-    rng = random.Random(f"issue-5-{recipe}")  # the moments are random, and the same in every run of the test
+    rng = random.Random(
+        f"issue-5-{recipe}"
+    )  # the moments are random, and the same in every run of the test
     kills = [  # (mode, kind, epoch, index), delay after the marker
-        (("pause", "step", 1, rng.randint(2, STEPS_PER_EPOCH)), 0.0),  # mid-epoch, before any epoch checkpoint
+        (
+            ("pause", "step", 1, rng.randint(2, STEPS_PER_EPOCH)),
+            0.0,
+        ),  # mid-epoch, before any epoch checkpoint
         (("pause", "val", 2, 1), 0.0),  # mid-validation
         # any instant shortly after a random step of epoch 3 (its steps, validation or saves):
         (("mark", "step", 3, rng.randint(1, STEPS_PER_EPOCH)), rng.uniform(0.0, 0.05)),
-        (("pause", "save", 4, "last.pt"), 0.0),  # mid-save: epoch-0004.pt written, last.pt not yet replaced
-        (("pause", "final", "end", rng.randint(1, 2)), 0.0),  # during the final evaluation of the best model
+        (
+            ("pause", "save", 4, "last.pt"),
+            0.0,
+        ),  # mid-save: epoch-0004.pt written, last.pt not yet replaced
+        (
+            ("pause", "final", "end", rng.randint(1, 2)),
+            0.0,
+        ),  # during the final evaluation of the best model
     ]
     driver = Driver(tmp_path, recipe)
     out = tmp_path / "runs"
@@ -318,7 +348,9 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(recipe: str, ref
         assert killed, f"expected a kill at {kind} {epoch} {index}:\n{output}"
         run_dir = run_dir_in(out)
         args = ["--resume", str(run_dir)]
-        if kind == "save":  # the kill left the new file's temporary copy, and last.pt one epoch behind
+        if (
+            kind == "save"
+        ):  # the kill left the new file's temporary copy, and last.pt one epoch behind
             checkpoints = run_dir / "checkpoints"
             assert any(n.startswith(".trainkit-tmp-last.pt") for n in os.listdir(checkpoints))
             assert torch.load(checkpoints / "last.pt", weights_only=True)["epoch"] == 3
@@ -329,7 +361,11 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(recipe: str, ref
     if recipe == "proposed":  # epoch checkpoints only: killed before the first one, it starts over
         assert "starting the run from the beginning" in outputs[1]
     else:  # a step checkpoint from the middle of epoch 1
-        assert "Resumed from" in outputs[1] and "step-" in outputs[1] and "(epoch 0, step" in outputs[1]
+        assert (
+            "Resumed from" in outputs[1]
+            and "step-" in outputs[1]
+            and "(epoch 0, step" in outputs[1]
+        )
     assert all("Resumed from" in text for text in outputs[2:]), outputs
 
     expected_dir, run_dir = reference.dir(), run_dir_in(out)
@@ -340,28 +376,57 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(recipe: str, ref
         assert_same_tensors(comparable(actual), comparable(expected), name)
     expected = json.loads((expected_dir / "results.json").read_text())
     actual = json.loads((run_dir / "results.json").read_text())
-    for key in ("validation", "test", "best_epoch", "epochs_run", "fp16_overflow_steps", "evaluated"):
+    for key in (
+        "validation",
+        "test",
+        "best_epoch",
+        "epochs_run",
+        "fp16_overflow_steps",
+        "evaluated",
+    ):
         assert actual[key] == expected[key], key
 
     def metrics(directory: Path) -> list[dict[str, Any]]:
         lines = (directory / "metrics.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
+        return [
+            {k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines
+        ]
 
     assert metrics(run_dir) == metrics(expected_dir)  # one record per epoch, none repeated
     steps = [(run_dir / "steps.jsonl").read_text(), (expected_dir / "steps.jsonl").read_text()]
-    assert steps[0] == steps[1] and steps[0].count("\n") == 12  # 4 epochs x 12 steps, one record per 4
+    assert (
+        steps[0] == steps[1] and steps[0].count("\n") == 12
+    )  # 4 epochs x 12 steps, one record per 4
     names = sorted(os.listdir(run_dir / "checkpoints"))
     assert not [n for n in names if n.startswith(".")], names  # no temporary file survives
-    assert len([n for n in names if n not in ("best.pt", "bestmodel.pt", "last.pt")]) == 3, names  # keep_last=3
+    assert len([n for n in names if n not in ("best.pt", "bestmodel.pt", "last.pt")]) == 3, (
+        names
+    )  # keep_last=3
     assert "epoch-0004.pt" in names
 
 
-def test_checkpoint_holds_the_whole_state_and_loads_weights_only(tmp_path: Path, build: Any) -> None:
+def test_checkpoint_holds_the_whole_state_and_loads_weights_only(
+    tmp_path: Path, build: Any
+) -> None:
     trainer = build(tmp_path, epochs=2, precision="fp16")
     trainer.fit()
     state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
-    for key in ("model", "optimizer", "amp", "schedule", "selector", "checkpoints", "epoch", "global_step",
-                "step_in_epoch", "epoch_sums", "history", "config", "fp16_overflow_steps", "nonfinite_steps"):
+    for key in (
+        "model",
+        "optimizer",
+        "amp",
+        "schedule",
+        "selector",
+        "checkpoints",
+        "epoch",
+        "global_step",
+        "step_in_epoch",
+        "epoch_sums",
+        "history",
+        "config",
+        "fp16_overflow_steps",
+        "nonfinite_steps",
+    ):
         assert key in state, key
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
     assert state["amp"]["scaler"]["scale"] > 0  # the GradScaler
@@ -371,7 +436,9 @@ def test_checkpoint_holds_the_whole_state_and_loads_weights_only(tmp_path: Path,
 # =========================================================================== 2. fallback
 
 
-def test_damaged_newest_checkpoints_fall_back_and_resume_stays_exact(tmp_path: Path, build: Any) -> None:
+def test_damaged_newest_checkpoints_fall_back_and_resume_stays_exact(
+    tmp_path: Path, build: Any
+) -> None:
     full = build(tmp_path / "full")
     full.fit()
     expected = torch.load(tmp_path / "full" / "ckpt" / "last.pt", weights_only=True)
@@ -380,10 +447,18 @@ def test_damaged_newest_checkpoints_fall_back_and_resume_stays_exact(tmp_path: P
     with pytest.raises(Killed):
         first.fit()
     ckpt = tmp_path / "split" / "ckpt"
-    assert sorted(os.listdir(ckpt)) == ["best.pt", "epoch-0001.pt", "epoch-0002.pt", "epoch-0003.pt", "last.pt"]
+    assert sorted(os.listdir(ckpt)) == [
+        "best.pt",
+        "epoch-0001.pt",
+        "epoch-0002.pt",
+        "epoch-0003.pt",
+        "last.pt",
+    ]
     for name in ("epoch-0003.pt", "last.pt"):  # a torn write and a garbage file, newest of all
         data = (ckpt / name).read_bytes()
-        (ckpt / name).write_bytes(data[: len(data) // 2] if name == "last.pt" else b"\0garbage" * 64)
+        (ckpt / name).write_bytes(
+            data[: len(data) // 2] if name == "last.pt" else b"\0garbage" * 64
+        )
         time.sleep(0.01)
         os.utime(ckpt / name)
 
@@ -392,18 +467,25 @@ def test_damaged_newest_checkpoints_fall_back_and_resume_stays_exact(tmp_path: P
     with pytest.warns(RuntimeWarning) as caught:
         chosen = second.resume()
     reported = [str(w.message) for w in caught]
-    assert len(reported) == 2 and "last.pt" in reported[0] and "epoch-0003.pt" in reported[1], reported
+    assert len(reported) == 2 and "last.pt" in reported[0] and "epoch-0003.pt" in reported[1], (
+        reported
+    )
     assert chosen.name == "epoch-0002.pt" and second.progress.epoch == 2
-    assert torch.load(ckpt / "last.pt", weights_only=True)["epoch"] == 2  # renewed from the fallback
-    assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 2  # epoch 3 is redone
+    assert (
+        torch.load(ckpt / "last.pt", weights_only=True)["epoch"] == 2
+    )  # renewed from the fallback
+    assert (
+        len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 2
+    )  # epoch 3 is redone
     second.fit()
     actual = torch.load(ckpt / "last.pt", weights_only=True)
     assert_same_tensors(comparable(actual), comparable(expected))
 
 
 @pytest.mark.slow
-def test_cli_resume_skips_a_truncated_last_pt_with_one_warning(reference: ReferenceRun, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_resume_skips_a_truncated_last_pt_with_one_warning(
+    reference: ReferenceRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir = reference.copy(tmp_path / "runs")
     last = run_dir / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])
@@ -415,7 +497,9 @@ def test_cli_resume_skips_a_truncated_last_pt_with_one_warning(reference: Refere
     assert torch.load(last, weights_only=True)["epoch"] == 4  # renewed
 
 
-def test_best_pt_never_holds_non_finite_weights(tmp_path: Path, caplog: pytest.LogCaptureFixture, build: Any) -> None:
+def test_best_pt_never_holds_non_finite_weights(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, build: Any
+) -> None:
     trainer = build(tmp_path, epochs=3)
 
     def poison(record: dict[str, Any]) -> None:  # a parameter outside the loss turns NaN
@@ -457,8 +541,9 @@ def test_malicious_checkpoint_is_refused_by_resume(tmp_path: Path, build: Any) -
 
 
 @pytest.mark.slow
-def test_cli_resume_refuses_a_malicious_last_pt_and_falls_back(reference: ReferenceRun, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_resume_refuses_a_malicious_last_pt_and_falls_back(
+    reference: ReferenceRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir = reference.copy(tmp_path / "runs")
     marker = tmp_path / "pwned"
     torch.save({"model": {}, "payload": Evil(marker)}, run_dir / "checkpoints" / "last.pt")
@@ -472,21 +557,32 @@ def test_cli_resume_refuses_a_malicious_last_pt_and_falls_back(reference: Refere
 # =========================================================================== 3. faults as policy
 
 
-def test_nonfinite_skip_is_counted_in_the_log_and_capped(tmp_path: Path, caplog: pytest.LogCaptureFixture, build: Any, nan_every: Any) -> None:
+def test_nonfinite_skip_is_counted_in_the_log_and_capped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, build: Any, nan_every: Any
+) -> None:
     trainer = build(tmp_path / "counted", epochs=2, loss_fn=nan_every(4), nonfinite="skip")
     with caplog.at_level(logging.INFO, logger="trainkit.trainer"):
         trainer.fit()
     assert "Epoch 1/2" in caplog.text and "| skipped: 1 (non-finite loss)" in caplog.text
-    records = [json.loads(line) for line in (tmp_path / "counted" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "counted" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["nonfinite_steps"] for r in records] == [1, 2]  # steps 4, 8 and 12 of 12
 
-    capped = build(tmp_path / "capped", epochs=3, loss_fn=nan_every(4), nonfinite="skip", max_nonfinite_steps=2)
-    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 6: 3 steps skipped, more than max_nonfinite_steps=2"):
+    capped = build(
+        tmp_path / "capped", epochs=3, loss_fn=nan_every(4), nonfinite="skip", max_nonfinite_steps=2
+    )
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"epoch 2, step 6: 3 steps skipped, more than max_nonfinite_steps=2",
+    ):
         capped.fit()
 
 
 def test_fp16_overflow_skips_the_step_counts_it_and_leaves_the_schedule_alone(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, build: Any, nan_every: Any) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, build: Any, nan_every: Any
+) -> None:
     epochs = 3
     # every 8th step's loss is huge but finite: the scaled gradients overflow, the scaler skips
     trainer = build(tmp_path, epochs=epochs, precision="fp16", loss_fn=nan_every(8, factor=1e36))
@@ -503,15 +599,27 @@ def test_fp16_overflow_skips_the_step_counts_it_and_leaves_the_schedule_alone(
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
-def test_fp16_resume_restores_the_grad_scaler_exactly(tmp_path: Path, build: Any, nan_every: Any) -> None:
+def test_fp16_resume_restores_the_grad_scaler_exactly(
+    tmp_path: Path, build: Any, nan_every: Any
+) -> None:
     full = build(tmp_path / "full", epochs=3, precision="fp16", loss_fn=nan_every(5, factor=1e36))
     full.fit()
-    first = build(tmp_path / "split", epochs=3, precision="fp16", loss_fn=nan_every(5, factor=1e36),
-                  on_epoch_end=kill_after(1))
+    first = build(
+        tmp_path / "split",
+        epochs=3,
+        precision="fp16",
+        loss_fn=nan_every(5, factor=1e36),
+        on_epoch_end=kill_after(1),
+    )
     with pytest.raises(Killed):
         first.fit()
     # a new process: the loss function's call counter continues from epoch 1's 6 steps
-    second = build(tmp_path / "split", epochs=3, precision="fp16", loss_fn=_shifted(nan_every(5, factor=1e36), 6))
+    second = build(
+        tmp_path / "split",
+        epochs=3,
+        precision="fp16",
+        loss_fn=_shifted(nan_every(5, factor=1e36), 6),
+    )
     second.resume()
     second.fit()
     assert second.amp.scaler.get_scale() == full.amp.scaler.get_scale() < 2.0**16
@@ -529,8 +637,9 @@ def _shifted(loss_fn: Any, calls: int) -> Any:
 
 
 @pytest.mark.parametrize("failing", ["torch.save", "os.fsync", "os.replace"])
-def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             failing: str) -> None:
+def test_disk_full_during_save_keeps_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
     manager = CheckpointManager(tmp_path)
     manager.save("last.pt", {"step": 1, "w": torch.ones(3)})
     before = sorted(os.listdir(tmp_path))
@@ -540,7 +649,9 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path: Path, mon
 
     module, name = failing.split(".")
     monkeypatch.setattr(torch if module == "torch" else os, name, no_space)
-    with pytest.raises(CheckpointError, match=r"could not save checkpoint .*last\.pt: .*No space left on device"):
+    with pytest.raises(
+        CheckpointError, match=r"could not save checkpoint .*last\.pt: .*No space left on device"
+    ):
         manager.save("last.pt", {"step": 2, "w": torch.zeros(3)})
     monkeypatch.undo()
     assert sorted(os.listdir(tmp_path)) == before  # no temporary file left behind
@@ -548,7 +659,9 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path: Path, mon
     assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
 
 
-def test_unwritable_checkpoint_directory_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, build: Any) -> None:
+def test_unwritable_checkpoint_directory_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, build: Any
+) -> None:
     trainer = build(tmp_path, epochs=3, on_epoch_end=kill_after(1))
     with pytest.raises(Killed):
         trainer.fit()
@@ -556,7 +669,9 @@ def test_unwritable_checkpoint_directory_is_a_clear_error(tmp_path: Path, monkey
     def denied(path: Any, *args: Any, **kwargs: Any) -> Any:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
-    monkeypatch.setattr(atomic_module, "open", denied, raising=False)  # as a read-only directory would
+    monkeypatch.setattr(
+        atomic_module, "open", denied, raising=False
+    )  # as a read-only directory would
     trainer.on_epoch_end = None
     with pytest.raises(CheckpointError, match="Permission denied"):
         trainer.fit()
@@ -576,13 +691,24 @@ def test_cli_disk_full_is_one_line_and_the_previous_checkpoint_survives(
 
     def fills_up(obj: Any, handle: Any, *args: Any, **kwargs: Any) -> None:
         calls["n"] += 1
-        if calls["n"] > 3:  # epoch 1 wrote best.pt, epoch-0001.pt and last.pt; then the disk is full
+        if (
+            calls["n"] > 3
+        ):  # epoch 1 wrote best.pt, epoch-0001.pt and last.pt; then the disk is full
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         torch_save(obj, handle, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", fills_up)
-    code = pointer_v45.main(["--config", str(config), "--out", str(tmp_path / "runs"), "--device", "cpu",
-                             "--no-progress"])
+    code = pointer_v45.main(
+        [
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "runs"),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: could not save checkpoint") and "No space left on device" in err
@@ -596,7 +722,9 @@ def test_cli_disk_full_is_one_line_and_the_previous_checkpoint_survives(
 # =========================================================================== 4. bad input
 
 
-def test_checkpoint_of_another_model_is_refused_with_the_keys_listed(tmp_path: Path, build: Any) -> None:
+def test_checkpoint_of_another_model_is_refused_with_the_keys_listed(
+    tmp_path: Path, build: Any
+) -> None:
     small = build(tmp_path / "small", epochs=1)
     small.fit()
     other = build(tmp_path / "other", epochs=1, hidden=6)
@@ -609,13 +737,16 @@ def test_checkpoint_of_another_model_is_refused_with_the_keys_listed(tmp_path: P
     target = nn.Sequential(nn.Linear(2, 2))
     with pytest.raises(ValueError, match=r"missing keys: 0\.weight, 0\.bias; unexpected keys: w"):
         load_model_state(target, {"w": torch.zeros(1)})
-    with pytest.raises(ValueError, match="not a Trainer checkpoint state: it lacks 'optimizer', 'amp'"):
+    with pytest.raises(
+        ValueError, match="not a Trainer checkpoint state: it lacks 'optimizer', 'amp'"
+    ):
         other.load_state_dict({"model": other.model.state_dict()})
 
 
 @pytest.mark.slow
-def test_cli_resume_with_a_checkpoint_of_another_model(reference: ReferenceRun, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_resume_with_a_checkpoint_of_another_model(
+    reference: ReferenceRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir = reference.copy(tmp_path / "runs")
     config = json.loads((run_dir / "config.json").read_text())
     config["model"]["num_layers"] = 2
@@ -647,22 +778,56 @@ HEADER = "id,user_id,location_id,duration,start_day,end_day,start_min,end_min,we
     [
         (lambda tmp: ["--epochs", "-3"], "--epochs must be an integer >= 1, got -3"),
         (lambda tmp: ["--seed", "-1"], "seed must be an int >= 0, got -1"),
-        (lambda tmp: _write_config(tmp, "training:\n  lr: -0.001\n"), "Invalid learning rate: -0.001"),
-        (lambda tmp: _write_config(tmp, "training:\n  weight_decay: -1\n"), "Invalid weight_decay value: -1.0"),
-        (lambda tmp: _write_config(tmp, "training:\n  max_grad_norm: .nan\n"), "training.max_grad_norm must be a finite number, got nan"),
-        (lambda tmp: _write_config(tmp, "training:\n  min_lr: .inf\n"), "training.min_lr must be a finite number or null, got inf"),
-        (lambda tmp: _write_config(tmp, "training:\n  warmup_epochs: 3\n"), "unknown key training.warmup_epochs (did you mean 'warmup'?)"),
-        (lambda tmp: _write_config(tmp, "trainng:\n  lr: 0.001\n"), "unknown section 'trainng' (did you mean 'training'?)"),
-        (lambda tmp: _write_csv(tmp, HEADER + "0,1,5,30.0,0,0,60,90,abc\n"), "column 'weekday': non-numeric value 'abc'"),
+        (
+            lambda tmp: _write_config(tmp, "training:\n  lr: -0.001\n"),
+            "Invalid learning rate: -0.001",
+        ),
+        (
+            lambda tmp: _write_config(tmp, "training:\n  weight_decay: -1\n"),
+            "Invalid weight_decay value: -1.0",
+        ),
+        (
+            lambda tmp: _write_config(tmp, "training:\n  max_grad_norm: .nan\n"),
+            "training.max_grad_norm must be a finite number, got nan",
+        ),
+        (
+            lambda tmp: _write_config(tmp, "training:\n  min_lr: .inf\n"),
+            "training.min_lr must be a finite number or null, got inf",
+        ),
+        (
+            lambda tmp: _write_config(tmp, "training:\n  warmup_epochs: 3\n"),
+            "unknown key training.warmup_epochs (did you mean 'warmup'?)",
+        ),
+        (
+            lambda tmp: _write_config(tmp, "trainng:\n  lr: 0.001\n"),
+            "unknown section 'trainng' (did you mean 'training'?)",
+        ),
+        (
+            lambda tmp: _write_csv(tmp, HEADER + "0,1,5,30.0,0,0,60,90,abc\n"),
+            "column 'weekday': non-numeric value 'abc'",
+        ),
         (lambda tmp: _write_csv(tmp, ""), "staypoint file is empty"),
         (lambda tmp: _write_csv(tmp, HEADER), "staypoint file has no rows"),
         (lambda tmp: ["--out", str(_write_csv(tmp, "x")[1])], "Not a directory"),
     ],
-    ids=["negative-epochs", "negative-seed", "negative-lr", "negative-weight-decay", "nan-grad-clip", "inf-min-lr",
-         "unknown-key", "unknown-section", "non-numeric-csv", "empty-csv", "header-only-csv", "out-is-a-file"],
+    ids=[
+        "negative-epochs",
+        "negative-seed",
+        "negative-lr",
+        "negative-weight-decay",
+        "nan-grad-clip",
+        "inf-min-lr",
+        "unknown-key",
+        "unknown-section",
+        "non-numeric-csv",
+        "empty-csv",
+        "header-only-csv",
+        "out-is-a-file",
+    ],
 )
-def test_bad_input_is_one_line_and_exit_2(make_args: Any, message: str, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_is_one_line_and_exit_2(
+    make_args: Any, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = make_args(tmp_path)
     if "--out" not in args:
         args += ["--out", str(tmp_path / "runs")]
@@ -670,21 +835,34 @@ def test_bad_input_is_one_line_and_exit_2(make_args: Any, message: str, tmp_path
     err = capsys.readouterr().err
     assert code == 2, err
     assert message in err
-    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert (
+        err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    )
 
 
 @pytest.mark.parametrize("content", ["{not json", '{"training": {}}'], ids=["corrupt", "no-recipe"])
-def test_resume_of_a_directory_with_a_bad_config_json(content: str, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_of_a_directory_with_a_bad_config_json(
+    content: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "config.json").write_text(content)
     assert pointer_v45.main(["--resume", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "config.json" in err and "not a run directory?" in err and len(err.strip().splitlines()) == 1
+    assert (
+        "config.json" in err
+        and "not a run directory?" in err
+        and len(err.strip().splitlines()) == 1
+    )
 
 
-def test_user_with_too_few_days_is_reported_not_fatal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    csv = synthetic_data.generate_synthetic_staypoints(tmp_path / "data.csv", num_users=4, num_days=40)
-    rows = "".join(f"{9000 + d},99,{d % 3},60.0,{d},{d},480,540,{d % 7}\n" for d in range(3))  # 3 days only
+def test_user_with_too_few_days_is_reported_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    csv = synthetic_data.generate_synthetic_staypoints(
+        tmp_path / "data.csv", num_users=4, num_days=40
+    )
+    rows = "".join(
+        f"{9000 + d},99,{d % 3},60.0,{d},{d},480,540,{d % 7}\n" for d in range(3)
+    )  # 3 days only
     csv.write_text(csv.read_text() + rows)
     data = pointer_v45_config.DataConfig(path=str(csv), cache_dir=str(tmp_path / "cache"))
     with caplog.at_level(logging.WARNING, logger="pointer_v45"):
@@ -696,32 +874,54 @@ def test_user_with_too_few_days_is_reported_not_fatal(tmp_path: Path, caplog: py
 # =========================================================================== 5. resume gaps
 
 
-def test_mid_epoch_resume_under_skip_keeps_the_epochs_full_nonfinite_count(tmp_path: Path, build: Any, nan_every: Any,
-                                                                            fake_clock: Any) -> None:
+def test_mid_epoch_resume_under_skip_keeps_the_epochs_full_nonfinite_count(
+    tmp_path: Path, build: Any, nan_every: Any, fake_clock: Any
+) -> None:
     # steps 2, 4, 6 of each epoch are dropped; a step checkpoint after every step lands mid-epoch
     full = build(tmp_path / "full", epochs=2, loss_fn=nan_every(2), nonfinite="skip")
     full.fit()
-    split = build(tmp_path / "split", epochs=2, loss_fn=nan_every(2), nonfinite="skip", every_seconds=1.0,
-                  clock=fake_clock())
+    split = build(
+        tmp_path / "split",
+        epochs=2,
+        loss_fn=nan_every(2),
+        nonfinite="skip",
+        every_seconds=1.0,
+        clock=fake_clock(),
+    )
     split.fit()
-    mid = [p for p in sorted((tmp_path / "split" / "ckpt").glob("step-*.pt"))
-           if torch.load(p, weights_only=True)["epoch"] == 1 and torch.load(p, weights_only=True)["step_in_epoch"] > 2]
+    mid = [
+        p
+        for p in sorted((tmp_path / "split" / "ckpt").glob("step-*.pt"))
+        if torch.load(p, weights_only=True)["epoch"] == 1
+        and torch.load(p, weights_only=True)["step_in_epoch"] > 2
+    ]
     assert mid, "expected a step checkpoint after a dropped step of epoch 2"
     state = torch.load(mid[0], weights_only=True)
-    resumed = build(tmp_path / "resumed", epochs=2, loss_fn=_shifted(nan_every(2), 6 + state["step_in_epoch"]),
-                    nonfinite="skip")
+    resumed = build(
+        tmp_path / "resumed",
+        epochs=2,
+        loss_fn=_shifted(nan_every(2), 6 + state["step_in_epoch"]),
+        nonfinite="skip",
+    )
     resumed.resume(mid[0])
     result = resumed.fit()
     assert [r["nonfinite_steps"] for r in full.progress.history] == [3, 3]
-    assert [r["nonfinite_steps"] for r in result["history"]] == [3, 3]  # not 3 minus the steps before the checkpoint
-    records = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nonfinite_steps"] for r in result["history"]] == [
+        3,
+        3,
+    ]  # not 3 minus the steps before the checkpoint
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert records[-1]["epoch"] == 2 and records[-1]["nonfinite_steps"] == 3
     assert result["nonfinite_steps"] == 6
 
 
 @pytest.mark.parametrize("damage", ["deleted", "truncated"])
-def test_a_damaged_best_model_falls_back_to_the_best_epochs_checkpoint(tmp_path: Path, build: Any, damage: str,
-                                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_a_damaged_best_model_falls_back_to_the_best_epochs_checkpoint(
+    tmp_path: Path, build: Any, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
     trainer = build(tmp_path, epochs=3)
     best = tmp_path / "ckpt" / "best.pt"
 
@@ -740,7 +940,8 @@ def test_a_damaged_best_model_falls_back_to_the_best_epochs_checkpoint(tmp_path:
 
 
 def test_without_best_model_or_its_epoch_checkpoint_the_final_weights_are_evaluated_and_said_so(
-        tmp_path: Path, build_trainer: Any, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, build_trainer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     trainer = build_trainer(tmp_path, epochs=2)  # no epoch checkpoints
 
     def delete_best(record: dict[str, Any]) -> None:
@@ -752,7 +953,9 @@ def test_without_best_model_or_its_epoch_checkpoint_the_final_weights_are_evalua
         result = trainer.fit()
     assert result["evaluated"] == "final weights (epoch 2): no best.pt"
     assert "evaluating the final weights" in caplog.text
-    assert result["validation"] == {k: v for k, v in trainer.evaluate(trainer.val_loader).items() if k != "batch_losses"}
+    assert result["validation"] == {
+        k: v for k, v in trainer.evaluate(trainer.val_loader).items() if k != "batch_losses"
+    }
 
 
 # =========================================================================== 6. SIGINT / SIGTERM
@@ -775,18 +978,28 @@ def signal_at_step(loss_fn: Any, step: int, signum: int, times: int = 1) -> Any:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_finishes_the_step_writes_last_pt_and_resume_is_bit_identical(
-        tmp_path: Path, build: Any, signum: int) -> None:
+    tmp_path: Path, build: Any, signum: int
+) -> None:
     full = build(tmp_path / "full", epochs=3)
     full.fit()
     previous = signal.getsignal(signum)
-    first = build(tmp_path / "split", epochs=3, loss_fn=signal_at_step(LabelSmoothedNLLLoss(0.03), 9, signum))
+    first = build(
+        tmp_path / "split", epochs=3, loss_fn=signal_at_step(LabelSmoothedNLLLoss(0.03), 9, signum)
+    )
     with pytest.raises(TrainingInterrupted) as info:
         first.fit()
     message = str(info.value)
-    assert "\n" not in message and f"interrupted by {signal.Signals(signum).name} at epoch 2, step 9" in message
+    assert (
+        "\n" not in message
+        and f"interrupted by {signal.Signals(signum).name} at epoch 2, step 9" in message
+    )
     assert "last.pt" in message and signal.getsignal(signum) is previous  # handlers restored
     state = torch.load(tmp_path / "split" / "ckpt" / "last.pt", weights_only=True)
-    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 3, 9)  # step 9 finished
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (
+        1,
+        3,
+        9,
+    )  # step 9 finished
     second = build(tmp_path / "split", epochs=3)
     second.resume()
     second.fit()
@@ -798,7 +1011,8 @@ def test_a_signal_finishes_the_step_writes_last_pt_and_resume_is_bit_identical(
 @pytest.mark.slow
 def test_a_second_signal_ends_the_process_at_once(tmp_path: Path) -> None:
     script = tmp_path / "twice.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {str(ROOT / "src")!r})
         import torch
@@ -817,15 +1031,20 @@ def test_a_second_signal_ends_the_process_at_once(tmp_path: Path) -> None:
             return nn.functional.nll_loss(scores, targets)
         Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), loss_fn, batches, batches, epochs=2,
                 progress=False, checkpoints=CheckpointManager({str(tmp_path / "ckpt")!r})).fit()
-    """))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    """)
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == -signal.SIGINT, proc.stderr
     assert "still running" not in proc.stdout and "Traceback" not in proc.stderr
     assert not (tmp_path / "ckpt" / "last.pt").exists()  # nothing was saved: it ended at once
 
 
 @pytest.mark.slow
-def test_cli_sigint_is_one_line_exit_130_and_resume_is_bit_identical(reference: ReferenceRun, tmp_path: Path) -> None:
+def test_cli_sigint_is_one_line_exit_130_and_resume_is_bit_identical(
+    reference: ReferenceRun, tmp_path: Path
+) -> None:
     driver = Driver(tmp_path, "proposed")
     out = tmp_path / "runs"
     proc = driver.start(driver.fresh_args(out), "mark step 2 5")

@@ -100,7 +100,11 @@ def test_warmup_zero_is_pure_cosine():
 
 
 @settings(max_examples=300, deadline=None)
-@given(schedules(), st.integers(min_value=0, max_value=250 * 1000), st.sampled_from([1, 2, 3, 7, 64, 1000]))
+@given(
+    schedules(),
+    st.integers(min_value=0, max_value=250 * 1000),
+    st.sampled_from([1, 2, 3, 7, 64, 1000]),
+)
 def test_bounds(args, k, steps_per_epoch):
     base_lr, warmup, total, min_lr = args
     sched = WarmupCosineSchedule(base_lr, warmup, total, min_lr)
@@ -141,7 +145,10 @@ def test_monotone_warmup_rise_and_cosine_fall(args, a, b, steps_per_epoch):
 
 def test_warmup_cosine_seam_is_at_the_peak():
     # At the seam the seed's two formulas each give base_lr up to their own rounding.
-    for base_lr, warmup, total, min_lr in [(6.5e-4, 5, 50, 1e-6), (0.4810498669763799, 3, 9, 0.15106670460766922)]:
+    for base_lr, warmup, total, min_lr in [
+        (6.5e-4, 5, 50, 1e-6),
+        (0.4810498669763799, 3, 9, 0.15106670460766922),
+    ]:
         sched = WarmupCosineSchedule(base_lr, warmup, total, min_lr)
         ulp = math.ulp(base_lr)
         assert abs(sched(warmup - 1) - base_lr) <= ulp
@@ -258,7 +265,10 @@ def test_as_lr_scheduler_in_a_chained_scheduler_behaves_like_lambda_lr() -> None
     sched = WarmupCosineSchedule(0.1, warmup=3, total=12, min_lr=1e-3)
     ours_opt, ref_opt = _groups_optimizer([0.1, 0.02]), _groups_optimizer([0.1, 0.02])
     ours = torch.optim.lr_scheduler.ChainedScheduler(
-        [sched.as_lr_scheduler(ours_opt), torch.optim.lr_scheduler.ExponentialLR(ours_opt, gamma=0.9)]
+        [
+            sched.as_lr_scheduler(ours_opt),
+            torch.optim.lr_scheduler.ExponentialLR(ours_opt, gamma=0.9),
+        ]
     )
     ref = torch.optim.lr_scheduler.ChainedScheduler(
         [
@@ -271,7 +281,9 @@ def test_as_lr_scheduler_in_a_chained_scheduler_behaves_like_lambda_lr() -> None
         ref_opt.step()
         ours.step()
         ref.step()
-        assert [g["lr"] for g in ours_opt.param_groups] == pytest.approx([g["lr"] for g in ref_opt.param_groups])
+        assert [g["lr"] for g in ours_opt.param_groups] == pytest.approx(
+            [g["lr"] for g in ref_opt.param_groups]
+        )
 
 
 def test_as_lr_scheduler_refuses_a_first_group_at_lr_zero() -> None:

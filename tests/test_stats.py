@@ -14,7 +14,9 @@ from trainkit import stats
 # Accuracies in percent, as the comparison report feeds them.
 values = st.floats(min_value=0.0, max_value=100.0, allow_nan=False, allow_infinity=False)
 pairs = st.integers(min_value=stats.MIN_SEEDS, max_value=12).flatmap(
-    lambda n: st.tuples(st.lists(values, min_size=n, max_size=n), st.lists(values, min_size=n, max_size=n))
+    lambda n: st.tuples(
+        st.lists(values, min_size=n, max_size=n), st.lists(values, min_size=n, max_size=n)
+    )
 )
 FAST = settings(max_examples=60, deadline=None)
 
@@ -25,7 +27,17 @@ def tolerance(values: np.ndarray) -> float:
 
 
 # Student's t 0.975 quantiles from the standard tables (e.g. NIST/SEMATECH e-Handbook, table 1.3.6.7.2).
-T_TABLE = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262, 10: 2.228, 30: 2.042, 100: 1.984}
+T_TABLE = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    9: 2.262,
+    10: 2.228,
+    30: 2.042,
+    100: 1.984,
+}
 
 
 @pytest.mark.parametrize("df, expected", sorted(T_TABLE.items()))
@@ -41,7 +53,9 @@ def test_t_quantile_approaches_the_normal_quantile() -> None:
 
 @given(pairs)
 @FAST
-def test_both_intervals_contain_the_sample_mean_difference(pair: tuple[list[float], list[float]]) -> None:
+def test_both_intervals_contain_the_sample_mean_difference(
+    pair: tuple[list[float], list[float]],
+) -> None:
     a, b = pair
     diff = stats.paired_difference(a, b)
     d = np.asarray(b) - np.asarray(a)
@@ -54,12 +68,17 @@ def test_both_intervals_contain_the_sample_mean_difference(pair: tuple[list[floa
 
 @given(pairs, st.floats(min_value=1.01, max_value=20.0))
 @FAST
-def test_intervals_widen_as_the_spread_grows(pair: tuple[list[float], list[float]], factor: float) -> None:
+def test_intervals_widen_as_the_spread_grows(
+    pair: tuple[list[float], list[float]], factor: float
+) -> None:
     a, b = (np.asarray(x) for x in pair)
     d = b - a
     wider = d.mean() + factor * (d - d.mean())  # same mean difference, `factor` times the spread
     narrow_t, wide_t = stats.t_interval(d), stats.t_interval(wider)
-    narrow_b, wide_b = stats.bootstrap_interval(d, rng_seed=3), stats.bootstrap_interval(wider, rng_seed=3)
+    narrow_b, wide_b = (
+        stats.bootstrap_interval(d, rng_seed=3),
+        stats.bootstrap_interval(wider, rng_seed=3),
+    )
     slack = tolerance(wider)
     assert wide_t.high - wide_t.low >= narrow_t.high - narrow_t.low - slack
     assert wide_b.high - wide_b.low >= narrow_b.high - narrow_b.low - slack
@@ -69,7 +88,9 @@ def test_intervals_widen_as_the_spread_grows(pair: tuple[list[float], list[float
 
 @given(pairs, st.integers(min_value=0, max_value=2**32 - 1))
 @FAST
-def test_bootstrap_is_deterministic_for_a_fixed_rng_seed(pair: tuple[list[float], list[float]], rng_seed: int) -> None:
+def test_bootstrap_is_deterministic_for_a_fixed_rng_seed(
+    pair: tuple[list[float], list[float]], rng_seed: int
+) -> None:
     a, b = pair
     first = stats.paired_difference(a, b, rng_seed=rng_seed, resamples=500)
     second = stats.paired_difference(a, b, rng_seed=rng_seed, resamples=500)
@@ -131,11 +152,20 @@ def test_summary_is_mean_and_sample_sd(xs: list[float]) -> None:
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: stats.paired_difference([1.0, 2.0, 3.0], [1.0, 2.0]), "a and b must pair up one to one, got 3 and 2"),
+        (
+            lambda: stats.paired_difference([1.0, 2.0, 3.0], [1.0, 2.0]),
+            "a and b must pair up one to one, got 3 and 2",
+        ),
         (lambda: stats.paired_difference([], []), "a must be a non-empty"),
         (lambda: stats.summarize([1.0, math.nan]), "values must be finite"),
-        (lambda: stats.t_interval([1.0, 2.0, 3.0], level=1.5), "level must be in \\(0, 1\\), got 1.5"),
-        (lambda: stats.bootstrap_interval([1.0, 2.0, 3.0], resamples=10), "resamples must be an integer >= 100, got 10"),
+        (
+            lambda: stats.t_interval([1.0, 2.0, 3.0], level=1.5),
+            "level must be in \\(0, 1\\), got 1.5",
+        ),
+        (
+            lambda: stats.bootstrap_interval([1.0, 2.0, 3.0], resamples=10),
+            "resamples must be an integer >= 100, got 10",
+        ),
         (lambda: stats.t_quantile(0.975, 0), "df must be an integer >= 1, got 0"),
         (lambda: stats.t_quantile(1.0, 3), "p must be in \\(0, 1\\), got 1.0"),
     ],

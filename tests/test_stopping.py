@@ -21,8 +21,15 @@ class SeedLoop:
     an improvement, an optional ``min_delta``, and a mirrored ``"max"`` mode.
     """
 
-    def __init__(self, patience: int, min_epochs: int, mode: str = "min", min_delta: float = 0.0) -> None:
-        self.patience, self.min_epochs, self.mode, self.min_delta = patience, min_epochs, mode, min_delta
+    def __init__(
+        self, patience: int, min_epochs: int, mode: str = "min", min_delta: float = 0.0
+    ) -> None:
+        self.patience, self.min_epochs, self.mode, self.min_delta = (
+            patience,
+            min_epochs,
+            mode,
+            min_delta,
+        )
         self.best = math.inf if mode == "min" else -math.inf
         self.best_epoch = None
         self.counter = 0
@@ -320,7 +327,7 @@ def test_running_average_skips_nonfinite_values():
 # --------------------------------------------------------------------------- types accept what the docs pass
 
 
-_TENSOR_VALUES = '''
+_TENSOR_VALUES = """
 import torch
 from trainkit import EarlyStopper, RunningAverage
 
@@ -328,7 +335,7 @@ stopper = EarlyStopper(patience=2)
 improved: bool = stopper.step(torch.tensor(0.5))     # a 0-d tensor, as documented
 improved = stopper.step(0.25)
 average: float = RunningAverage().update(torch.tensor([1.0, 3.0]).mean())
-'''
+"""
 
 
 def test_step_and_update_are_typed_to_take_0d_tensors(tmp_path) -> None:
@@ -341,9 +348,21 @@ def test_step_and_update_are_typed_to_take_0d_tensors(tmp_path) -> None:
     root = Path(__file__).resolve().parent.parent
     (tmp_path / "snippet.py").write_text(_TENSOR_VALUES, encoding="utf-8")
     done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--untyped-calls-exclude=torch", "--follow-imports=silent",
-         "--cache-dir", str(root / ".cache" / "mypy-docs"), "snippet.py"],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "MYPYPATH": str(root / "src")},
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--untyped-calls-exclude=torch",
+            "--follow-imports=silent",
+            "--cache-dir",
+            str(root / ".cache" / "mypy-docs"),
+            "snippet.py",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "MYPYPATH": str(root / "src")},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     namespace: dict[str, object] = {}
@@ -351,7 +370,9 @@ def test_step_and_update_are_typed_to_take_0d_tensors(tmp_path) -> None:
     assert namespace["average"] == 2.0
 
 
-@pytest.mark.parametrize("selector", [EarlyStopper(), RunningAverage()], ids=["EarlyStopper", "RunningAverage"])
+@pytest.mark.parametrize(
+    "selector", [EarlyStopper(), RunningAverage()], ids=["EarlyStopper", "RunningAverage"]
+)
 def test_load_state_dict_names_missing_keys_with_a_value_error(selector) -> None:
     state = selector.state_dict()
     del state["best"]

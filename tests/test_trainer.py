@@ -40,7 +40,9 @@ def kill_after(epoch: int):
     return on_epoch_end
 
 
-def test_fit_learns_and_writes_checkpoints_and_metrics(tmp_path: Path, build_trainer, tiny_data) -> None:
+def test_fit_learns_and_writes_checkpoints_and_metrics(
+    tmp_path: Path, build_trainer, tiny_data
+) -> None:
     trainer = build_trainer(tmp_path, epochs=4)
     result = trainer.fit()
     assert result["epochs_run"] == 4
@@ -48,10 +50,25 @@ def test_fit_learns_and_writes_checkpoints_and_metrics(tmp_path: Path, build_tra
     assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
     assert result["evaluated"] == f"best.pt (epoch {result['best_epoch']})"
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2, 3, 4] and [r["step"] for r in records] == [6, 12, 18, 24]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4] and [r["step"] for r in records] == [
+        6,
+        12,
+        18,
+        24,
+    ]
     for name in ("best.pt", "last.pt"):
         state = torch.load(tmp_path / "ckpt" / name, weights_only=True)
-        for key in ("model", "optimizer", "epoch", "amp", "schedule", "selector", "rng", "config", "global_step"):
+        for key in (
+            "model",
+            "optimizer",
+            "epoch",
+            "amp",
+            "schedule",
+            "selector",
+            "rng",
+            "config",
+            "global_step",
+        ):
             assert key in state, key
     assert torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)["epoch"] == 4
     # padding targets (id 0) are not counted by the metrics
@@ -64,7 +81,9 @@ def test_lr_follows_schedule_per_epoch(tmp_path: Path, build_trainer) -> None:
     assert [r["lr"] for r in result["history"]] == [schedule(e) for e in range(3)]
 
 
-def test_final_evaluation_uses_best_checkpoint_without_early_stop(tmp_path: Path, build_trainer) -> None:
+def test_final_evaluation_uses_best_checkpoint_without_early_stop(
+    tmp_path: Path, build_trainer
+) -> None:
     trainer = build_trainer(tmp_path, epochs=4)
     result = trainer.fit()
     best = torch.load(tmp_path / "ckpt" / "best.pt", weights_only=True)
@@ -85,11 +104,14 @@ def test_default_selector_is_the_plain_best_loss(tmp_path: Path, build_trainer) 
     assert isinstance(trainer.selector, BestValue)
     losses = [r["val_loss"] for r in result["history"]]
     assert result["best_epoch"] == 1 + losses.index(min(losses))
-    assert [r["improved"] for r in result["history"]] == [losses[i] < min(losses[:i], default=math.inf)
-                                                          for i in range(3)]
+    assert [r["improved"] for r in result["history"]] == [
+        losses[i] < min(losses[:i], default=math.inf) for i in range(3)
+    ]
 
 
-def test_running_average_is_fed_every_validation_batch_in_order(tmp_path: Path, build_trainer) -> None:
+def test_running_average_is_fed_every_validation_batch_in_order(
+    tmp_path: Path, build_trainer
+) -> None:
     """The reference's eval process updates the average once per validation batch (docs/stopping.md)."""
     trainer = build_trainer(tmp_path, epochs=3, selector="running_average")
     fed: list[float] = []
@@ -107,7 +129,7 @@ def test_running_average_is_fed_every_validation_batch_in_order(tmp_path: Path, 
     replay, averages, improved = RunningAverage(), [], []
     for epoch in range(3):
         pass_improved = False
-        for value in fed[epoch * batches:(epoch + 1) * batches]:
+        for value in fed[epoch * batches : (epoch + 1) * batches]:
             replay.update(value)
             pass_improved = pass_improved or replay.is_best
         averages.append(replay.avg)
@@ -118,7 +140,11 @@ def test_running_average_is_fed_every_validation_batch_in_order(tmp_path: Path, 
     per_epoch = RunningAverage()
     assert [per_epoch.update(r["val_loss"]) for r in result["history"]] != averages
     best = torch.load(tmp_path / "ckpt" / "best.pt", weights_only=True)
-    assert best["epoch"] == result["best_epoch"] == max(i + 1 for i, flag in enumerate(improved) if flag)
+    assert (
+        best["epoch"]
+        == result["best_epoch"]
+        == max(i + 1 for i, flag in enumerate(improved) if flag)
+    )
 
 
 def test_running_average_step_reports_a_dip_inside_the_pass() -> None:
@@ -144,10 +170,14 @@ def test_resume_after_epoch_is_bit_identical(tmp_path: Path, build_trainer) -> N
     second.fit()
     for name, tensor in _weights(second).items():
         assert torch.equal(tensor, expected[name]), name
-    assert [r["val_loss"] for r in second.progress.history] == [r["val_loss"] for r in full.progress.history]
+    assert [r["val_loss"] for r in second.progress.history] == [
+        r["val_loss"] for r in full.progress.history
+    ]
 
 
-def test_resume_from_mid_epoch_step_checkpoint_is_bit_identical(tmp_path: Path, build_trainer, fake_clock) -> None:
+def test_resume_from_mid_epoch_step_checkpoint_is_bit_identical(
+    tmp_path: Path, build_trainer, fake_clock
+) -> None:
     full = build_trainer(tmp_path / "full", epochs=3)
     full.fit()
     expected = _weights(full)
@@ -169,19 +199,27 @@ def test_keep_last_rotates_step_checkpoints(tmp_path: Path, build_trainer, fake_
     assert (tmp_path / "ckpt" / "best.pt").is_file() and (tmp_path / "ckpt" / "last.pt").is_file()
 
 
-def test_nonfinite_loss_raises_with_epoch_and_step(tmp_path: Path, build_trainer, poisoned_loss) -> None:
-    trainer = build_trainer(tmp_path, epochs=3, loss_fn=poisoned_loss(lambda n: n > 8))  # epoch 2, step 3
+def test_nonfinite_loss_raises_with_epoch_and_step(
+    tmp_path: Path, build_trainer, poisoned_loss
+) -> None:
+    trainer = build_trainer(
+        tmp_path, epochs=3, loss_fn=poisoned_loss(lambda n: n > 8)
+    )  # epoch 2, step 3
     with pytest.raises(NonFiniteLossError, match=r"Loss is not finite.*epoch 2, step 3.*last\.pt"):
         trainer.fit()
     best = torch.load(tmp_path / "ckpt" / "best.pt", weights_only=True)
     assert all(torch.isfinite(t).all() for t in best["model"].values())
 
 
-def test_nonfinite_skip_policy_skips_and_counts(tmp_path: Path, build_trainer, poisoned_loss) -> None:
+def test_nonfinite_skip_policy_skips_and_counts(
+    tmp_path: Path, build_trainer, poisoned_loss
+) -> None:
     every_fifth_inf = poisoned_loss(lambda n: n % 5 == 0, float("inf"))
     trainer = build_trainer(tmp_path, epochs=2, loss_fn=every_fifth_inf, nonfinite="skip")
     result = trainer.fit()
-    assert result["nonfinite_steps"] == trainer.progress.nonfinite_steps == 2  # the 5th and 10th of 12
+    assert (
+        result["nonfinite_steps"] == trainer.progress.nonfinite_steps == 2
+    )  # the 5th and 10th of 12
     assert [r["nonfinite_steps"] for r in result["history"]] == [1, 1]
     assert all(math.isfinite(r["train_loss"]) for r in result["history"])
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
@@ -198,19 +236,38 @@ def test_invalid_arguments_are_refused(tmp_path: Path, tiny_model) -> None:
         Trainer(model, optimizer, LabelSmoothedNLLLoss(), [], [], epochs=1, max_nonfinite_steps=-1)
 
 
-def test_an_unpinned_best_name_is_refused_and_the_manager_left_alone(tmp_path: Path, tiny_model) -> None:
+def test_an_unpinned_best_name_is_refused_and_the_manager_left_alone(
+    tmp_path: Path, tiny_model
+) -> None:
     model = tiny_model()
     manager = CheckpointManager(tmp_path, keep_last=1)
     pinned = manager.pinned
-    with pytest.raises(ValueError, match=r"best_name 'bestmodel\.pt' would be rotated away.*pinned=\('bestmodel\.pt',\)"):
-        Trainer(model, build_optimizer(model, "adamw"), LabelSmoothedNLLLoss(), [], [], epochs=1, checkpoints=manager,
-                best_name="bestmodel.pt")
+    with pytest.raises(
+        ValueError,
+        match=r"best_name 'bestmodel\.pt' would be rotated away.*pinned=\('bestmodel\.pt',\)",
+    ):
+        Trainer(
+            model,
+            build_optimizer(model, "adamw"),
+            LabelSmoothedNLLLoss(),
+            [],
+            [],
+            epochs=1,
+            checkpoints=manager,
+            best_name="bestmodel.pt",
+        )
     assert manager.pinned == pinned
 
 
 def test_a_pinned_best_name_survives_rotation(tmp_path: Path, build_trainer, fake_clock) -> None:
-    trainer = build_trainer(tmp_path, epochs=3, every_seconds=1.0, clock=fake_clock(), best_name="bestmodel.pt",
-                            selector="running_average")
+    trainer = build_trainer(
+        tmp_path,
+        epochs=3,
+        every_seconds=1.0,
+        clock=fake_clock(),
+        best_name="bestmodel.pt",
+        selector="running_average",
+    )
     trainer.checkpoints.keep_last = 1
     trainer.fit()
     assert (tmp_path / "ckpt" / "bestmodel.pt").is_file()
@@ -222,7 +279,10 @@ def test_plain_xy_batches_and_pluggable_metrics(tmp_path: Path) -> None:
 
     class MeanAbsError:
         def __init__(self, device: Any = None) -> None:
-            self.total, self.count = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+            self.total, self.count = (
+                torch.zeros((), dtype=torch.float64),
+                torch.zeros((), dtype=torch.float64),
+            )
 
         def update(self, scores: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> None:
             self.total += ((scores.argmax(-1) - targets).abs() * valid).sum()
@@ -243,8 +303,17 @@ def test_plain_xy_batches_and_pluggable_metrics(tmp_path: Path) -> None:
     x = torch.randn(64, 3)
     data = {"x": x, "y": (x[:, 0] > 0).long() + 1}
     batches = TensorBatches(data, 16, transform=lambda b: (b["x"], b["y"]))
-    trainer = Trainer(model, build_optimizer(model, "adamw", lr=1e-2), LabelSmoothedNLLLoss(), batches, batches,
-                      epochs=2, metrics=MeanAbsError, progress=False, checkpoints=CheckpointManager(tmp_path))
+    trainer = Trainer(
+        model,
+        build_optimizer(model, "adamw", lr=1e-2),
+        LabelSmoothedNLLLoss(),
+        batches,
+        batches,
+        epochs=2,
+        metrics=MeanAbsError,
+        progress=False,
+        checkpoints=CheckpointManager(tmp_path),
+    )
     result = trainer.fit()
     assert set(result["validation"]) == {"mae", "loss"}
     assert "val_mae" in result["history"][0] and "val_acc@1" not in result["history"][0]
@@ -286,24 +355,35 @@ def test_ema_is_updated_each_step_evaluated_and_saved(tmp_path: Path, build_trai
     expected = trainer.evaluate(trainer.val_loader)
     assert result["validation"]["loss"] == expected["loss"]
     trainer.ema = None
-    assert trainer.evaluate(trainer.val_loader)["loss"] != expected["loss"]  # the raw weights differ
+    assert (
+        trainer.evaluate(trainer.val_loader)["loss"] != expected["loss"]
+    )  # the raw weights differ
 
 
-def test_a_checkpoint_of_another_optimizer_is_refused_before_anything_changes(tmp_path: Path, build_trainer) -> None:
+def test_a_checkpoint_of_another_optimizer_is_refused_before_anything_changes(
+    tmp_path: Path, build_trainer
+) -> None:
     build_trainer(tmp_path / "a", epochs=1).fit()
     state = torch.load(tmp_path / "a" / "ckpt" / "last.pt", weights_only=True)
     other = build_trainer(tmp_path / "b", epochs=1)
-    adamw_state, state["optimizer"] = state["optimizer"], build_optimizer(other.model, "adagrad").state_dict()
+    adamw_state, state["optimizer"] = (
+        state["optimizer"],
+        build_optimizer(other.model, "adagrad").state_dict(),
+    )
     before = _weights(other)
     with pytest.raises(ValueError) as info:
         other.load_state_dict(state)
     message = str(info.value)
     assert "\n" not in message and "not a AdamW state" in message and "betas" in message
-    assert all(torch.equal(t, before[k]) for k, t in _weights(other).items())  # the model was not loaded
+    assert all(
+        torch.equal(t, before[k]) for k, t in _weights(other).items()
+    )  # the model was not loaded
     assert other.progress.epoch == 0
     state["optimizer"] = adamw_state
     del state["selector"]["counter"]
-    with pytest.raises(ValueError, match=r"not a EarlyStopper \('selector'\) state: it lacks 'counter'"):
+    with pytest.raises(
+        ValueError, match=r"not a EarlyStopper \('selector'\) state: it lacks 'counter'"
+    ):
         other.load_state_dict(state)
 
 
@@ -316,15 +396,27 @@ CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 
 
-def test_capture_auto_on_cpu_is_eager_with_one_logged_reason(tmp_path: Path, build_trainer, caplog) -> None:
+def test_capture_auto_on_cpu_is_eager_with_one_logged_reason(
+    tmp_path: Path, build_trainer, caplog
+) -> None:
     with caplog.at_level("INFO", logger="trainkit.trainer"):
         result = build_trainer(tmp_path, epochs=2).fit()
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(("training step", "evaluation:"))]
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith(("training step", "evaluation:"))
+    ]
     assert lines == ["training step: eager (device is cpu: a CUDA graph needs CUDA)"]
-    assert result["capture"] == {"step": "eager", "reason": "device is cpu: a CUDA graph needs CUDA", "seconds": 0.0}
+    assert result["capture"] == {
+        "step": "eager",
+        "reason": "device is cpu: a CUDA graph needs CUDA",
+        "seconds": 0.0,
+    }
 
 
-def test_capture_true_without_cuda_raises_the_reason_and_bad_values_are_refused(tmp_path: Path, build_trainer) -> None:
+def test_capture_true_without_cuda_raises_the_reason_and_bad_values_are_refused(
+    tmp_path: Path, build_trainer
+) -> None:
     with pytest.raises(CaptureError, match="capture=True, but device is cpu"):
         build_trainer(tmp_path, capture=True)
     with pytest.raises(ValueError, match="capture must be 'auto', True or False, got 'yes'"):
@@ -341,9 +433,19 @@ def test_capture_decision_names_each_reason(tiny_model) -> None:
     model = tiny_model()
     amp = types.SimpleNamespace(precision="fp16", max_grad_norm=None)
     progress = types.SimpleNamespace(global_step=0)
-    cases = [(torch.optim.SGD(model.parameters(), lr=0.1), "fp32", "SGD is not captured"),
-             (torch.optim.AdamW(model.parameters(), lr=0.1, foreach=True), "fp16", "fp16 needs fused=True")]
-    for optimizer, precision, reason in cases:  # the optimizer and precision rules come before the device's
+    cases = [
+        (torch.optim.SGD(model.parameters(), lr=0.1), "fp32", "SGD is not captured"),
+        (
+            torch.optim.AdamW(model.parameters(), lr=0.1, foreach=True),
+            "fp16",
+            "fp16 needs fused=True",
+        ),
+    ]
+    for (
+        optimizer,
+        precision,
+        reason,
+    ) in cases:  # the optimizer and precision rules come before the device's
         decision = TrainerCapture("auto", cuda)
         amp.precision = precision
         assert decision.training(model, optimizer, None, None, [], amp, progress, None) is None
@@ -353,23 +455,31 @@ def test_capture_decision_names_each_reason(tiny_model) -> None:
         strict.training(model, cases[0][0], None, None, [], amp, progress, None)
 
 
-def test_ranks_train_eagerly_together_when_a_capture_failed_on_another_rank(monkeypatch, tiny_model) -> None:
+def test_ranks_train_eagerly_together_when_a_capture_failed_on_another_rank(
+    monkeypatch, tiny_model
+) -> None:
     from trainkit import distributed  # noqa: PLC0415
 
     model = tiny_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     amp = types.SimpleNamespace(precision="fp32", max_grad_norm=None)
     monkeypatch.setattr(CapturedStep, "why_not", staticmethod(lambda *args, **kwargs: None))
-    monkeypatch.setattr(CapturedStep, "try_create", staticmethod(lambda *args, **kwargs: (object(), None)))
+    monkeypatch.setattr(
+        CapturedStep, "try_create", staticmethod(lambda *args, **kwargs: (object(), None))
+    )
     gathered: list[bool] = []
-    monkeypatch.setattr(distributed, "all_gather_object", lambda value: gathered.append(value) or [value, False])
+    monkeypatch.setattr(
+        distributed, "all_gather_object", lambda value: gathered.append(value) or [value, False]
+    )
     decision = TrainerCapture("auto", torch.device("cuda"))
     assert decision.training(model, optimizer, None, None, [object()], amp, None, None) is None
     assert gathered == [True] and decision.reason == "the capture failed on another rank"
     assert decision.summary()["step"] == "eager"
 
 
-def test_captured_evaluation_under_torchrun_reduces_sums_and_agrees_across_ranks(monkeypatch, tiny_model) -> None:
+def test_captured_evaluation_under_torchrun_reduces_sums_and_agrees_across_ranks(
+    monkeypatch, tiny_model
+) -> None:
     """The wiring, with two identical simulated ranks (CapturedEval run eagerly on CPU)."""
     import contextlib  # noqa: PLC0415
 
@@ -378,25 +488,52 @@ def test_captured_evaluation_under_torchrun_reduces_sums_and_agrees_across_ranks
     from trainkit.evaluation import default_forward, evaluate  # noqa: PLC0415
 
     model = tiny_model()
-    loader = _Batches(make_data(40, 2), 16, shuffle=False, transform=to_batch, pad_to_full_batch=True,
-                      pad_values={"y": 0})
+    loader = _Batches(
+        make_data(40, 2),
+        16,
+        shuffle=False,
+        transform=to_batch,
+        pad_to_full_batch=True,
+        pad_values={"y": 0},
+    )
     loss_fn = LabelSmoothedNLLLoss(0.03)
     metrics = lambda device: RankingMetrics(NUM_CLASSES, device=device)  # noqa: E731
-    options = {"metrics": metrics, "device": torch.device("cpu"), "forward": default_forward, "ignore_index": 0,
-               "autocast": contextlib.nullcontext, "precision": "fp32"}
+    options = {
+        "metrics": metrics,
+        "device": torch.device("cpu"),
+        "forward": default_forward,
+        "ignore_index": 0,
+        "autocast": contextlib.nullcontext,
+        "precision": "fp32",
+    }
     monkeypatch.setattr(CapturedEval, "why_not", staticmethod(lambda *args, **kwargs: None))
-    monkeypatch.setattr(CapturedEval, "try_create", staticmethod(
-        lambda *args, **kwargs: (CapturedEval(*args, **{**kwargs, "capture": False}), None)))
-    monkeypatch.setattr(distributed, "all_reduce_sum", lambda tensor: tensor.mul_(2))  # two identical ranks
-    monkeypatch.setattr(distributed, "all_gather_interleaved", lambda values: [v for v in values for _ in range(2)])
+    monkeypatch.setattr(
+        CapturedEval,
+        "try_create",
+        staticmethod(
+            lambda *args, **kwargs: (CapturedEval(*args, **{**kwargs, "capture": False}), None)
+        ),
+    )
+    monkeypatch.setattr(
+        distributed, "all_reduce_sum", lambda tensor: tensor.mul_(2)
+    )  # two identical ranks
+    monkeypatch.setattr(
+        distributed, "all_gather_interleaved", lambda values: [v for v in values for _ in range(2)]
+    )
     agreed = {"value": True}
     monkeypatch.setattr(distributed, "all_gather_object", lambda value: [value, agreed["value"]])
-    eager = evaluate(model, loader, loss_fn, metrics=metrics, device=torch.device("cpu"), forward=default_forward)
+    eager = evaluate(
+        model, loader, loss_fn, metrics=metrics, device=torch.device("cpu"), forward=default_forward
+    )
 
-    captured = TrainerCapture("auto", torch.device("cuda")).evaluate(model, loader, loss_fn, **options)
+    captured = TrainerCapture("auto", torch.device("cuda")).evaluate(
+        model, loader, loss_fn, **options
+    )
     for key in ("loss", "acc@1", "mrr"):
         assert captured[key] == pytest.approx(eager[key], rel=1e-6), key
-    assert captured["batch_losses"] == pytest.approx([v for v in eager["batch_losses"] for _ in range(2)], rel=1e-6)
+    assert captured["batch_losses"] == pytest.approx(
+        [v for v in eager["batch_losses"] for _ in range(2)], rel=1e-6
+    )
 
     agreed["value"] = False  # the other rank could not capture: this one evaluates eagerly too
     decision = TrainerCapture("auto", torch.device("cuda"))
@@ -408,9 +545,18 @@ def test_captured_evaluation_under_torchrun_reduces_sums_and_agrees_across_ranks
 def _captured_bookkeeping(trainer: Trainer, **step_options: Any) -> None:
     """Route the Trainer through the captured path's bookkeeping with the CapturedStep run eagerly (CPU)."""
     batch = next(iter(trainer.train_loader))
-    step = CapturedStep(trainer.model, trainer.optimizer, trainer.loss_fn, trainer.forward, batch, precision="fp32",
-                        max_grad_norm=trainer.amp.max_grad_norm, nonfinite=trainer.nonfinite.mode, capture=False,
-                        **step_options)
+    step = CapturedStep(
+        trainer.model,
+        trainer.optimizer,
+        trainer.loss_fn,
+        trainer.forward,
+        batch,
+        precision="fp32",
+        max_grad_norm=trainer.amp.max_grad_norm,
+        nonfinite=trainer.nonfinite.mode,
+        capture=False,
+        **step_options,
+    )
     trainer.capture._adopt(step, trainer.amp, trainer.progress, trainer.ema)
     trainer.capture._decided = True
 
@@ -438,22 +584,35 @@ def _poisoned_data(bad_index: int) -> dict[str, torch.Tensor]:
 
 def test_captured_bookkeeping_raise_names_epoch_and_step(tmp_path: Path, build_trainer) -> None:
     trainer = build_trainer(tmp_path, epochs=3)
-    trainer.train_loader = _Batches(_poisoned_data(16 * 4 + 3), 16, shuffle=False,
-                                    transform=lambda b: (b["x"], b["y"], {"scale": b["scale"]}))
+    trainer.train_loader = _Batches(
+        _poisoned_data(16 * 4 + 3),
+        16,
+        shuffle=False,
+        transform=lambda b: (b["x"], b["y"], {"scale": b["scale"]}),
+    )
     _captured_bookkeeping(trainer)
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 5;"):
         trainer.fit()
 
 
 def test_captured_bookkeeping_skip_counts_and_caps(tmp_path: Path, build_trainer) -> None:
-    loader = _Batches(_poisoned_data(16 * 2), 16, shuffle=False,
-                      transform=lambda b: (b["x"], b["y"], {"scale": b["scale"]}))
+    loader = _Batches(
+        _poisoned_data(16 * 2),
+        16,
+        shuffle=False,
+        transform=lambda b: (b["x"], b["y"], {"scale": b["scale"]}),
+    )
     trainer = build_trainer(tmp_path / "a", epochs=2, nonfinite="skip", max_nonfinite_steps=5)
     trainer.train_loader = loader
-    trainer.optimizer.param_groups[0]["fused"] = True  # the device-side skip is the fused kernel's found_inf
+    trainer.optimizer.param_groups[0]["fused"] = (
+        True  # the device-side skip is the fused kernel's found_inf
+    )
     _captured_bookkeeping(trainer)
     result = trainer.fit()
-    assert result["nonfinite_steps"] == 2 and [r["nonfinite_steps"] for r in result["history"]] == [1, 1]
+    assert result["nonfinite_steps"] == 2 and [r["nonfinite_steps"] for r in result["history"]] == [
+        1,
+        1,
+    ]
     assert result["history"][-1]["step"] == 12  # a skipped step still counts under capture
     assert all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters())
     capped = build_trainer(tmp_path / "b", epochs=2, nonfinite="skip", max_nonfinite_steps=0)
@@ -500,9 +659,19 @@ def _cuda_trainer(directory: Path, epochs: int, **kwargs: Any) -> Trainer:
     trainer.amp.device_type = "cuda"
     for name in ("train_loader", "val_loader", "test_loader"):
         old = getattr(trainer, name)
-        setattr(trainer, name, _Batches({k: v.to(device) for k, v in old.tensors.items()}, 16, shuffle=old.shuffle,
-                                        seed=old.seed, transform=old.transform, pad_to_full_batch=True,
-                                        pad_values={"y": 0}))
+        setattr(
+            trainer,
+            name,
+            _Batches(
+                {k: v.to(device) for k, v in old.tensors.items()},
+                16,
+                shuffle=old.shuffle,
+                seed=old.seed,
+                transform=old.transform,
+                pad_to_full_batch=True,
+                pad_values={"y": 0},
+            ),
+        )
     return trainer
 
 
@@ -515,11 +684,19 @@ def test_cuda_trainer_captures_step_and_evaluation(tmp_path: Path) -> None:
     assert result["capture"]["step"] == "captured" and result["capture"]["seconds"] > 0
     assert trainer.capture.step is not None and trainer.capture.step.eager_steps == 0
     assert [r["step"] for r in result["history"]] == [6, 12, 18]
-    assert all(math.isfinite(r["train_loss"]) and "running_avg_loss" in r for r in result["history"])
+    assert all(
+        math.isfinite(r["train_loss"]) and "running_avg_loss" in r for r in result["history"]
+    )
     captured = trainer.evaluate(trainer.val_loader)
     assert len(captured["batch_losses"]) == 3
-    eager = evaluate(trainer.model, trainer.val_loader, trainer.loss_fn, metrics=trainer.metrics, device=trainer.device,
-                     forward=trainer.forward)
+    eager = evaluate(
+        trainer.model,
+        trainer.val_loader,
+        trainer.loss_fn,
+        metrics=trainer.metrics,
+        device=trainer.device,
+        forward=trainer.forward,
+    )
     for key in ("loss", "acc@1", "mrr"):
         assert captured[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-6), key
     assert captured["batch_losses"] == pytest.approx(eager["batch_losses"], rel=1e-4)
@@ -537,9 +714,13 @@ def test_cuda_trainer_trains_eagerly_after_a_failed_capture(tmp_path: Path) -> N
         return loss
 
     result = _cuda_trainer(tmp_path, 2, loss_fn=syncing_loss).fit()
-    assert result["capture"]["step"] == "eager" and result["capture"]["reason"].startswith("capture failed")
+    assert result["capture"]["step"] == "eager" and result["capture"]["reason"].startswith(
+        "capture failed"
+    )
     assert [r["step"] for r in result["history"]] == [6, 12]
-    assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in result["history"])
+    assert all(
+        math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in result["history"]
+    )
 
 
 @needs_cuda
@@ -555,7 +736,9 @@ def test_cuda_captured_resume_continues_optimizer_state_and_schedule(tmp_path: P
     assert second.capture.step is not None
     for mine, theirs in zip(second.optimizer.state.values(), full.optimizer.state.values()):
         assert mine["step"].item() == theirs["step"].item() == 24
-    assert float(second.optimizer.param_groups[0]["lr"]) == pytest.approx(float(full.optimizer.param_groups[0]["lr"]))
+    assert float(second.optimizer.param_groups[0]["lr"]) == pytest.approx(
+        float(full.optimizer.param_groups[0]["lr"])
+    )
     for (name, a), b in zip(second.model.state_dict().items(), full.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
     assert [r["epoch"] for r in second.progress.history] == [1, 2, 3, 4]
@@ -566,7 +749,9 @@ def _without_prefix(averaged: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return {k.removeprefix("module."): v for k, v in averaged.items() if k != "n_averaged"}
 
 
-def test_real_ema_is_evaluated_saved_as_best_and_resumes_bit_identically(tmp_path: Path, build_trainer) -> None:
+def test_real_ema_is_evaluated_saved_as_best_and_resumes_bit_identically(
+    tmp_path: Path, build_trainer
+) -> None:
     from trainkit import EMA
 
     full = build_trainer(tmp_path / "full", epochs=3)
@@ -575,7 +760,9 @@ def test_real_ema_is_evaluated_saved_as_best_and_resumes_bit_identically(tmp_pat
     best = torch.load(tmp_path / "full" / "ckpt" / "best.pt", weights_only=True)
     assert best["ema"]["module"]["n_averaged"] == 6 * result["best_epoch"]
     averaged = _without_prefix(best["ema"]["module"])
-    assert any(not torch.equal(averaged[k], best["model"][k]) for k in averaged)  # the average is not the raw model
+    assert any(
+        not torch.equal(averaged[k], best["model"][k]) for k in averaged
+    )  # the average is not the raw model
     # validation, selection and the final evaluation all ran on the EMA weights of best.pt
     assert result["validation"]["loss"] == result["history"][result["best_epoch"] - 1]["val_loss"]
     for name, tensor in full.ema.model_state_dict().items():
@@ -599,7 +786,10 @@ def test_real_ema_is_evaluated_saved_as_best_and_resumes_bit_identically(tmp_pat
     assert [r["val_loss"] for r in resumed["history"]] == [r["val_loss"] for r in result["history"]]
     assert resumed["validation"] == result["validation"] and resumed["test"] == result["test"]
     for name in ("best.pt", "last.pt"):
-        a, b = (torch.load(tmp_path / run / "ckpt" / name, weights_only=True) for run in ("full", "split"))
+        a, b = (
+            torch.load(tmp_path / run / "ckpt" / name, weights_only=True)
+            for run in ("full", "split")
+        )
         for part in ("model", "ema"):
             flat_a = a[part] if part == "model" else a[part]["module"]
             flat_b = b[part] if part == "model" else b[part]["module"]

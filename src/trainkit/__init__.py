@@ -8,10 +8,22 @@ from trainkit.amp import AMPStep, StepInfo
 from trainkit.batching import TensorBatches
 from trainkit.captured import CapturedStep
 from trainkit.captured_eval import CapturedEval
-from trainkit.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, load_model_state
+from trainkit.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    load_checkpoint,
+    load_model_state,
+)
 from trainkit.evaluation import default_forward, evaluate
 from trainkit.interrupt import TrainingInterrupted
-from trainkit.loggers import CSVLogger, JSONLinesLogger, Logger, MLflowLogger, TensorBoardLogger, WandbLogger
+from trainkit.loggers import (
+    CSVLogger,
+    JSONLinesLogger,
+    Logger,
+    MLflowLogger,
+    TensorBoardLogger,
+    WandbLogger,
+)
 from trainkit.ema import EMA
 from trainkit.export import load_safetensors, save_safetensors
 from trainkit.losses import LabelSmoothedNLLLoss, coverage_loss, mask_and_avg, masked_nll

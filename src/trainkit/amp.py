@@ -106,9 +106,17 @@ class AMPStep:
     ) -> None:
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
-        if max_grad_norm is not None and not (float(max_grad_norm) > 0 and float(max_grad_norm) < float("inf")):
-            raise ValueError(f"max_grad_norm must be a finite number > 0 or None, got {max_grad_norm!r}")
-        if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+        if max_grad_norm is not None and not (
+            float(max_grad_norm) > 0 and float(max_grad_norm) < float("inf")
+        ):
+            raise ValueError(
+                f"max_grad_norm must be a finite number > 0 or None, got {max_grad_norm!r}"
+            )
+        if (
+            isinstance(accumulation_steps, bool)
+            or not isinstance(accumulation_steps, int)
+            or accumulation_steps < 1
+        ):
             raise ValueError(f"accumulation_steps must be an int >= 1, got {accumulation_steps!r}")
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         if not self.params:
@@ -116,7 +124,11 @@ class AMPStep:
         self.optimizer = optimizer
         self.device_type = device_type or self.params[0].device.type
         self.precision = _resolve_precision(precision, self.device_type)
-        if self.precision != "fp32" and self.device_type == "cuda" and not torch.cuda.is_available():
+        if (
+            self.precision != "fp32"
+            and self.device_type == "cuda"
+            and not torch.cuda.is_available()
+        ):
             raise ValueError(
                 f"precision={self.precision!r} with device_type='cuda' needs CUDA, which is not available "
                 "here; use device_type='cpu' or precision='fp32'"
@@ -132,9 +144,13 @@ class AMPStep:
                     warnings.simplefilter("ignore")  # a disabled scaler is refused just below
                     self.scaler = torch.amp.GradScaler(self.device_type)
             except Exception as exc:  # pragma: no cover - depends on the torch build
-                raise ValueError(f"precision='fp16' needs a GradScaler for device {self.device_type!r}: {exc}") from exc
+                raise ValueError(
+                    f"precision='fp16' needs a GradScaler for device {self.device_type!r}: {exc}"
+                ) from exc
             if not self.scaler.is_enabled():
-                raise ValueError(f"precision='fp16' needs a working GradScaler for device {self.device_type!r}")
+                raise ValueError(
+                    f"precision='fp16' needs a working GradScaler for device {self.device_type!r}"
+                )
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
@@ -174,7 +190,9 @@ class AMPStep:
             RuntimeError: the loss's graph was already used by a backward (explained).
         """
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-            raise ValueError(f"loss must be a scalar tensor, got {type(loss).__name__} {getattr(loss, 'shape', '')}")
+            raise ValueError(
+                f"loss must be a scalar tensor, got {type(loss).__name__} {getattr(loss, 'shape', '')}"
+            )
         if self.accumulation_steps > 1:
             loss = loss / self.accumulation_steps
         if self.scaler is not None:
@@ -205,7 +223,11 @@ class AMPStep:
             self.optimizer.step()
         else:
             found = scaler._found_inf_per_device(self.optimizer)  # recorded by unscale_
-            found_inf = sum(v.to(grad_norm.device) for v in found.values()) if found else grad_norm.new_zeros(())
+            found_inf = (
+                sum(v.to(grad_norm.device) for v in found.values())
+                if found
+                else grad_norm.new_zeros(())
+            )
             scaler.step(self.optimizer)
             scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -223,7 +245,9 @@ class AMPStep:
         if get_total_norm is not None:
             total: torch.Tensor = get_total_norm(grads)
             return total
-        norm: torch.Tensor = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        norm: torch.Tensor = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+        )
         return norm
 
     def state_dict(self) -> dict[str, Any]:
@@ -249,15 +273,23 @@ class AMPStep:
         """
         require_keys(state, ("precision", "max_grad_norm", "scaler"), "AMPStep")
         if state["precision"] != self.precision:
-            raise ValueError(f"saved precision {state['precision']!r} differs from this AMPStep's {self.precision!r}")
+            raise ValueError(
+                f"saved precision {state['precision']!r} differs from this AMPStep's {self.precision!r}"
+            )
         saved_k = state.get("accumulation_steps", 1)
         if saved_k != self.accumulation_steps:
             raise ValueError(
                 f"saved accumulation_steps={saved_k!r} differs from this AMPStep's {self.accumulation_steps!r}"
             )
         micro = state.get("micro_step", 0)
-        if isinstance(micro, bool) or not isinstance(micro, int) or not 0 <= micro < self.accumulation_steps:
-            raise ValueError(f"micro_step must be an int in [0, {self.accumulation_steps}), got {micro!r}")
+        if (
+            isinstance(micro, bool)
+            or not isinstance(micro, int)
+            or not 0 <= micro < self.accumulation_steps
+        ):
+            raise ValueError(
+                f"micro_step must be an int in [0, {self.accumulation_steps}), got {micro!r}"
+            )
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.micro_step = micro

@@ -63,7 +63,9 @@ class TensorBatches:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         if drop_last and pad_to_full_batch:
             raise ValueError("drop_last and pad_to_full_batch cannot both be True")
-        self.tensors = {name: (t if device is None else t.to(device)) for name, t in tensors.items()}
+        self.tensors = {
+            name: (t if device is None else t.to(device)) for name, t in tensors.items()
+        }
         self.num_samples = next(iter(lengths.values()))
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -86,8 +88,15 @@ class TensorBatches:
         Raises:
             ValueError: ``rank`` outside ``[0, world_size)``.
         """
-        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+        if not (
+            isinstance(world_size, int)
+            and world_size >= 1
+            and isinstance(rank, int)
+            and 0 <= rank < world_size
+        ):
+            raise ValueError(
+                f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}"
+            )
         self.rank, self.world_size, self.even_shards = rank, world_size, even
 
     def _shard_size(self) -> int:
@@ -151,7 +160,11 @@ def set_loader_epoch(loader: Any, epoch: int) -> None:
 
     (``TensorBatches`` and ``DistributedSampler`` reshuffle per epoch this way.)
     """
-    for target in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+    for target in (
+        loader,
+        getattr(loader, "sampler", None),
+        getattr(loader, "batch_sampler", None),
+    ):
         if target is not None and hasattr(target, "set_epoch"):
             target.set_epoch(epoch)
             return

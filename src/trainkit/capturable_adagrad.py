@@ -44,10 +44,17 @@ def adagrad_step(optimizer: torch.optim.Adagrad) -> None:
             continue
         grads: list[torch.Tensor] = [p.grad for p in params if p.grad is not None]
         if any(g.is_sparse for g in grads):
-            raise ValueError("adagrad_step does not take sparse gradients (torch's Adagrad does, eagerly)")
+            raise ValueError(
+                "adagrad_step does not take sparse gradients (torch's Adagrad does, eagerly)"
+            )
         sums = [optimizer.state[p]["sum"] for p in params]
         steps = [optimizer.state[p]["step"] for p in params]
-        lr, lr_decay, weight_decay, eps = group["lr"], group["lr_decay"], group["weight_decay"], group["eps"]
+        lr, lr_decay, weight_decay, eps = (
+            group["lr"],
+            group["lr_decay"],
+            group["weight_decay"],
+            group["eps"],
+        )
         if group.get("maximize", False):
             grads = list(torch._foreach_neg(grads))
         torch._foreach_add_(steps, 1)

@@ -83,13 +83,21 @@ def _is_fused(optimizer: torch.optim.Optimizer) -> bool:
 
 def _batch_why_not(example_batch: Any, loader: Any) -> str | None:
     """Static-shape problems of the example batch or of a ``TensorBatches``-like loader."""
-    if example_batch is not None and not any(isinstance(v, torch.Tensor) for v in pytree.tree_leaves(example_batch)):
+    if example_batch is not None and not any(
+        isinstance(v, torch.Tensor) for v in pytree.tree_leaves(example_batch)
+    ):
         return "the example batch holds no tensors"
-    if loader is not None and hasattr(loader, "pad_to_full_batch") and hasattr(loader, "num_samples"):
+    if (
+        loader is not None
+        and hasattr(loader, "pad_to_full_batch")
+        and hasattr(loader, "num_samples")
+    ):
         short = loader.num_samples % loader.batch_size
         if short and not (loader.pad_to_full_batch or getattr(loader, "drop_last", False)):
-            return (f"the loader's last batch is short ({short} of {loader.batch_size}); pass "
-                    "pad_to_full_batch=True with pad_values for the targets")
+            return (
+                f"the loader's last batch is short ({short} of {loader.batch_size}); pass "
+                "pad_to_full_batch=True with pad_values for the targets"
+            )
     return None
 
 
@@ -110,7 +118,10 @@ def _all_reduce_mean(tensors: list[torch.Tensor], group: Any) -> None:
     flat = torch.cat([t.reshape(-1) for t in tensors])
     torch.distributed.all_reduce(flat, group=group)
     flat.div_(torch.distributed.get_world_size(group))
-    torch._foreach_copy_(tensors, [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)])
+    torch._foreach_copy_(
+        tensors,
+        [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)],
+    )
 
 
 def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -133,7 +144,9 @@ def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> N
     """
     adagrad = isinstance(optimizer, torch.optim.Adagrad)
     if not adagrad and not isinstance(optimizer, torch.optim.Adam):  # AdamW subclasses Adam
-        raise ValueError(f"optimizer must be torch.optim.Adam, AdamW or Adagrad, got {type(optimizer).__name__}")
+        raise ValueError(
+            f"optimizer must be torch.optim.Adam, AdamW or Adagrad, got {type(optimizer).__name__}"
+        )
     for group in optimizer.param_groups:
         if not adagrad:
             group["capturable"] = True
@@ -144,20 +157,34 @@ def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> N
             group["lr"] = lr.detach().to(device=device, dtype=torch.float32)
         for param in group["params"]:
             state = optimizer.state.get(param)
-            if state and isinstance(state.get("step"), torch.Tensor) and state["step"].device != param.device:
+            if (
+                state
+                and isinstance(state.get("step"), torch.Tensor)
+                and state["step"].device != param.device
+            ):
                 state["step"] = state["step"].to(device=param.device, dtype=torch.float32)
 
 
 class _Snapshot:
     """Copies of the model's and optimizer's tensors, restored in place (addresses kept)."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, scaler: Any = None) -> None:
-        self.model = [(t, t.detach().clone()) for t in list(model.parameters()) + list(model.buffers())]
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer | None, scaler: Any = None
+    ) -> None:
+        self.model = [
+            (t, t.detach().clone()) for t in list(model.parameters()) + list(model.buffers())
+        ]
         self.optimizer = optimizer
-        self.opt_state = {} if optimizer is None else {
-            (id(p), key): value.detach().clone()
-            for p, state in optimizer.state.items() for key, value in state.items() if isinstance(value, torch.Tensor)
-        }
+        self.opt_state = (
+            {}
+            if optimizer is None
+            else {
+                (id(p), key): value.detach().clone()
+                for p, state in optimizer.state.items()
+                for key, value in state.items()
+                if isinstance(value, torch.Tensor)
+            }
+        )
         self.opt_state_dict = None if optimizer is None else _clone_tree(optimizer.state_dict())
         self.scaler = None if scaler is None else scaler.state_dict()
         self.rng = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
@@ -192,7 +219,10 @@ class _StaticInputs:
 
     def __init__(self, example_batch: Any, device: torch.device) -> None:
         leaves, self.spec = pytree.tree_flatten(example_batch)
-        self.leaves = [leaf.detach().to(device).clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
+        self.leaves = [
+            leaf.detach().to(device).clone() if isinstance(leaf, torch.Tensor) else leaf
+            for leaf in leaves
+        ]
         self.batch = pytree.tree_unflatten(self.leaves, self.spec)
 
     def load(self, batch: Any) -> bool:
@@ -202,7 +232,11 @@ class _StaticInputs:
             return False
         for leaf, static in zip(leaves, self.leaves):
             if isinstance(static, torch.Tensor):
-                if not isinstance(leaf, torch.Tensor) or leaf.shape != static.shape or leaf.dtype != static.dtype:
+                if (
+                    not isinstance(leaf, torch.Tensor)
+                    or leaf.shape != static.shape
+                    or leaf.dtype != static.dtype
+                ):
                     return False
             elif leaf != static:
                 return False
@@ -212,8 +246,9 @@ class _StaticInputs:
         return True
 
 
-def _graph_warmup_and_capture(fn: Callable[[], Any], warmup_steps: int,
-                              capture_error_mode: str = "global") -> torch.cuda.CUDAGraph:
+def _graph_warmup_and_capture(
+    fn: Callable[[], Any], warmup_steps: int, capture_error_mode: str = "global"
+) -> torch.cuda.CUDAGraph:
     """Run ``fn`` ``warmup_steps`` times on a side stream, then capture one call (torch's default error mode)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -261,8 +296,12 @@ def _undo_failed_capture(graph: torch.cuda.CUDAGraph, pool: Any, stream: torch.c
             torch.zeros(1, device=stream.device).add_(1)
         stream.wait_stream(side)
 
-    for repair in (lambda: torch.cuda.set_stream(stream), end_pool_routing, release_pool,
-                   leave_generator_capture_mode):
+    for repair in (
+        lambda: torch.cuda.set_stream(stream),
+        end_pool_routing,
+        release_pool,
+        leave_generator_capture_mode,
+    ):
         try:
             repair()
         except Exception:  # noqa: BLE001 - nothing left to repair, or this torch lacks the call
@@ -332,7 +371,9 @@ class CapturedStep:
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
         if max_grad_norm is not None and not (0 < float(max_grad_norm) < float("inf")):
-            raise ValueError(f"max_grad_norm must be a finite number > 0 or None, got {max_grad_norm!r}")
+            raise ValueError(
+                f"max_grad_norm must be a finite number > 0 or None, got {max_grad_norm!r}"
+            )
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
@@ -342,9 +383,16 @@ class CapturedStep:
         self._ddp = model if isinstance(model, nn.parallel.DistributedDataParallel) else None
         self._module = model.module if self._ddp is not None else model
         # the buffers DDP's forward would broadcast from the group's rank 0 before every step
-        self._broadcast = list(self._module.buffers()) if self._ddp is not None and self._ddp.broadcast_buffers else []
-        self._broadcast_source = (torch.distributed.get_global_rank(self._ddp.process_group, 0)
-                                  if self._broadcast and self._ddp is not None else 0)
+        self._broadcast = (
+            list(self._module.buffers())
+            if self._ddp is not None and self._ddp.broadcast_buffers
+            else []
+        )
+        self._broadcast_source = (
+            torch.distributed.get_global_rank(self._ddp.process_group, 0)
+            if self._broadcast and self._ddp is not None
+            else 0
+        )
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.device = self.params[0].device if self.params else torch.device("cpu")
         self.precision = _resolve_precision(precision, self.device.type)
@@ -354,13 +402,21 @@ class CapturedStep:
         self.eager_steps = 0
         self.capture_seconds = 0.0
         if capture:
-            reason = self.why_not(model, optimizer, precision=precision, nonfinite=nonfinite, example_batch=example_batch)
+            reason = self.why_not(
+                model,
+                optimizer,
+                precision=precision,
+                nonfinite=nonfinite,
+                example_batch=example_batch,
+            )
             if reason is not None:
                 raise CaptureError(reason)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self._fused = _is_fused(optimizer)
         self._adagrad_by_hand = isinstance(optimizer, torch.optim.Adagrad) and not self._fused
-        self._foreach = True if self.device.type == "cuda" else None  # foreach kernels exist on CUDA only
+        self._foreach = (
+            True if self.device.type == "cuda" else None
+        )  # foreach kernels exist on CUDA only
         device = self.device
         self.sums = torch.zeros(4, device=device)
         self._counter = torch.zeros((), dtype=torch.int64, device=device)
@@ -399,11 +455,15 @@ class CapturedStep:
             if reason is not None:
                 return reason
         if not isinstance(optimizer, (torch.optim.Adam, torch.optim.Adagrad)):
-            return (f"{type(optimizer).__name__} is not captured: only Adam, AdamW and Adagrad have a "
-                    "capturable form here")
+            return (
+                f"{type(optimizer).__name__} is not captured: only Adam, AdamW and Adagrad have a "
+                "capturable form here"
+            )
         if any(g.get("differentiable") for g in optimizer.param_groups):
             return "optimizer has differentiable=True"
-        if any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse for m in model.modules()):
+        if any(
+            isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse for m in model.modules()
+        ):
             return "sparse embedding gradients cannot be captured"
         if precision not in _PRECISIONS:
             return f"unknown precision {precision!r}"
@@ -436,8 +496,14 @@ class CapturedStep:
         """
         reason = None
         if kwargs.get("capture", True):
-            reason = cls.why_not(model, optimizer, precision=kwargs.get("precision", "auto"),
-                                 nonfinite=kwargs.get("nonfinite", "raise"), example_batch=example_batch, loader=loader)
+            reason = cls.why_not(
+                model,
+                optimizer,
+                precision=kwargs.get("precision", "auto"),
+                nonfinite=kwargs.get("nonfinite", "raise"),
+                example_batch=example_batch,
+                loader=loader,
+            )
         if reason is not None:
             return None, reason
         try:
@@ -451,7 +517,9 @@ class CapturedStep:
         snapshot = _Snapshot(self._module, self.optimizer)  # before conversion: the exact original
         try:
             make_capturable(self.optimizer, self.device)
-            inner = _Snapshot(self._module, self.optimizer, self.scaler)  # after conversion, same devices
+            inner = _Snapshot(
+                self._module, self.optimizer, self.scaler
+            )  # after conversion, same devices
             self.optimizer.zero_grad(set_to_none=True)
             self._inputs = _StaticInputs(example_batch, self.device)
             self.model.train()
@@ -472,15 +540,25 @@ class CapturedStep:
             distributed.release_at_shutdown(self._graph)
         # the tensors the graph reads; optimizer.load_state_dict replaces them (see _rebind)
         self._captured_lr = [g["lr"] for g in self.optimizer.param_groups]
-        self._captured_state = {(id(p), k): v for p, st in self.optimizer.state.items() for k, v in st.items()
-                                if isinstance(v, torch.Tensor)}
-        self._bound_state, self._bound_groups = self.optimizer.state, list(self.optimizer.param_groups)
+        self._captured_state = {
+            (id(p), k): v
+            for p, st in self.optimizer.state.items()
+            for k, v in st.items()
+            if isinstance(v, torch.Tensor)
+        }
+        self._bound_state, self._bound_groups = (
+            self.optimizer.state,
+            list(self.optimizer.param_groups),
+        )
 
     def _rebound(self) -> bool:
         """Whether ``optimizer.load_state_dict`` replaced the objects the graph reads."""
         groups = self.optimizer.param_groups
-        return self.optimizer.state is not self._bound_state or len(groups) != len(self._bound_groups) or any(
-            a is not b for a, b in zip(groups, self._bound_groups))
+        return (
+            self.optimizer.state is not self._bound_state
+            or len(groups) != len(self._bound_groups)
+            or any(a is not b for a, b in zip(groups, self._bound_groups))
+        )
 
     # ------------------------------------------------------------------- step
     def _step(self, batch: Any) -> None:
@@ -492,9 +570,15 @@ class CapturedStep:
         # for pointer_v45).
         optimizer.zero_grad(set_to_none=True)
         for buffer in self._broadcast:  # as DDP's forward does
-            torch.distributed.broadcast(buffer, src=self._broadcast_source, group=self._ddp.process_group)  # type: ignore[union-attr]
-        with torch.autocast(self.device.type, dtype=_DTYPES[self.precision], enabled=self.precision != "fp32",
-                            cache_enabled=False):  # the autocast cache is unsafe under capture
+            torch.distributed.broadcast(
+                buffer, src=self._broadcast_source, group=self._ddp.process_group
+            )  # type: ignore[union-attr]
+        with torch.autocast(
+            self.device.type,
+            dtype=_DTYPES[self.precision],
+            enabled=self.precision != "fp32",
+            cache_enabled=False,
+        ):  # the autocast cache is unsafe under capture
             log_probs, targets = self.forward(self._module, batch, self.device)
             loss = self.loss_fn(log_probs, targets)
         detached = loss.detach().float()
@@ -504,14 +588,20 @@ class CapturedStep:
         else:
             scaler.scale(loss).backward()
         if self._ddp is not None:  # what DDP's reducer does during backward, as one collective
-            _all_reduce_mean([p.grad for p in self.params if p.grad is not None], self._ddp.process_group)
+            _all_reduce_mean(
+                [p.grad for p in self.params if p.grad is not None], self._ddp.process_group
+            )
         if scaler is not None:
             scaler.unscale_(optimizer)
         norm = self._clip_or_measure().float()
         norm_finite = torch.isfinite(norm)
         if scaler is not None:
             found = scaler._found_inf_per_device(optimizer)  # recorded by unscale_, on the device
-            overflow = (sum(v.to(self.device) for v in found.values()) > 0).float() if found else self._zero
+            overflow = (
+                (sum(v.to(self.device) for v in found.values()) > 0).float()
+                if found
+                else self._zero
+            )
             bad = ~finite
             scaler.step(optimizer)  # fused: found_inf handed to the kernel, no host sync
             scaler.update()
@@ -530,9 +620,17 @@ class CapturedStep:
             else:
                 optimizer.step()
         with torch.no_grad():
-            self.sums += torch.stack([torch.where(finite, detached, self._zero), torch.where(norm_finite, norm, self._zero),
-                                      overflow, finite.float()])
-            self._first_bad.copy_(torch.where(bad & (self._first_bad < 0), self._counter, self._first_bad))
+            self.sums += torch.stack(
+                [
+                    torch.where(finite, detached, self._zero),
+                    torch.where(norm_finite, norm, self._zero),
+                    overflow,
+                    finite.float(),
+                ]
+            )
+            self._first_bad.copy_(
+                torch.where(bad & (self._first_bad < 0), self._counter, self._first_bad)
+            )
             self._nonfinite += bad.long()
             self._counter += 1
 
@@ -541,7 +639,9 @@ class CapturedStep:
         if not grads:
             return self._zero
         if self.max_grad_norm is not None:
-            return torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm, foreach=self._foreach)
+            return torch.nn.utils.clip_grad_norm_(
+                self.params, self.max_grad_norm, foreach=self._foreach
+            )
         return torch.nn.utils.get_total_norm(grads, foreach=self._foreach)
 
     def run(self, batch: Any) -> None:
@@ -576,7 +676,10 @@ class CapturedStep:
                     if old is not None and isinstance(value, torch.Tensor) and value is not old:
                         old.copy_(value)
                         state[key] = old
-        self._bound_state, self._bound_groups = self.optimizer.state, list(self.optimizer.param_groups)
+        self._bound_state, self._bound_groups = (
+            self.optimizer.state,
+            list(self.optimizer.param_groups),
+        )
 
     # ------------------------------------------------------------- read-outs
     def set_lr(self, lr: float) -> None:
@@ -599,7 +702,9 @@ class CapturedStep:
             since the previous call; the index is 0-based among those steps. A step is
             non-finite when its loss is (fp16), or its loss or gradient norm is (bf16/fp32).
         """
-        count, first, steps = torch.stack([self._nonfinite, self._first_bad, self._counter]).tolist()
+        count, first, steps = torch.stack(
+            [self._nonfinite, self._first_bad, self._counter]
+        ).tolist()
         self._clear_nonfinite()
         return int(count), (None if first < 0 else int(first)), int(steps)
 
@@ -609,8 +714,10 @@ class CapturedStep:
         self._counter.zero_()
 
     def __repr__(self) -> str:
-        return (f"CapturedStep(precision={self.precision!r}, max_grad_norm={self.max_grad_norm!r}, "
-                f"captured={self._graph is not None}, fused={self._fused})")
+        return (
+            f"CapturedStep(precision={self.precision!r}, max_grad_norm={self.max_grad_norm!r}, "
+            f"captured={self._graph is not None}, fused={self._fused})"
+        )
 
 
 def __getattr__(name: str) -> Any:

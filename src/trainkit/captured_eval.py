@@ -17,8 +17,19 @@ import torch
 from torch import nn
 
 from trainkit.amp import _resolve_precision
-from trainkit.captured import (_DTYPES, _PRECISIONS, CaptureError, ForwardFn, LossFn, _batch_why_not, _cuda_device,
-                               _first_line, _graph_warmup_and_capture, _Snapshot, _StaticInputs)
+from trainkit.captured import (
+    _DTYPES,
+    _PRECISIONS,
+    CaptureError,
+    ForwardFn,
+    LossFn,
+    _batch_why_not,
+    _cuda_device,
+    _first_line,
+    _graph_warmup_and_capture,
+    _Snapshot,
+    _StaticInputs,
+)
 
 __all__ = ["CapturedEval"]
 
@@ -124,8 +135,12 @@ class CapturedEval:
 
     @torch.no_grad()
     def _batch(self, batch: Any) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=_DTYPES[self.precision], enabled=self.precision != "fp32",
-                            cache_enabled=False):
+        with torch.autocast(
+            self.device.type,
+            dtype=_DTYPES[self.precision],
+            enabled=self.precision != "fp32",
+            cache_enabled=False,
+        ):
             log_probs, targets = self.forward(self.model, batch, self.device)
         log_probs = log_probs.float()
         loss = self.loss_fn(log_probs, targets).double()
@@ -162,7 +177,9 @@ class CapturedEval:
 
     def sums(self) -> torch.Tensor:
         """``[loss sum, count, *metrics.sums()]`` as float64 (all-reduce with SUM across ranks)."""
-        return torch.cat([torch.stack([self.loss_sum, self.count]), self.metrics.sums().to(torch.float64)])
+        return torch.cat(
+            [torch.stack([self.loss_sum, self.count]), self.metrics.sums().to(torch.float64)]
+        )
 
     def compute_from_sums(self, sums: torch.Tensor) -> dict[str, float]:
         """Metrics and ``"loss"`` (weighted by valid targets) from :meth:`sums` (one host sync)."""

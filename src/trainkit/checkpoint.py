@@ -42,8 +42,20 @@ ROTATING_PREFIXES = ("epoch-", "step-", "ckpt-", "checkpoint-", "model.ckpt-")
 _BEST_MODES = ("min", "max")
 
 # What torch.load(weights_only=True) rebuilds without an allowlist (torch/_weights_only_unpickler.py)
-_PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, bytearray,
-                torch.Size, torch.device, torch.dtype, torch.layout)
+_PLAIN_TYPES = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    bytearray,
+    torch.Size,
+    torch.device,
+    torch.dtype,
+    torch.layout,
+)
 _MAPPING_TYPES = (dict, OrderedDict, Counter)
 _SEQUENCE_TYPES = (list, tuple, set)
 _TENSOR_TYPES = (torch.Tensor, nn.Parameter)
@@ -84,12 +96,20 @@ def _check_keep(argument: str, value: Any, minimum: int) -> None:
 def _check_every_seconds(value: Any) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < float(value) < math.inf):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (0 < float(value) < math.inf)
+    ):
         raise ValueError(f"every_seconds must be a finite number > 0 or None, got {value!r}")
 
 
 def _type_name(kind: type) -> str:
-    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    return (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
 
 
 def _allowed_types(extra: Iterable[Any]) -> tuple[type, ...]:
@@ -102,7 +122,9 @@ def _allowed_types(extra: Iterable[Any]) -> tuple[type, ...]:
     return tuple(found)
 
 
-def _refused_entry(value: Any, path: str, allowed: tuple[type, ...], seen: set[int]) -> tuple[str, type] | None:
+def _refused_entry(
+    value: Any, path: str, allowed: tuple[type, ...], seen: set[int]
+) -> tuple[str, type] | None:
     """The first entry (key path, type) that ``torch.load(weights_only=True)`` would refuse."""
     kind = type(value)
     if kind in _PLAIN_TYPES or kind in _TENSOR_TYPES:
@@ -120,7 +142,9 @@ def _refused_entry(value: Any, path: str, allowed: tuple[type, ...], seen: set[i
     if kind in _SEQUENCE_TYPES:
         seen.add(id(value))
         for index, item in enumerate(value):
-            found = _refused_entry(item, f"{path}[{index}]" if kind is not set else f"{path} item", allowed, seen)
+            found = _refused_entry(
+                item, f"{path}[{index}]" if kind is not set else f"{path} item", allowed, seen
+            )
             if found:
                 return found
         return None
@@ -161,11 +185,17 @@ def _save_error(exc: BaseException, target: Path, state: Mapping[str, Any]) -> C
         except OSError:
             free = None
         needed = _tensor_bytes(state) + (1 << 20)
-        writer_failed = "inline_container" in first_line or "unexpected pos" in first_line or "failed writing" in first_line
+        writer_failed = (
+            "inline_container" in first_line
+            or "unexpected pos" in first_line
+            or "failed writing" in first_line
+        )
         no_space = writer_failed and free is not None and free < needed
     if no_space:
         detail = "" if free is None else f" ({free / 2**20:.1f} MiB free)"
-        return CheckpointError(f"could not save checkpoint {target}: No space left on device{detail}")
+        return CheckpointError(
+            f"could not save checkpoint {target}: No space left on device{detail}"
+        )
     return CheckpointError(f"could not save checkpoint {target}: {first_line}")
 
 
@@ -217,7 +247,9 @@ class CheckpointManager:
         if isinstance(rotating_prefixes, str) or not all(
             isinstance(p, str) and (p == "" or _NAME_RE.fullmatch(p)) for p in rotating_prefixes
         ):
-            raise ValueError(f"rotating_prefixes must be a tuple of file-name prefixes, got {rotating_prefixes!r}")
+            raise ValueError(
+                f"rotating_prefixes must be a tuple of file-name prefixes, got {rotating_prefixes!r}"
+            )
         self.safe_globals = tuple(safe_globals)
         if not all(isinstance(g, type) for g in self.safe_globals):
             raise ValueError(f"safe_globals must be classes, got {self.safe_globals!r}")
@@ -225,13 +257,16 @@ class CheckpointManager:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise CheckpointError(f"cannot create checkpoint directory {self.directory}: {exc}") from exc
+            raise CheckpointError(
+                f"cannot create checkpoint directory {self.directory}: {exc}"
+            ) from exc
         self.keep_last = keep_last
         self.every_seconds = None if every_seconds is None else float(every_seconds)
         self.pinned = frozenset(_PINNED + tuple(pinned))
         self.rotating_prefixes = tuple(rotating_prefixes)
         self._rotating_re = re.compile(
-            "|".join(f"{re.escape(prefix)}[0-9]+\\.pt" for prefix in self.rotating_prefixes) or "(?!)"
+            "|".join(f"{re.escape(prefix)}[0-9]+\\.pt" for prefix in self.rotating_prefixes)
+            or "(?!)"
         )
         self.keep_best = keep_best
         self.best_mode = best_mode
@@ -262,7 +297,9 @@ class CheckpointManager:
         """
         _check_name("name", name)
         if name in self.best_names():
-            raise ValueError(f"name {name!r} is a k-best checkpoint kept by save_best; pick another name")
+            raise ValueError(
+                f"name {name!r} is a k-best checkpoint kept by save_best; pick another name"
+            )
         target = self._write(name, state)
         if name not in self.pinned:
             if name not in self._saved:
@@ -291,7 +328,9 @@ class CheckpointManager:
             raise _save_error(exc, target, state) from exc
         return target
 
-    def save_best(self, name: str, state: Mapping[str, Any], value: float | torch.Tensor) -> Path | None:
+    def save_best(
+        self, name: str, state: Mapping[str, Any], value: float | torch.Tensor
+    ) -> Path | None:
         """Keep ``state`` as ``name`` if ``value`` is among the ``keep_best`` best so far.
 
         When a better value pushes the worst kept file out, that file is deleted (after the
@@ -313,10 +352,14 @@ class CheckpointManager:
             CheckpointError: writing failed.
         """
         if self.keep_best < 1:
-            raise ValueError("save_best needs CheckpointManager(..., keep_best=k) with k >= 1, got keep_best=0")
+            raise ValueError(
+                "save_best needs CheckpointManager(..., keep_best=k) with k >= 1, got keep_best=0"
+            )
         _check_name("name", name)
         if name in self.pinned or self._is_rotating(name):
-            raise ValueError(f"name {name!r} is a pinned or rotating checkpoint name; pick another for save_best")
+            raise ValueError(
+                f"name {name!r} is a pinned or rotating checkpoint name; pick another for save_best"
+            )
         number = float(value)
         if not math.isfinite(number):
             return None
@@ -325,7 +368,9 @@ class CheckpointManager:
             return None
         target = self._write(name, state)
         kept.append((name, number))
-        kept.sort(key=lambda entry: entry[1], reverse=self.best_mode == "max")  # stable: earlier first on ties
+        kept.sort(
+            key=lambda entry: entry[1], reverse=self.best_mode == "max"
+        )  # stable: earlier first on ties
         for dropped, _ in kept[self.keep_best :]:
             (self.directory / dropped).unlink(missing_ok=True)
         self._best = kept[: self.keep_best]
@@ -349,7 +394,9 @@ class CheckpointManager:
         return self._clock() - self._last_rotating_save >= self.every_seconds
 
     def _is_rotating(self, name: str) -> bool:
-        return name not in self.pinned and (name in self._saved or self._rotating_re.fullmatch(name) is not None)
+        return name not in self.pinned and (
+            name in self._saved or self._rotating_re.fullmatch(name) is not None
+        )
 
     def _rotating_files(self) -> list[Path]:
         """The rotating files present in the directory, oldest first."""
@@ -363,6 +410,7 @@ class CheckpointManager:
             if old.name in self._saved:
                 self._saved.remove(old.name)
         self._saved = [name for name in self._saved if (self.directory / name).exists()]
+
     def _remove_stray_temp_files(self) -> None:
         """Delete temp files left by a crashed save (its process is gone, or it was ours)."""
         for stray in self.directory.glob(f"{TMP_PREFIX}*"):
@@ -422,9 +470,13 @@ class CheckpointManager:
         """
         for path in self.checkpoints():
             try:
-                return path, load_checkpoint(path, map_location=map_location, safe_globals=self.safe_globals)
+                return path, load_checkpoint(
+                    path, map_location=map_location, safe_globals=self.safe_globals
+                )
             except (CheckpointError, FileNotFoundError) as exc:
-                warnings.warn(f"skipping unloadable checkpoint {path}: {exc}", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"skipping unloadable checkpoint {path}: {exc}", RuntimeWarning, stacklevel=2
+                )
         return None
 
     def latest(self) -> Path | None:
@@ -457,11 +509,17 @@ class CheckpointManager:
             ValueError: a required key is missing or a value has the wrong type or range
                 (``keep_last < 1``, a bad name, a k-best record longer than ``keep_best``...).
         """
-        require_keys(state, ("keep_last", "every_seconds", "seconds_since_save"), "CheckpointManager")
+        require_keys(
+            state, ("keep_last", "every_seconds", "seconds_since_save"), "CheckpointManager"
+        )
         _check_keep("keep_last", state["keep_last"], minimum=1)
         _check_every_seconds(state["every_seconds"])
         since = state["seconds_since_save"]
-        if isinstance(since, bool) or not isinstance(since, (int, float)) or not math.isfinite(since):
+        if (
+            isinstance(since, bool)
+            or not isinstance(since, (int, float))
+            or not math.isfinite(since)
+        ):
             raise ValueError(f"seconds_since_save must be a finite number, got {since!r}")
         saved = state.get("saved", self._saved)
         if not isinstance(saved, list):
@@ -475,13 +533,21 @@ class CheckpointManager:
             raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
         best = state.get("best", [[n, v] for n, v in self._best])
         if not isinstance(best, list) or len(best) > keep_best:
-            raise ValueError(f"best must be a list of at most keep_best={keep_best} [name, value] pairs, got {best!r}")
+            raise ValueError(
+                f"best must be a list of at most keep_best={keep_best} [name, value] pairs, got {best!r}"
+            )
         for entry in best:
-            if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[1], (int, float))):
+            if not (
+                isinstance(entry, (list, tuple))
+                and len(entry) == 2
+                and isinstance(entry[1], (int, float))
+            ):
                 raise ValueError(f"best entries must be [name, value] pairs, got {entry!r}")
             _check_name("best", entry[0])
         self.keep_last = state["keep_last"]
-        self.every_seconds = None if state["every_seconds"] is None else float(state["every_seconds"])
+        self.every_seconds = (
+            None if state["every_seconds"] is None else float(state["every_seconds"])
+        )
         self._last_rotating_save = self._clock() - float(since)
         self._saved = [name for name in saved if name not in self.pinned]
         self.keep_best, self.best_mode = keep_best, best_mode
@@ -527,10 +593,14 @@ def load_checkpoint(
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(list(safe_globals)):
-            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            warnings.filterwarnings(
+                "ignore", message="Detected pickle protocol", category=UserWarning
+            )
             state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt/unsafe files
-        raise CheckpointError(f"cannot load checkpoint {path} safely: {_reason(exc, path)}") from exc
+        raise CheckpointError(
+            f"cannot load checkpoint {path} safely: {_reason(exc, path)}"
+        ) from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state
@@ -555,7 +625,9 @@ def load_model_state(model: nn.Module, state: Mapping[str, Any]) -> None:
         ValueError: ``state`` is not a mapping, or its keys or shapes differ from the model's.
     """
     if not isinstance(state, Mapping):
-        raise ValueError(f"state must be a model state_dict (a mapping), got {type(state).__name__}")
+        raise ValueError(
+            f"state must be a model state_dict (a mapping), got {type(state).__name__}"
+        )
     expected = model.state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
@@ -566,10 +638,15 @@ def load_model_state(model: nn.Module, state: Mapping[str, Any]) -> None:
     ]
     problems = [
         f"{label} {_names(keys)}"
-        for label, keys in (("missing keys:", missing), ("unexpected keys:", unexpected),
-                            ("mis-shaped (checkpoint vs model):", misshaped))
+        for label, keys in (
+            ("missing keys:", missing),
+            ("unexpected keys:", unexpected),
+            ("mis-shaped (checkpoint vs model):", misshaped),
+        )
         if keys
     ]
     if problems:
-        raise ValueError(f"checkpoint does not match the model ({type(model).__name__}): {'; '.join(problems)}")
+        raise ValueError(
+            f"checkpoint does not match the model ({type(model).__name__}): {'; '.join(problems)}"
+        )
     model.load_state_dict(state)

@@ -90,7 +90,9 @@ def init_from_env(device_type: str = "cpu", timeout_s: float = 600.0) -> Distrib
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device_type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK {local_rank} has no CUDA device ({torch.cuda.device_count()} visible)")
+            raise ValueError(
+                f"LOCAL_RANK {local_rank} has no CUDA device ({torch.cuda.device_count()} visible)"
+            )
         torch.cuda.set_device(local_rank)
     backend = "nccl" if device_type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
@@ -98,7 +100,10 @@ def init_from_env(device_type: str = "cpu", timeout_s: float = 600.0) -> Distrib
 
 
 def prepare(
-    model: nn.Module, device: torch.device, train_loader: Iterable[Any] | None, *eval_loaders: Iterable[Any] | None,
+    model: nn.Module,
+    device: torch.device,
+    train_loader: Iterable[Any] | None,
+    *eval_loaders: Iterable[Any] | None,
 ) -> tuple[nn.Module, DistributedContext]:
     """Set up data parallelism for a ``torchrun`` launch; in a single process, change nothing.
 
@@ -123,7 +128,11 @@ def prepare(
         return model, ctx
     from torch.nn.parallel import DistributedDataParallel
 
-    device_ids = [device.index if device.index is not None else ctx.local_rank] if device.type == "cuda" else None
+    device_ids = (
+        [device.index if device.index is not None else ctx.local_rank]
+        if device.type == "cuda"
+        else None
+    )
     # DDP creates every parameter's AccumulateGrad node here, and autograd runs that node on the
     # stream it was created on: on the default (legacy) stream it would make a captured step's
     # backward depend on that stream and break the capture (docs/captured.md).
@@ -142,7 +151,9 @@ def prepare(
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The module whose ``state_dict`` to save: undoes DDP and ``torch.compile`` wrappers."""
-    while isinstance(inner := getattr(model, "_orig_mod", None) or getattr(model, "module", None), nn.Module):
+    while isinstance(
+        inner := getattr(model, "_orig_mod", None) or getattr(model, "module", None), nn.Module
+    ):
         model = inner
     return model
 
@@ -150,7 +161,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 T = TypeVar("T")
 
 
-def on_main(action: Callable[[], T], errors: type[Exception] = Exception, what: str = "save") -> T | None:
+def on_main(
+    action: Callable[[], T], errors: type[Exception] = Exception, what: str = "save"
+) -> T | None:
     """Run ``action`` on rank 0 only; an ``errors`` exception there raises on every rank.
 
     Every rank must call this at the same point (it is also a barrier). In a single process
@@ -182,7 +195,9 @@ def context() -> DistributedContext:
     """The current process's context (single-process when no group is initialised)."""
     if not (dist.is_available() and dist.is_initialized()):
         return DistributedContext()
-    return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistributedContext(
+        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    )
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -218,7 +233,12 @@ def all_gather_interleaved(values: list[float]) -> list[float]:
     fewer batches (uneven evaluation shards) drops out when its list ends.
     """
     per_rank = all_gather_object(values)
-    return [part[i] for i in range(max(map(len, per_rank), default=0)) for part in per_rank if i < len(part)]
+    return [
+        part[i]
+        for i in range(max(map(len, per_rank), default=0))
+        for part in per_rank
+        if i < len(part)
+    ]
 
 
 def barrier() -> None:

@@ -37,10 +37,16 @@ class EMA:
         ValueError: ``model`` is not an ``nn.Module`` or ``decay`` is not a number in ``[0, 1]``.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.999, *, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, decay: float = 0.999, *, device: str | torch.device | None = None
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not math.isfinite(decay):
+        if (
+            isinstance(decay, bool)
+            or not isinstance(decay, (int, float))
+            or not math.isfinite(decay)
+        ):
             raise ValueError(f"decay must be a number in [0, 1], got {decay!r}")
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"decay must be in [0, 1], got {decay!r}")
@@ -88,5 +94,7 @@ class EMA:
         """
         require_keys(state, ("decay", "module"), "EMA")
         if float(state["decay"]) != self.decay:
-            raise ValueError(f"state was saved with decay={state['decay']!r}, this EMA has decay={self.decay!r}")
+            raise ValueError(
+                f"state was saved with decay={state['decay']!r}, this EMA has decay={self.decay!r}"
+            )
         self.module.load_state_dict(state["module"])

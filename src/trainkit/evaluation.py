@@ -17,10 +17,14 @@ from trainkit import distributed
 
 __all__ = ["evaluate", "default_forward"]
 
-ForwardFn = Callable[[nn.Module, Any, torch.device], tuple[Any, torch.Tensor]]  # -> (scores, targets)
+ForwardFn = Callable[
+    [nn.Module, Any, torch.device], tuple[Any, torch.Tensor]
+]  # -> (scores, targets)
 
 
-def default_forward(model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def default_forward(
+    model: nn.Module, batch: Any, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, y)`` -> ``(model(x), y)``; ``(x, y, x_dict)`` -> ``(model(x, x_dict), y)``.
 
     Tensors are moved to ``device`` (non-blocking). Write a function with this signature
@@ -29,7 +33,9 @@ def default_forward(model: nn.Module, batch: Any, device: torch.device) -> tuple
     x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
     if len(batch) == 2:
         return model(x), y
-    return model(x, {key: value.to(device, non_blocking=True) for key, value in batch[2].items()}), y
+    return model(
+        x, {key: value.to(device, non_blocking=True) for key, value in batch[2].items()}
+    ), y
 
 
 @torch.inference_mode()
@@ -72,9 +78,15 @@ def evaluate(
     for batch in loader:
         with autocast():
             scores, targets = forward(model, batch, device)
-        scores = scores.float() if isinstance(scores, torch.Tensor) else scores  # structured outputs: as they are
+        scores = (
+            scores.float() if isinstance(scores, torch.Tensor) else scores
+        )  # structured outputs: as they are
         loss = loss_fn(scores, targets)
-        valid = targets != ignore_index if ignore_index is not None else torch.ones_like(targets, dtype=torch.bool)
+        valid = (
+            targets != ignore_index
+            if ignore_index is not None
+            else torch.ones_like(targets, dtype=torch.bool)
+        )
         totals += torch.stack([loss.double() * valid.sum(), valid.sum().double()])
         batch_losses.append(loss.detach().float())
         tracker.update(scores, targets, valid=valid)

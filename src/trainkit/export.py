@@ -21,7 +21,9 @@ from trainkit.checkpoint import load_model_state
 
 __all__ = ["save_safetensors", "load_safetensors"]
 
-_MISSING = "safetensors export needs the safetensors package: pip install 'trainkit-pt[safetensors]'"
+_MISSING = (
+    "safetensors export needs the safetensors package: pip install 'trainkit-pt[safetensors]'"
+)
 
 
 def _safetensors_torch() -> Any:
@@ -62,10 +64,18 @@ def save_safetensors(
     elif isinstance(model_or_state, Mapping):
         state = model_or_state
     else:
-        raise ValueError(f"model_or_state must be an nn.Module or a state_dict, got {type(model_or_state).__name__}")
-    bad = [repr(key) for key, value in state.items() if not isinstance(key, str) or not isinstance(value, torch.Tensor)]
+        raise ValueError(
+            f"model_or_state must be an nn.Module or a state_dict, got {type(model_or_state).__name__}"
+        )
+    bad = [
+        repr(key)
+        for key, value in state.items()
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor)
+    ]
     if bad:
-        raise ValueError(f"model_or_state must map names to tensors; not tensors: {', '.join(bad[:5])}")
+        raise ValueError(
+            f"model_or_state must map names to tensors; not tensors: {', '.join(bad[:5])}"
+        )
     header = {"format": "pt", **(metadata or {})}
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in header.items()):
         raise ValueError(f"metadata must map str to str, got {metadata!r}")

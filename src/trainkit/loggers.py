@@ -23,8 +23,18 @@ from typing import Any, Protocol, runtime_checkable
 
 from trainkit.atomic import atomic_write
 
-__all__ = ["Logger", "JSONLinesLogger", "CSVLogger", "TensorBoardLogger", "MLflowLogger", "WandbLogger", "metric_name", "is_step_record",
-           "describe_epoch", "epoch_record"]
+__all__ = [
+    "Logger",
+    "JSONLinesLogger",
+    "CSVLogger",
+    "TensorBoardLogger",
+    "MLflowLogger",
+    "WandbLogger",
+    "metric_name",
+    "is_step_record",
+    "describe_epoch",
+    "epoch_record",
+]
 
 log = logging.getLogger("trainkit.loggers")
 _KINDS = ("epoch", "step")
@@ -49,8 +59,16 @@ def is_step_record(record: Mapping[str, Any]) -> bool:
     return "step_train_loss" in record
 
 
-def epoch_record(epoch: int, step: int, lr: float, train: Mapping[str, float], val: Mapping[str, Any], improved: bool,
-                 seconds: float, running_avg_loss: float | None = None) -> dict[str, Any]:
+def epoch_record(
+    epoch: int,
+    step: int,
+    lr: float,
+    train: Mapping[str, float],
+    val: Mapping[str, Any],
+    improved: bool,
+    seconds: float,
+    running_avg_loss: float | None = None,
+) -> dict[str, Any]:
     """An epoch record: the Trainer's ``train_epoch`` and ``evaluate`` results under the logged names.
 
     Args:
@@ -63,10 +81,19 @@ def epoch_record(epoch: int, step: int, lr: float, train: Mapping[str, float], v
         ``{"epoch", "step", "lr", "train_loss", "grad_norm", "fp16_overflow_steps", "nonfinite_steps",
         "val_loss", "val_<metric>"..., ["running_avg_loss"], "improved", "epoch_seconds"}``.
     """
-    record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, "train_loss": train["loss"],
-                              "grad_norm": train["grad_norm"], "fp16_overflow_steps": train["fp16_overflow_steps"],
-                              "nonfinite_steps": train["nonfinite_steps"], "val_loss": val["loss"]}
-    record.update((f"val_{key}", value) for key, value in val.items() if key not in ("loss", "batch_losses"))
+    record: dict[str, Any] = {
+        "epoch": epoch,
+        "step": step,
+        "lr": lr,
+        "train_loss": train["loss"],
+        "grad_norm": train["grad_norm"],
+        "fp16_overflow_steps": train["fp16_overflow_steps"],
+        "nonfinite_steps": train["nonfinite_steps"],
+        "val_loss": val["loss"],
+    }
+    record.update(
+        (f"val_{key}", value) for key, value in val.items() if key not in ("loss", "batch_losses")
+    )
     if running_avg_loss is not None:
         record["running_avg_loss"] = running_avg_loss
     record.update(improved=improved, epoch_seconds=seconds)
@@ -75,11 +102,19 @@ def epoch_record(epoch: int, step: int, lr: float, train: Mapping[str, float], v
 
 def describe_epoch(record: Mapping[str, Any], epochs: int) -> str:
     """The one console line of an epoch record ("Epoch 3/50 | LR: ... | Val: ... | Acc@1: ...")."""
-    skipped = "".join(f" | skipped: {record[key]} ({why})" for key, why in (
-        ("fp16_overflow_steps", "fp16 overflow"), ("nonfinite_steps", "non-finite loss")) if record.get(key))
+    skipped = "".join(
+        f" | skipped: {record[key]} ({why})"
+        for key, why in (
+            ("fp16_overflow_steps", "fp16 overflow"),
+            ("nonfinite_steps", "non-finite loss"),
+        )
+        if record.get(key)
+    )
     acc = f"{record['val_acc@1']:.2f}%" if "val_acc@1" in record else "-"
-    return (f"Epoch {record['epoch']}/{epochs} | LR: {record['lr']:.2e} | Train: {record['train_loss']:.4f} | "
-            f"Val: {record['val_loss']:.4f} | Acc@1: {acc}{skipped}{'  * new best' if record.get('improved') else ''}")
+    return (
+        f"Epoch {record['epoch']}/{epochs} | LR: {record['lr']:.2e} | Train: {record['train_loss']:.4f} | "
+        f"Val: {record['val_loss']:.4f} | Acc@1: {acc}{skipped}{'  * new best' if record.get('improved') else ''}"
+    )
 
 
 def _check_kind(kind: str) -> None:
@@ -129,7 +164,11 @@ class JSONLinesLogger:
                 record = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            if (
+                isinstance(record, dict)
+                and isinstance(record.get("step"), int)
+                and record["step"] <= step
+            ):
                 kept.append(line + "\n")
         atomic_write(self.path, "".join(kept))
 
@@ -185,7 +224,10 @@ class CSVLogger:
         """Rewrite the file without rows after ``step``."""
         columns, rows = self._read()
         if columns:
-            self._write(columns, [row for row in rows if row.get("step", "").isdigit() and int(row["step"]) <= step])
+            self._write(
+                columns,
+                [row for row in rows if row.get("step", "").isdigit() and int(row["step"]) <= step],
+            )
 
     def close(self) -> None:
         """Nothing to release: each row is appended and the file closed."""
@@ -209,7 +251,10 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            log.info("tensorboard is not installed (pip install 'trainkit[tensorboard]'): %s not written", self.directory)
+            log.info(
+                "tensorboard is not installed (pip install 'trainkit[tensorboard]'): %s not written",
+                self.directory,
+            )
             self._writer_class: Any = None
         else:
             self._writer_class = SummaryWriter
@@ -219,7 +264,9 @@ class TensorBoardLogger:
         if self._writer_class is None:
             return
         if self.writer is None:
-            self.writer = self._writer_class(log_dir=str(self.directory), purge_step=self._purge_step)
+            self.writer = self._writer_class(
+                log_dir=str(self.directory), purge_step=self._purge_step
+            )
         for key, value in record.items():
             if key not in ("epoch", "step") and isinstance(value, (int, float)):
                 self.writer.add_scalar(key, float(value), step)
@@ -240,7 +287,7 @@ class TensorBoardLogger:
 
 # ---------------------------------------------------------------- MLflow (docs/loggers.md)
 _MLFLOW_MISSING = "MLflowLogger needs the mlflow package: pip install 'trainkit-pt[mlflow]'"
-_MLFLOW_INVALID = re.compile(r"[^\w\-. :/]")      # what MLflow refuses in a metric name
+_MLFLOW_INVALID = re.compile(r"[^\w\-. :/]")  # what MLflow refuses in a metric name
 
 
 _X_AXES = ("epoch", "step")  # record keys that are positions, not metrics
@@ -249,8 +296,11 @@ _X_AXES = ("epoch", "step")  # record keys that are positions, not metrics
 def _metric_values(record: Mapping[str, Any]) -> dict[str, int | float]:
     """The int/float values of ``record`` for a tracking service: bools, strings and the x-axes
     (``epoch``, ``step``) left out."""
-    return {key: value for key, value in record.items()
-            if key not in _X_AXES and isinstance(value, (int, float)) and not isinstance(value, bool)}
+    return {
+        key: value
+        for key, value in record.items()
+        if key not in _X_AXES and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
 
 
 def metric_name(key: str) -> str:
@@ -299,17 +349,27 @@ class MLflowLogger:
             try:
                 self.client.get_run(run_id)
             except MlflowException as exc:
-                raise ValueError(f"run_id {run_id!r} names no MLflow run at {self.client.tracking_uri!r}") from exc
+                raise ValueError(
+                    f"run_id {run_id!r} names no MLflow run at {self.client.tracking_uri!r}"
+                ) from exc
             self.client.update_run(run_id, status="RUNNING")
             self.run_id = run_id
         else:
             found = self.client.get_experiment_by_name(experiment)
-            experiment_id = found.experiment_id if found is not None else self.client.create_experiment(experiment)
+            experiment_id = (
+                found.experiment_id
+                if found is not None
+                else self.client.create_experiment(experiment)
+            )
             self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
             if params:
-                self.client.log_batch(self.run_id, params=[Param(str(k), str(v)) for k, v in params.items()])
+                self.client.log_batch(
+                    self.run_id, params=[Param(str(k), str(v)) for k, v in params.items()]
+                )
         if tags:
-            self.client.log_batch(self.run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()])
+            self.client.log_batch(
+                self.run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()]
+            )
         self._closed = False
 
     def log(self, record: Mapping[str, Any], step: int) -> None:
@@ -325,8 +385,10 @@ class MLflowLogger:
         if self._closed:
             raise ValueError("MLflowLogger.log called after close()")
         stamp = int(time.time() * 1000)
-        metrics = [self._Metric(metric_name(key), float(value), stamp, int(step))
-                   for key, value in _metric_values(record).items()]
+        metrics = [
+            self._Metric(metric_name(key), float(value), stamp, int(step))
+            for key, value in _metric_values(record).items()
+        ]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
 
@@ -355,7 +417,7 @@ class MLflowLogger:
 
 # ---------------------------------------------------------------- W&B (docs/loggers.md)
 _WANDB_MISSING = "WandbLogger needs the wandb package: pip install 'trainkit-pt[wandb]'"
-_WANDB_STEP = "global_step"                        # the x-axis of every chart (a metric of its own)
+_WANDB_STEP = "global_step"  # the x-axis of every chart (a metric of its own)
 
 
 class WandbLogger:
@@ -404,9 +466,17 @@ class WandbLogger:
             raise ValueError(f"mode must be 'online', 'offline', 'disabled' or None, got {mode!r}")
         self._wandb = wandb
         self.run_id = run_id if run_id is not None else uuid.uuid4().hex[:12]
-        self._init = {"project": project, "id": self.run_id, "name": name, "config": dict(config or {}),
-                      "tags": list(tags) if tags else None, "dir": None if directory is None else str(directory),
-                      "mode": mode, "resume": "allow", "reinit": "create_new"}
+        self._init = {
+            "project": project,
+            "id": self.run_id,
+            "name": name,
+            "config": dict(config or {}),
+            "tags": list(tags) if tags else None,
+            "dir": None if directory is None else str(directory),
+            "mode": mode,
+            "resume": "allow",
+            "reinit": "create_new",
+        }
         self.run: Any = None
         self._resumed_at: int | None = None
         self._closed = False

@@ -34,7 +34,8 @@ def _check_targets(targets: torch.Tensor, valid: torch.Tensor, num_classes: int,
             )
     else:
         torch._assert_async(
-            ~bad.any(), f"{what}: a target at a valid position is outside [0, {num_classes}) (docs/losses.md)"
+            ~bad.any(),
+            f"{what}: a target at a valid position is outside [0, {num_classes}) (docs/losses.md)",
         )
 
 
@@ -55,7 +56,9 @@ def mask_and_avg(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         ValueError: the shapes differ or are not 2-D.
     """
     if values.dim() != 2 or values.shape != mask.shape:
-        raise ValueError(f"values and mask must both be [B, T]; got {tuple(values.shape)} and {tuple(mask.shape)}")
+        raise ValueError(
+            f"values and mask must both be [B, T]; got {tuple(values.shape)} and {tuple(mask.shape)}"
+        )
     valid = mask != 0
     weights = mask.to(values.dtype)
     per_step = torch.where(valid, values, values.new_zeros(())) * weights
@@ -111,7 +114,9 @@ def coverage_loss(attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         ValueError: shapes do not match.
     """
     if attn.dim() != 3 or mask.shape != attn.shape[:2]:
-        raise ValueError(f"attn must be [B, T, L] and mask [B, T]; got {tuple(attn.shape)} and {tuple(mask.shape)}")
+        raise ValueError(
+            f"attn must be [B, T, L] and mask [B, T]; got {tuple(attn.shape)} and {tuple(mask.shape)}"
+        )
     # coverage before step t = attn_0 + ... + attn_{t-1}: a cumulative sum shifted by one step
     coverage = torch.cumsum(attn, dim=1)
     coverage = torch.cat([torch.zeros_like(attn[:, :1]), coverage[:, :-1]], dim=1)
@@ -163,7 +168,9 @@ class LabelSmoothedNLLLoss(nn.Module):
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         if from_logits and check_log_probs:
-            raise ValueError("from_logits=True and check_log_probs=True contradict each other: pick one")
+            raise ValueError(
+                "from_logits=True and check_log_probs=True contradict each other: pick one"
+            )
         self.smoothing = float(smoothing)
         self.ignore_index = int(ignore_index)
         self.reduction = reduction

@@ -45,7 +45,9 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     target_scores = scores.gather(1, targets.long().view(-1, 1))
     # NaN > x is False, so a NaN class never outranks the target; a NaN target is handled below
     rank = 1 + (scores > target_scores).sum(dim=1)
-    return torch.where(torch.isfinite(target_scores.squeeze(1)), rank, torch.full_like(rank, scores.shape[1]))
+    return torch.where(
+        torch.isfinite(target_scores.squeeze(1)), rank, torch.full_like(rank, scores.shape[1])
+    )
 
 
 def _check(scores: torch.Tensor, targets: torch.Tensor) -> None:
@@ -68,7 +70,9 @@ class RankingMetrics:
         ValueError: ``num_classes < 1``.
     """
 
-    def __init__(self, num_classes: int | None = None, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self, num_classes: int | None = None, device: torch.device | str | None = None
+    ) -> None:
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
@@ -109,7 +113,9 @@ class RankingMetrics:
         """
         _check(scores, targets)
         if self.num_classes is not None and scores.shape[1] != self.num_classes:
-            raise ValueError(f"scores have {scores.shape[1]} classes, expected num_classes={self.num_classes}")
+            raise ValueError(
+                f"scores have {scores.shape[1]} classes, expected num_classes={self.num_classes}"
+            )
         if self._sums is None:
             self._allocate(scores.shape[1], self.device or scores.device)
         assert self._sums is not None and self.num_classes is not None
@@ -157,7 +163,9 @@ class RankingMetrics:
         """
         if self._sums is None:
             if self.num_classes is None:
-                raise ValueError("no update yet and num_classes unknown: pass num_classes to RankingMetrics")
+                raise ValueError(
+                    "no update yet and num_classes unknown: pass num_classes to RankingMetrics"
+                )
             self._allocate(self.num_classes, self.device or torch.device("cpu"))
         assert self._sums is not None
         return self._sums.clone()
@@ -181,7 +189,9 @@ class RankingMetrics:
         """
         n = sums.numel() - len(_SCALARS)
         if sums.dim() != 1 or n < 3 or n % 3:
-            raise ValueError(f"sums must be the 1-D vector from RankingMetrics.sums(), got shape {tuple(sums.shape)}")
+            raise ValueError(
+                f"sums must be the 1-D vector from RankingMetrics.sums(), got shape {tuple(sums.shape)}"
+            )
         values = sums.detach().double().cpu()
         scalar = dict(zip(_SCALARS, values[: len(_SCALARS)].tolist()))
         support, predicted, true_pos = values[len(_SCALARS) :].view(3, n // 3)
@@ -191,7 +201,9 @@ class RankingMetrics:
             return 100.0 * num / den if den > 0 else 0.0
 
         denom = support + predicted
-        per_class_f1 = torch.where(denom > 0, 2.0 * true_pos / denom.clamp(min=1.0), torch.zeros_like(denom))
+        per_class_f1 = torch.where(
+            denom > 0, 2.0 * true_pos / denom.clamp(min=1.0), torch.zeros_like(denom)
+        )
         weighted_f1 = float((per_class_f1 * support).sum()) / count if count > 0 else 0.0
         return {
             "acc@1": pct(scalar["hits@1"], count),

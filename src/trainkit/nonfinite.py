@@ -39,8 +39,14 @@ class NonFinitePolicy:
     def __init__(self, mode: str = "raise", max_nonfinite_steps: int = 100) -> None:
         if mode not in _MODES:
             raise ValueError(f"nonfinite must be 'raise' or 'skip', got {mode!r}")
-        if isinstance(max_nonfinite_steps, bool) or not isinstance(max_nonfinite_steps, int) or max_nonfinite_steps < 0:
-            raise ValueError(f"max_nonfinite_steps must be an int >= 0, got {max_nonfinite_steps!r}")
+        if (
+            isinstance(max_nonfinite_steps, bool)
+            or not isinstance(max_nonfinite_steps, int)
+            or max_nonfinite_steps < 0
+        ):
+            raise ValueError(
+                f"max_nonfinite_steps must be an int >= 0, got {max_nonfinite_steps!r}"
+            )
         self.mode = mode
         self.max_nonfinite_steps = max_nonfinite_steps
         self._flags: list[torch.Tensor] = []  # "raise": per-step finite flags not yet read
@@ -77,7 +83,9 @@ class NonFinitePolicy:
                 f"more than max_nonfinite_steps={self.max_nonfinite_steps}"
             )
 
-    def check(self, epoch: int, last_good: Callable[[], object], device: torch.device | None = None) -> None:
+    def check(
+        self, epoch: int, last_good: Callable[[], object], device: torch.device | None = None
+    ) -> None:
         """Under ``"raise"``, read the kept flags (one host sync) and stop on a bad one.
 
         Under torchrun every rank must call this at the same points; all of them raise
@@ -99,7 +107,9 @@ class NonFinitePolicy:
         if distributed.context().enabled:  # every rank takes the same decision
             count = torch.tensor([0.0 if bad is None else float(bad.numel())], device=device)
             if distributed.all_reduce_sum(count).item() and (bad is None or not bad.numel()):
-                raise NonFiniteLossError(f"Loss is not finite. Stopping. (epoch {epoch}, on another rank)")
+                raise NonFiniteLossError(
+                    f"Loss is not finite. Stopping. (epoch {epoch}, on another rank)"
+                )
         if bad is not None and bad.numel():
             raise NonFiniteLossError(
                 f"Loss is not finite. Stopping. (epoch {epoch}, step {steps[int(bad[0, 0])]}; "

@@ -17,8 +17,17 @@ OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
     # optim.AdamW(lr=3e-4, weight_decay=0.015, betas=(0.9, 0.98), eps=1e-9)
     "adamw": {"lr": 3e-4, "betas": (0.9, 0.98), "eps": 1e-9, "weight_decay": 0.015},
 }
-_CLASSES: dict[str, type[torch.optim.Optimizer]] = {"adagrad": torch.optim.Adagrad, "adamw": torch.optim.AdamW}
-_NO_DECAY_MODULES = (nn.Embedding, nn.EmbeddingBag, nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
+    "adagrad": torch.optim.Adagrad,
+    "adamw": torch.optim.AdamW,
+}
+_NO_DECAY_MODULES = (
+    nn.Embedding,
+    nn.EmbeddingBag,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.batchnorm._NormBase,
+)
 
 
 def _split_decay(model_or_params: nn.Module | Iterable[Any]) -> list[dict[str, Any]]:
@@ -32,7 +41,9 @@ def _split_decay(model_or_params: nn.Module | Iterable[Any]) -> list[dict[str, A
     else:
         params = list(model_or_params)
         if params and not isinstance(params[0], torch.Tensor):
-            raise ValueError("decay_exempt=True needs a model or an iterable of tensors, not param groups")
+            raise ValueError(
+                "decay_exempt=True needs a model or an iterable of tensors, not param groups"
+            )
         exempt = set()
     decay = [p for p in params if p.dim() >= 2 and id(p) not in exempt]
     no_decay = [p for p in params if p.dim() < 2 or id(p) in exempt]
@@ -78,7 +89,12 @@ def build_optimizer(
     if count == 0:
         raise ValueError("params_or_model has no parameters to optimize")
     kwargs = {**OPTIMIZER_DEFAULTS[key], **overrides}
-    if key == "adamw" and "fused" not in kwargs and "foreach" not in kwargs and _all_on_cuda(params):
+    if (
+        key == "adamw"
+        and "fused" not in kwargs
+        and "foreach" not in kwargs
+        and _all_on_cuda(params)
+    ):
         kwargs["fused"] = True
     return _CLASSES[key](params, **kwargs)
 
@@ -94,7 +110,9 @@ def _all_on_cuda(params: list[Any]) -> bool:
 
 
 # settings that a torch version or a device may add to a param group without changing what it is
-_INCIDENTAL = frozenset({"foreach", "fused", "capturable", "differentiable", "maximize", "decoupled_weight_decay"})
+_INCIDENTAL = frozenset(
+    {"foreach", "fused", "capturable", "differentiable", "maximize", "decoupled_weight_decay"}
+)
 
 
 def check_optimizer_state(optimizer: torch.optim.Optimizer, state: Any) -> None:
@@ -114,15 +132,23 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, state: Any) -> None:
     name = type(optimizer).__name__
     groups = state.get("param_groups") if isinstance(state, dict) and "state" in state else None
     if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
-        raise ValueError(f"not a {name} optimizer state_dict: it lacks 'state' or a list of 'param_groups'")
+        raise ValueError(
+            f"not a {name} optimizer state_dict: it lacks 'state' or a list of 'param_groups'"
+        )
     if len(groups) != len(optimizer.param_groups):
-        raise ValueError(f"optimizer state has {len(groups)} param groups, this {name} has {len(optimizer.param_groups)}")
+        raise ValueError(
+            f"optimizer state has {len(groups)} param groups, this {name} has {len(optimizer.param_groups)}"
+        )
     for index, (saved, mine) in enumerate(zip(groups, optimizer.param_groups)):
         missing = sorted(set(mine) - set(saved) - _INCIDENTAL)
         extra = sorted(set(saved) - set(mine) - _INCIDENTAL)
         if missing or extra:
-            raise ValueError(f"optimizer state is not a {name} state (another optimizer or recipe?): param group "
-                             f"{index} lacks {missing or 'nothing'} and has unknown {extra or 'nothing'}")
+            raise ValueError(
+                f"optimizer state is not a {name} state (another optimizer or recipe?): param group "
+                f"{index} lacks {missing or 'nothing'} and has unknown {extra or 'nothing'}"
+            )
         if len(saved.get("params", ())) != len(mine["params"]):
-            raise ValueError(f"optimizer state's param group {index} has {len(saved.get('params', ()))} parameters, "
-                             f"this {name}'s has {len(mine['params'])}")
+            raise ValueError(
+                f"optimizer state's param group {index} has {len(saved.get('params', ()))} parameters, "
+                f"this {name}'s has {len(mine['params'])}"
+            )

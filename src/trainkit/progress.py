@@ -54,7 +54,9 @@ class TrainingProgress:
         """
         require_keys(state, [f.name for f in fields(TrainingProgress)], "Trainer checkpoint")
 
-    def load_state_dict(self, state: dict[str, Any], device: torch.device | str | None = None) -> None:
+    def load_state_dict(
+        self, state: dict[str, Any], device: torch.device | str | None = None
+    ) -> None:
         """Restore the counters from :meth:`state_dict` (``epoch_sums`` moved to ``device``).
 
         Raises:

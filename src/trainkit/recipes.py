@@ -31,8 +31,12 @@ NAMES = ("original", "proposed")
 _INT_BOUND = 2**63  # ints must fit int64 (torch, numpy)
 T = TypeVar("T")
 # Fields renamed in 0.2 to the parameter they feed: suggested when the old name is used.
-RENAMED = {"grad_clip": "max_grad_norm", "checkpoint_keep": "keep_last", "non_finite_loss": "nonfinite",
-           "warmup_epochs": "warmup"}
+RENAMED = {
+    "grad_clip": "max_grad_norm",
+    "checkpoint_keep": "keep_last",
+    "non_finite_loss": "nonfinite",
+    "warmup_epochs": "warmup",
+}
 
 
 @dataclass(frozen=True)
@@ -106,15 +110,21 @@ class Recipe:
         """Keyword arguments for ``build_optimizer(model, self.optimizer, **kwargs)``."""
         if self.optimizer == "adagrad":
             return {"lr": self.lr, "initial_accumulator_value": self.initial_accumulator_value}
-        return {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay}
+        return {
+            "lr": self.lr,
+            "betas": self.betas,
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+        }
 
     def _required(self, builder: str, *names: str) -> list[Any]:
         """The values of fields ``names``; ValueError naming those that are None."""
         values = [getattr(self, name) for name in names]
         missing = [name for name, value in zip(names, values) if value is None]
         if missing:
-            raise ValueError(f"recipe {self.name!r} has no {', '.join(missing)} (None), "
-                             f"which {builder} needs")
+            raise ValueError(
+                f"recipe {self.name!r} has no {', '.join(missing)} (None), which {builder} needs"
+            )
         return values
 
     def lr_schedule(self) -> WarmupCosineSchedule:
@@ -129,7 +139,9 @@ class Recipe:
         """
         from trainkit.schedule import WarmupCosineSchedule
 
-        warmup, total, min_lr = self._required("lr_schedule()", "warmup", "schedule_epochs", "min_lr")
+        warmup, total, min_lr = self._required(
+            "lr_schedule()", "warmup", "schedule_epochs", "min_lr"
+        )
         return WarmupCosineSchedule(self.lr, warmup, total, min_lr)
 
     def label_smoothed_loss(self) -> LabelSmoothedNLLLoss:
@@ -177,7 +189,9 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as a plain dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
     def replace(self, **changes: Any) -> Recipe:
         """A copy with some fields changed, each checked against the field's type.
@@ -202,8 +216,13 @@ def _describe(hint: Any) -> str:
         return "one of " + ", ".join(repr(arg) for arg in args)
     if origin is tuple:
         return f"a list of {len(args)} numbers"
-    names = {bool: "true or false", int: "a 64-bit integer", float: "a finite number", str: "a string",
-             type(None): "null"}
+    names = {
+        bool: "true or false",
+        int: "a 64-bit integer",
+        float: "a finite number",
+        str: "a string",
+        type(None): "null",
+    }
     return names.get(hint, str(hint))
 
 
@@ -228,9 +247,15 @@ def _convert(value: Any, hint: Any) -> tuple[bool, Any]:
     if hint is bool:
         return isinstance(value, bool), value
     if hint is int:
-        return (isinstance(value, int) and not isinstance(value, bool) and -_INT_BOUND <= value < _INT_BOUND), value
+        return (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and -_INT_BOUND <= value < _INT_BOUND
+        ), value
     if hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        )
         return ok, float(value) if ok else None
     if hint is str:
         return isinstance(value, str), value
@@ -257,19 +282,27 @@ def replace_checked(instance: T, changes: typing.Mapping[str, Any], prefix: str 
             in one line: ``training.compile must be true or false, got 'no'``.
     """
     if not isinstance(changes, typing.Mapping):
-        raise ValueError(f"{prefix.rstrip('.') or 'changes'} must be a mapping of names to values, "
-                         f"got {type(changes).__name__}")
+        raise ValueError(
+            f"{prefix.rstrip('.') or 'changes'} must be a mapping of names to values, "
+            f"got {type(changes).__name__}"
+        )
     hints = typing.get_type_hints(type(instance), include_extras=False)
     known = [field.name for field in dataclasses.fields(instance)]  # type: ignore[arg-type]
     converted = {}
     for name, value in changes.items():
         if name not in known:
-            close = [RENAMED[name]] if RENAMED.get(name) in known else difflib.get_close_matches(str(name), known, n=1)
+            close = (
+                [RENAMED[name]]
+                if RENAMED.get(name) in known
+                else difflib.get_close_matches(str(name), known, n=1)
+            )
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
             raise ValueError(f"unknown key {prefix}{name}{hint}")
         ok, converted[name] = _convert(value, hints[name])
         if not ok:
-            raise ValueError(f"{prefix}{name} must be {_describe(hints[name])}, got {_short(value)}")
+            raise ValueError(
+                f"{prefix}{name} must be {_describe(hints[name])}, got {_short(value)}"
+            )
     return dataclasses.replace(instance, **converted)  # type: ignore[type-var]
 
 

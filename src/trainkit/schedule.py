@@ -50,7 +50,12 @@ class WarmupCosineSchedule:
     """
 
     def __init__(self, base_lr: float, warmup: float, total: float, min_lr: float = 0.0) -> None:
-        for name, value in (("base_lr", base_lr), ("warmup", warmup), ("total", total), ("min_lr", min_lr)):
+        for name, value in (
+            ("base_lr", base_lr),
+            ("warmup", warmup),
+            ("total", total),
+            ("min_lr", min_lr),
+        ):
             _check_finite(name, value)
         if base_lr <= 0:
             raise ValueError(f"base_lr must be > 0, got {base_lr!r}")
@@ -141,14 +146,23 @@ class WarmupCosineSchedule:
                 first param group's ``lr`` is not a finite number > 0 (no ratio exists).
         """
         if steps_per_epoch is not None and (
-            not isinstance(steps_per_epoch, int) or isinstance(steps_per_epoch, bool) or steps_per_epoch < 1
+            not isinstance(steps_per_epoch, int)
+            or isinstance(steps_per_epoch, bool)
+            or steps_per_epoch < 1
         ):
-            raise ValueError(f"steps_per_epoch must be a positive int or None, got {steps_per_epoch!r}")
+            raise ValueError(
+                f"steps_per_epoch must be a positive int or None, got {steps_per_epoch!r}"
+            )
         return _ScheduleLR(optimizer, self, steps_per_epoch)
 
     def state_dict(self) -> dict[str, Any]:
         """Return the schedule's settings (it has no other state)."""
-        return {"base_lr": self.base_lr, "warmup": self.warmup, "total": self.total, "min_lr": self.min_lr}
+        return {
+            "base_lr": self.base_lr,
+            "warmup": self.warmup,
+            "total": self.total,
+            "min_lr": self.min_lr,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore settings saved by :meth:`state_dict` (validated like the constructor).
@@ -177,7 +191,10 @@ class _ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
     """
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer, schedule: WarmupCosineSchedule, steps_per_epoch: int | None
+        self,
+        optimizer: torch.optim.Optimizer,
+        schedule: WarmupCosineSchedule,
+        steps_per_epoch: int | None,
     ) -> None:
         initial = [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
         if not (math.isfinite(initial[0]) and initial[0] > 0):
@@ -203,7 +220,11 @@ class _ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
 
     def state_dict(self) -> dict[str, Any]:
         """The counters torch keeps plus ``steps_per_epoch``; no optimizer, no schedule."""
-        return {key: value for key, value in self.__dict__.items() if key not in ("optimizer", "schedule")}
+        return {
+            key: value
+            for key, value in self.__dict__.items()
+            if key not in ("optimizer", "schedule")
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the step count; the next ``.step()`` continues the saved run.
@@ -226,5 +247,7 @@ class _ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
                 f"state_dict holds LR ratios for {len(ratios) if isinstance(ratios, list) else ratios!r} param "
                 f"groups, this optimizer has {len(self.ratios)}"
             )
-        state = {key: value for key, value in state_dict.items() if key not in ("optimizer", "schedule")}
+        state = {
+            key: value for key, value in state_dict.items() if key not in ("optimizer", "schedule")
+        }
         self.__dict__.update(state)

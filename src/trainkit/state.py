@@ -20,7 +20,9 @@ def require_keys(state: Any, keys: Iterable[str], what: str) -> None:
         ValueError: ``state`` is not a mapping, or lacks keys (all of them are named).
     """
     if not isinstance(state, Mapping):
-        raise ValueError(f"state must be a mapping (a {what} state_dict()), got {type(state).__name__}")
+        raise ValueError(
+            f"state must be a mapping (a {what} state_dict()), got {type(state).__name__}"
+        )
     missing = [key for key in keys if key not in state]
     if missing:
         raise ValueError(f"not a {what} state: it lacks {', '.join(repr(key) for key in missing)}")

@@ -122,7 +122,9 @@ class PairedDifference:
 def _values(values: Sequence[float], name: str) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1 or array.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D sequence of numbers, got shape {array.shape}")
+        raise ValueError(
+            f"{name} must be a non-empty 1-D sequence of numbers, got shape {array.shape}"
+        )
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name} must be finite, got {array.tolist()!r}")
     return array
@@ -288,7 +290,9 @@ def paired_difference(
     """
     first, second = _values(a, "a"), _values(b, "b")
     if first.size != second.size:
-        raise ValueError(f"a and b must pair up one to one, got {first.size} and {second.size} values")
+        raise ValueError(
+            f"a and b must pair up one to one, got {first.size} and {second.size} values"
+        )
     _check_level(level)
     d = second - first
     n = int(d.size)
@@ -296,10 +300,15 @@ def paired_difference(
     sd = float(np.std(d, ddof=1)) if n >= 2 else None
     percent = f"{100 * level:g}%"
     if n < MIN_SEEDS:
-        why = ("one seed gives one difference and no spread" if n == 1 else
-               "two seeds give a t-interval on one degree of freedom and three distinct bootstrap means")
-        statement = (f"N = {n}: no confidence interval ({why}); the difference {mean:+.2f} is an anecdote, "
-                     f"not evidence. Run at least {MIN_SEEDS} seeds.")
+        why = (
+            "one seed gives one difference and no spread"
+            if n == 1
+            else "two seeds give a t-interval on one degree of freedom and three distinct bootstrap means"
+        )
+        statement = (
+            f"N = {n}: no confidence interval ({why}); the difference {mean:+.2f} is an anecdote, "
+            f"not evidence. Run at least {MIN_SEEDS} seeds."
+        )
         return PairedDifference(n, mean, sd, None, None, "too few seeds", statement)
     t = t_interval(d, level)
     boot = bootstrap_interval(d, level, resamples=resamples, rng_seed=rng_seed)

@@ -40,6 +40,7 @@ class Selector(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
 
+
 _MODES = ("min", "max")
 
 
@@ -94,7 +95,9 @@ class EarlyStopper:
 
     feeds: ClassVar[Feeds] = "epoch_mean"
 
-    def __init__(self, patience: int = 5, min_epochs: int = 0, mode: str = "min", min_delta: float = 0.0) -> None:
+    def __init__(
+        self, patience: int = 5, min_epochs: int = 0, mode: str = "min", min_delta: float = 0.0
+    ) -> None:
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
             raise ValueError(f"patience must be an int >= 0, got {patience!r}")
         if isinstance(min_epochs, bool) or not isinstance(min_epochs, int) or min_epochs < 0:
@@ -171,8 +174,21 @@ class EarlyStopper:
         Raises:
             ValueError: a key is missing, or the saved settings are invalid.
         """
-        require_keys(state, ("patience", "min_epochs", "mode", "min_delta", "best", "best_epoch", "counter", "epoch",
-                             "should_stop"), "EarlyStopper")
+        require_keys(
+            state,
+            (
+                "patience",
+                "min_epochs",
+                "mode",
+                "min_delta",
+                "best",
+                "best_epoch",
+                "counter",
+                "epoch",
+                "should_stop",
+            ),
+            "EarlyStopper",
+        )
         self.__init__(state["patience"], state["min_epochs"], state["mode"], state["min_delta"])  # type: ignore[misc]
         self.best = float(state["best"])
         self.best_epoch = int(state["best_epoch"])
@@ -237,7 +253,9 @@ class RunningAverage:
             (save the model as the best one then); ``best_epoch`` is this pass then.
         """
         if isinstance(batch_losses, (str, bytes)) or not isinstance(batch_losses, Sequence):
-            raise TypeError(f"batch_losses must be a sequence of numbers, got {type(batch_losses).__name__}")
+            raise TypeError(
+                f"batch_losses must be a sequence of numbers, got {type(batch_losses).__name__}"
+            )
         self.epoch += 1
         improved = False
         for value in batch_losses:
@@ -340,7 +358,9 @@ class BestValue:
         """Record one value (float or 0-d tensor); True when it is a new best."""
         value = _as_float("value", value)
         self.epoch += 1
-        improved = math.isfinite(value) and (value < self.best if self.mode == "min" else value > self.best)
+        improved = math.isfinite(value) and (
+            value < self.best if self.mode == "min" else value > self.best
+        )
         if improved:
             self.best = value
             self.best_epoch = self.epoch
@@ -348,7 +368,12 @@ class BestValue:
 
     def state_dict(self) -> dict[str, Any]:
         """Return the full state as plain Python values."""
-        return {"mode": self.mode, "best": self.best, "best_epoch": self.best_epoch, "epoch": self.epoch}
+        return {
+            "mode": self.mode,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "epoch": self.epoch,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state from :meth:`state_dict`.

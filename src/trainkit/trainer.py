@@ -29,7 +29,12 @@ from trainkit.progress import TrainingProgress
 from trainkit.schedule import WarmupCosineSchedule
 from trainkit.stopping import BestValue, RunningAverage, Selector, feed
 from trainkit.trainer_capture import TrainerCapture, eager_optimizer
-from trainkit.training_state import load_best, load_resume_state, load_training_state, training_state
+from trainkit.training_state import (
+    load_best,
+    load_resume_state,
+    load_training_state,
+    training_state,
+)
 
 __all__ = ["Trainer", "NonFiniteLossError", "TrainingInterrupted", "default_forward"]
 
@@ -66,36 +71,82 @@ class Trainer:
     """
 
     def __init__(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
-        train_loader: Iterable[Any], val_loader: Iterable[Any], *, epochs: int, test_loader: Iterable[Any] | None = None,
-        schedule: WarmupCosineSchedule | None = None, per_step_schedule: bool = False, amp: AMPStep | None = None,
-        selector: Selector | None = None, checkpoints: CheckpointManager | None = None, best_name: str = "best.pt",
-        epoch_checkpoints: bool = False, forward: ForwardFn = default_forward, metrics: Callable[..., Any] = RankingMetrics,
-        device: str | torch.device = "cpu", ignore_index: int | None = 0, nonfinite: str = "raise",
-        max_nonfinite_steps: int = 100, log_every: int = 50, loggers: Sequence[Logger] = (), progress: bool = True,
-        config: dict[str, Any] | None = None, on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
-        ema: Any = None, step: Any = None, capture: bool | str = "auto",
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
+        train_loader: Iterable[Any],
+        val_loader: Iterable[Any],
+        *,
+        epochs: int,
+        test_loader: Iterable[Any] | None = None,
+        schedule: WarmupCosineSchedule | None = None,
+        per_step_schedule: bool = False,
+        amp: AMPStep | None = None,
+        selector: Selector | None = None,
+        checkpoints: CheckpointManager | None = None,
+        best_name: str = "best.pt",
+        epoch_checkpoints: bool = False,
+        forward: ForwardFn = default_forward,
+        metrics: Callable[..., Any] = RankingMetrics,
+        device: str | torch.device = "cpu",
+        ignore_index: int | None = 0,
+        nonfinite: str = "raise",
+        max_nonfinite_steps: int = 100,
+        log_every: int = 50,
+        loggers: Sequence[Logger] = (),
+        progress: bool = True,
+        config: dict[str, Any] | None = None,
+        on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+        ema: Any = None,
+        step: Any = None,
+        capture: bool | str = "auto",
     ) -> None:
         for name, value in (("epochs", epochs), ("log_every", log_every)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if checkpoints is not None and best_name not in checkpoints.pinned:
-            raise ValueError(f"best_name {best_name!r} would be rotated away: pin it, "
-                             f"CheckpointManager(..., pinned=({best_name!r},))")
+            raise ValueError(
+                f"best_name {best_name!r} would be rotated away: pin it, "
+                f"CheckpointManager(..., pinned=({best_name!r},))"
+            )
         if step is not None:
             raise ValueError(f"step must be None (the eager AMPStep path), got {step!r}")
-        self.nonfinite, self.device = NonFinitePolicy(nonfinite, max_nonfinite_steps), torch.device(device)
-        self.model, self.dist = distributed.prepare(model, self.device, train_loader, val_loader, test_loader)
+        self.nonfinite, self.device = (
+            NonFinitePolicy(nonfinite, max_nonfinite_steps),
+            torch.device(device),
+        )
+        self.model, self.dist = distributed.prepare(
+            model, self.device, train_loader, val_loader, test_loader
+        )
         self.capture = TrainerCapture(capture, self.device, self.nonfinite.mode)
-        self.optimizer, self.loss_fn, self.forward, self.metrics = optimizer, loss_fn, forward, metrics
+        self.optimizer, self.loss_fn, self.forward, self.metrics = (
+            optimizer,
+            loss_fn,
+            forward,
+            metrics,
+        )
         self.train_loader, self.val_loader, self.test_loader = train_loader, val_loader, test_loader
         self.epochs, self.schedule, self.per_step_schedule = epochs, schedule, per_step_schedule
         self.amp = amp if amp is not None else AMPStep(optimizer, precision="fp32")
         self.selector: Selector = selector if selector is not None else BestValue()
-        self.checkpoints, self.best_name, self.epoch_checkpoints = checkpoints, best_name, bool(epoch_checkpoints)
-        self.ignore_index, self.log_every, self.ema, self.on_epoch_end = ignore_index, log_every, ema, on_epoch_end
+        self.checkpoints, self.best_name, self.epoch_checkpoints = (
+            checkpoints,
+            best_name,
+            bool(epoch_checkpoints),
+        )
+        self.ignore_index, self.log_every, self.ema, self.on_epoch_end = (
+            ignore_index,
+            log_every,
+            ema,
+            on_epoch_end,
+        )
         main = self.dist.is_main  # only rank 0 logs and writes files
-        self.loggers, self.show_progress, self.config = list(loggers) if main else [], progress and main, dict(config or {})
+        self.loggers, self.show_progress, self.config = (
+            list(loggers) if main else [],
+            progress and main,
+            dict(config or {}),
+        )
         self.progress, self.interrupts = TrainingProgress(), InterruptHandler()
 
     # ------------------------------------------------------------------------ the loop
@@ -119,13 +170,28 @@ class Trainer:
                 train = self.train_epoch()
                 val = self.evaluate(self.val_loader)
                 p.epoch += 1
-                improved = distributed.broadcast_object(feed(self.selector, val["loss"], val["batch_losses"]))  # on rank 0
+                improved = distributed.broadcast_object(
+                    feed(self.selector, val["loss"], val["batch_losses"])
+                )  # on rank 0
                 p.stopped_early = distributed.broadcast_object(bool(self.selector.should_stop))
                 average = self.selector.avg if isinstance(self.selector, RunningAverage) else None
-                record = epoch_record(p.epoch, p.global_step, lr, train, val, improved, time.perf_counter() - epoch_start, average)
+                record = epoch_record(
+                    p.epoch,
+                    p.global_step,
+                    lr,
+                    train,
+                    val,
+                    improved,
+                    time.perf_counter() - epoch_start,
+                    average,
+                )
                 logger.info("%s", describe_epoch(record, self.epochs))
-                p.history.append(record)  # before saving: the checkpoint's history includes this epoch
-                self._log(record)  # before saving too: a resume from this epoch's checkpoint keeps it once
+                p.history.append(
+                    record
+                )  # before saving: the checkpoint's history includes this epoch
+                self._log(
+                    record
+                )  # before saving too: a resume from this epoch's checkpoint keeps it once
                 record["checkpoint_seconds"] = self._save_epoch_checkpoints(improved)
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(record)
@@ -142,11 +208,31 @@ class Trainer:
         set_loader_epoch(self.train_loader, p.epoch)
         steps = len(self.train_loader) if isinstance(self.train_loader, Sized) else None
         # [loss, grad norm, finite steps, fp16 overflows, non-finite steps] on the device; restored mid-epoch
-        sums = p.epoch_sums = torch.zeros(5, device=self.device) if p.epoch_sums is None else p.epoch_sums
-        first, train_step = p.step_in_epoch, self.capture.training(  # None: eager (logged once with the reason)
-            self.model, self.optimizer, self.loss_fn, self.forward, self.train_loader, self.amp, p, self.ema) or self._train_step
-        bar = tqdm(total=steps, initial=first, desc=f"Epoch {p.epoch + 1}", disable=not self.show_progress,
-                   leave=False, mininterval=1.0)
+        sums = p.epoch_sums = (
+            torch.zeros(5, device=self.device) if p.epoch_sums is None else p.epoch_sums
+        )
+        first, train_step = (
+            p.step_in_epoch,
+            self.capture.training(  # None: eager (logged once with the reason)
+                self.model,
+                self.optimizer,
+                self.loss_fn,
+                self.forward,
+                self.train_loader,
+                self.amp,
+                p,
+                self.ema,
+            )
+            or self._train_step,
+        )
+        bar = tqdm(
+            total=steps,
+            initial=first,
+            desc=f"Epoch {p.epoch + 1}",
+            disable=not self.show_progress,
+            leave=False,
+            mininterval=1.0,
+        )
         for index, batch in enumerate(self.train_loader):
             if index < first:  # resuming mid-epoch: trained on already
                 continue
@@ -162,11 +248,19 @@ class Trainer:
                 self._check_nonfinite()
                 running = (sums[0] / sums[2].clamp(min=1)).item()
                 bar.set_postfix(loss=f"{running:.4f}")
-                self._log({"step": p.global_step, "epoch": p.epoch + 1, "step_train_loss": running,
-                           "step_lr": float(self.optimizer.param_groups[0]["lr"])})
+                self._log(
+                    {
+                        "step": p.global_step,
+                        "epoch": p.epoch + 1,
+                        "step_train_loss": running,
+                        "step_lr": float(self.optimizer.param_groups[0]["lr"]),
+                    }
+                )
             if self.checkpoints is not None and self.dist.is_main and self.checkpoints.due():
                 self.checkpoints.save(f"step-{p.global_step:08d}.pt", self.state_dict())
-            if at_log_step or not self.dist.enabled:  # under torchrun the ranks agree on signals at log steps
+            if (
+                at_log_step or not self.dist.enabled
+            ):  # under torchrun the ranks agree on signals at log steps
                 self._stop_if_interrupted(saved=False)
         bar.close()
         self._check_nonfinite()
@@ -174,8 +268,12 @@ class Trainer:
         overflow, nonfinite = (int(v) for v in sums[3:].tolist())  # the same on every rank
         p.step_in_epoch, p.epoch_sums = 0, None
         p.fp16_overflow_steps += overflow
-        return {"loss": loss / count if count else float("nan"), "grad_norm": grad_norm / count if count else float("nan"),
-                "fp16_overflow_steps": overflow, "nonfinite_steps": nonfinite}
+        return {
+            "loss": loss / count if count else float("nan"),
+            "grad_norm": grad_norm / count if count else float("nan"),
+            "fp16_overflow_steps": overflow,
+            "nonfinite_steps": nonfinite,
+        }
 
     def _train_step(self, batch: Any, sums: torch.Tensor, step: int) -> bool:
         """One optimizer step (sums updated on the device); False when dropped for a non-finite loss."""
@@ -203,24 +301,54 @@ class Trainer:
 
     def evaluate(self, loader: Iterable[Any]) -> dict[str, Any]:
         """:func:`trainkit.evaluation.evaluate` of the current weights (the EMA's when ``ema`` is set), captured on CUDA."""
-        return self.capture.evaluate(self.ema.module if self.ema is not None else self.model, loader, self.loss_fn,
-                                     metrics=self.metrics, device=self.device, forward=self.forward,
-                                     ignore_index=self.ignore_index, autocast=self.amp.autocast, precision=self.amp.precision)
+        return self.capture.evaluate(
+            self.ema.module if self.ema is not None else self.model,
+            loader,
+            self.loss_fn,
+            metrics=self.metrics,
+            device=self.device,
+            forward=self.forward,
+            ignore_index=self.ignore_index,
+            autocast=self.amp.autocast,
+            precision=self.amp.precision,
+        )
 
     def final_evaluation(self, train_seconds: float = 0.0) -> dict[str, Any]:
         """Load the best model (its epoch checkpoint if it is damaged) and evaluate it on validation and test."""
         distributed.barrier()  # rank 0 has finished writing the best model
         p = self.progress
-        evaluated = load_best(self.checkpoints, self.best_name, self.selector.best_epoch, self._load_weights, p.epoch,
-                              self.device)
-        validation, test = ({k: v for k, v in self.evaluate(loader).items() if k != "batch_losses"} if loader is not None else None
-                            for loader in (self.val_loader, self.test_loader))
-        acc = ["-" if r is None or "acc@1" not in r else f"{r['acc@1']:.2f}%" for r in (validation, test)]
+        evaluated = load_best(
+            self.checkpoints,
+            self.best_name,
+            self.selector.best_epoch,
+            self._load_weights,
+            p.epoch,
+            self.device,
+        )
+        validation, test = (
+            {k: v for k, v in self.evaluate(loader).items() if k != "batch_losses"}
+            if loader is not None
+            else None
+            for loader in (self.val_loader, self.test_loader)
+        )
+        acc = [
+            "-" if r is None or "acc@1" not in r else f"{r['acc@1']:.2f}%"
+            for r in (validation, test)
+        ]
         logger.info("Best model (%s) | Val Acc@1: %s | Test Acc@1: %s", evaluated, *acc)
-        return {"validation": validation, "test": test, "best_epoch": self.selector.best_epoch, "epochs_run": p.epoch,
-                "stopped_early": p.stopped_early, "fp16_overflow_steps": p.fp16_overflow_steps,
-                "nonfinite_steps": p.nonfinite_steps, "train_seconds": train_seconds, "history": p.history,
-                "evaluated": evaluated, "capture": self.capture.summary()}
+        return {
+            "validation": validation,
+            "test": test,
+            "best_epoch": self.selector.best_epoch,
+            "epochs_run": p.epoch,
+            "stopped_early": p.stopped_early,
+            "fp16_overflow_steps": p.fp16_overflow_steps,
+            "nonfinite_steps": p.nonfinite_steps,
+            "train_seconds": train_seconds,
+            "history": p.history,
+            "evaluated": evaluated,
+            "capture": self.capture.summary(),
+        }
 
     def _load_weights(self, state: dict[str, Any]) -> None:
         if self.ema is not None:
@@ -234,16 +362,23 @@ class Trainer:
         if improved and all(bool(torch.isfinite(t).all()) for t in weights.parameters()):
             names.insert(0, self.best_name)
         elif improved:
-            logger.warning("epoch %d improved but the weights are not finite: %s not written", self.progress.epoch,
-                           self.best_name)
+            logger.warning(
+                "epoch %d improved but the weights are not finite: %s not written",
+                self.progress.epoch,
+                self.best_name,
+            )
         return self._save(names)
 
     def _save(self, names: Sequence[str]) -> float:
         """Rank 0 writes the state under ``names``; under torchrun a failure raises on every rank."""
         start, manager = time.perf_counter(), self.checkpoints
         if manager is not None:
-            distributed.on_main(lambda: [manager.save(name, state) for state in [self.state_dict()] for name in names],
-                                CheckpointError)
+            distributed.on_main(
+                lambda: [
+                    manager.save(name, state) for state in [self.state_dict()] for name in names
+                ],
+                CheckpointError,
+            )
         return time.perf_counter() - start
 
     def _stop_if_interrupted(self, saved: bool) -> None:
@@ -253,13 +388,21 @@ class Trainer:
         self._check_nonfinite()
         if not saved:
             self._save(["last.pt"])
-        where = f"saved {self.checkpoints.directory / 'last.pt'}" if self.checkpoints else "nothing saved (no checkpoints)"
-        raise TrainingInterrupted(f"interrupted by {requested} at epoch {self.progress.epoch + (not saved)}, "
-                                  f"step {self.progress.global_step}: {where}; resume to continue")
+        where = (
+            f"saved {self.checkpoints.directory / 'last.pt'}"
+            if self.checkpoints
+            else "nothing saved (no checkpoints)"
+        )
+        raise TrainingInterrupted(
+            f"interrupted by {requested} at epoch {self.progress.epoch + (not saved)}, "
+            f"step {self.progress.global_step}: {where}; resume to continue"
+        )
 
     def _check_nonfinite(self) -> None:  # at a sync point: log steps, epoch end, a signal
         self.nonfinite.check(self.progress.epoch + 1, self._last_good, self.device)
-        self.capture.check_nonfinite(self.nonfinite, self.progress, self.progress.epoch_sums, self._last_good)
+        self.capture.check_nonfinite(
+            self.nonfinite, self.progress, self.progress.epoch_sums, self._last_good
+        )
 
     def _last_good(self) -> Path | None:
         return None if self.checkpoints is None else self.checkpoints.latest()
@@ -270,8 +413,15 @@ class Trainer:
 
     # --------------------------------------------------------------------------- state
     def _parts(self) -> dict[str, Any]:
-        parts = {"model": distributed.unwrap(self.model), "optimizer": self.optimizer, "amp": self.amp,
-                 "selector": self.selector, "schedule": self.schedule, "checkpoints": self.checkpoints, "ema": self.ema}
+        parts = {
+            "model": distributed.unwrap(self.model),
+            "optimizer": self.optimizer,
+            "amp": self.amp,
+            "selector": self.selector,
+            "schedule": self.schedule,
+            "checkpoints": self.checkpoints,
+            "ema": self.ema,
+        }
         return {name: part for name, part in parts.items() if part is not None}
 
     def state_dict(self) -> dict[str, Any]:
@@ -283,7 +433,9 @@ class Trainer:
         """Restore :meth:`state_dict` (schedule excluded); :func:`~trainkit.training_state.load_training_state`
         checks every block first and raises ``ValueError`` (one line) for a missing or unfitting one."""
         load_training_state(self._parts(), self.progress, state, self.device)
-        eager_optimizer(self.optimizer)  # a captured run's state on CPU: capturable off (docs/captured.md)
+        eager_optimizer(
+            self.optimizer
+        )  # a captured run's state on CPU: capturable off (docs/captured.md)
 
     def resume(self, path: str | Path | None = None) -> Path:
         """Continue from ``path``, or the newest loadable checkpoint (falling back past damaged ones).
@@ -295,6 +447,10 @@ class Trainer:
         self.load_state_dict(state)
         for sink in self.loggers:
             sink.truncate(self.progress.global_step)
-        logger.info("Resumed from %s (epoch %d, step %d)", chosen, self.progress.epoch, self.progress.global_step)
+        logger.info(
+            "Resumed from %s (epoch %d, step %d)",
+            chosen,
+            self.progress.epoch,
+            self.progress.global_step,
+        )
         return chosen
-

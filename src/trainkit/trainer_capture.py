@@ -98,7 +98,9 @@ class TrainerCapture:
     """
 
     def __init__(self, capture: bool | str, device: torch.device, nonfinite: str = "raise") -> None:
-        if not any(capture is mode or (isinstance(capture, str) and capture == mode) for mode in _MODES):
+        if not any(
+            capture is mode or (isinstance(capture, str) and capture == mode) for mode in _MODES
+        ):
             raise ValueError(f"capture must be 'auto', True or False, got {capture!r}")
         self.capture, self.nonfinite = capture, nonfinite
         self.reason = self._ruled_out = capture_reason(capture, device)
@@ -113,9 +115,17 @@ class TrainerCapture:
         if self.capture is True and self.reason is not None:
             raise CaptureError(f"capture=True, but {self.reason}")
 
-    def training(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[..., torch.Tensor],
-                 forward: Callable[..., Any], loader: Iterable[Any], amp: Any, progress: TrainingProgress,
-                 ema: Any) -> _CapturedTrainStep | None:
+    def training(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable[..., torch.Tensor],
+        forward: Callable[..., Any],
+        loader: Iterable[Any],
+        amp: Any,
+        progress: TrainingProgress,
+        ema: Any,
+    ) -> _CapturedTrainStep | None:
         """The captured step (built on the first call, from the loader's first batch), or None: eager.
 
         Logs one line, on the first call: which step trains and why.
@@ -127,22 +137,34 @@ class TrainerCapture:
             return self.train_step
         self._decided = True
         if self.reason is None:
-            self.reason = CapturedStep.why_not(model, optimizer, precision=amp.precision, nonfinite=self.nonfinite,
-                                               loader=loader)
+            self.reason = CapturedStep.why_not(
+                model, optimizer, precision=amp.precision, nonfinite=self.nonfinite, loader=loader
+            )
         first = next(iter(loader), None) if self.reason is None else None
         if self.reason is None and first is None:
             self.reason = "the training loader is empty"
         if self.reason is None:
             step, self.reason = CapturedStep.try_create(
-                model, optimizer, loss_fn, forward, first, loader=loader, precision=amp.precision,
-                max_grad_norm=amp.max_grad_norm, nonfinite=self.nonfinite)
+                model,
+                optimizer,
+                loss_fn,
+                forward,
+                first,
+                loader=loader,
+                precision=amp.precision,
+                max_grad_norm=amp.max_grad_norm,
+                nonfinite=self.nonfinite,
+            )
             if not all(trainkit_distributed.all_gather_object(step is not None)):
                 # under torchrun every rank runs the same step, or their collectives would not match
                 step, self.reason = None, self.reason or "the capture failed on another rank"
             if step is not None:
                 self._adopt(step, amp, progress, ema)
-                log.info("training step: captured in one CUDA graph (%s, capture %.2f s)", step.precision,
-                         step.capture_seconds)
+                log.info(
+                    "training step: captured in one CUDA graph (%s, capture %.2f s)",
+                    step.precision,
+                    step.capture_seconds,
+                )
                 return self.train_step
         self._fail_if_required()
         log.info("training step: eager (%s)", self.reason)
@@ -150,7 +172,9 @@ class TrainerCapture:
 
     def _adopt(self, step: CapturedStep, amp: Any, progress: TrainingProgress, ema: Any) -> None:
         if step.scaler is not None and getattr(amp, "scaler", None) is not None:
-            step.scaler.load_state_dict(amp.scaler.state_dict())  # in place: a resumed scale carries on
+            step.scaler.load_state_dict(
+                amp.scaler.state_dict()
+            )  # in place: a resumed scale carries on
             amp.scaler = step.scaler  # the Trainer saves and loads the scaler the graph reads
         self.step, self.seconds = step, self.seconds + step.capture_seconds
         self.train_step = _CapturedTrainStep(step, progress, ema)
@@ -162,8 +186,13 @@ class TrainerCapture:
         sums[:4] += self.step.sums[[0, 1, 3, 2]]  # device-side, no sync
         self.step.reset_sums()
 
-    def check_nonfinite(self, policy: NonFinitePolicy, progress: TrainingProgress, sums: torch.Tensor | None,
-                        last_good: Callable[[], Path | None]) -> None:
+    def check_nonfinite(
+        self,
+        policy: NonFinitePolicy,
+        progress: TrainingProgress,
+        sums: torch.Tensor | None,
+        last_good: Callable[[], Path | None],
+    ) -> None:
         """Read the captured step's non-finite record (one host sync) and apply ``policy``.
 
         ``"raise"`` names the epoch and the first bad step; ``"skip"`` counts the dropped
@@ -180,16 +209,28 @@ class TrainerCapture:
             return
         epoch, where = progress.epoch + 1, progress.step_in_epoch - steps + (first or 0) + 1
         if policy.mode == "raise":
-            raise NonFiniteLossError(f"Loss is not finite. Stopping. (epoch {epoch}, step {where}; "
-                                     f"last good checkpoint: {last_good() or 'none'})")
+            raise NonFiniteLossError(
+                f"Loss is not finite. Stopping. (epoch {epoch}, step {where}; "
+                f"last good checkpoint: {last_good() or 'none'})"
+            )
         if sums is not None:
             sums[4] += count
         progress.nonfinite_steps += count
         policy.count_skipped(progress.nonfinite_steps, epoch, progress.step_in_epoch)
 
-    def evaluate(self, model: nn.Module, loader: Iterable[Any], loss_fn: Callable[..., torch.Tensor], *,
-                 metrics: Callable[..., Any], device: torch.device, forward: Callable[..., Any],
-                 ignore_index: int | None, autocast: Callable[[], Any], precision: str) -> dict[str, Any]:
+    def evaluate(
+        self,
+        model: nn.Module,
+        loader: Iterable[Any],
+        loss_fn: Callable[..., torch.Tensor],
+        *,
+        metrics: Callable[..., Any],
+        device: torch.device,
+        forward: Callable[..., Any],
+        ignore_index: int | None,
+        autocast: Callable[[], Any],
+        precision: str,
+    ) -> dict[str, Any]:
         """What :func:`trainkit.evaluation.evaluate` returns, from a :class:`CapturedEval` where one can be built.
 
         One graph per (model, loader), built from the loader's first batch on first use;
@@ -204,12 +245,23 @@ class TrainerCapture:
             if reason is None and first is None:
                 reason = "the loader is empty"
             if reason is None:  # under torchrun the wrapped module: evaluation needs no collective
-                module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+                module = (
+                    model.module
+                    if isinstance(model, nn.parallel.DistributedDataParallel)
+                    else model
+                )
                 self._evals[key], reason = CapturedEval.try_create(
-                    module, forward, loss_fn, first, metrics=metrics(device=device), precision=precision,
-                    ignore_index=ignore_index)
+                    module,
+                    forward,
+                    loss_fn,
+                    first,
+                    metrics=metrics(device=device),
+                    precision=precision,
+                    ignore_index=ignore_index,
+                )
             if self._ruled_out is None and not all(
-                    trainkit_distributed.all_gather_object(self._evals[key] is not None)):
+                trainkit_distributed.all_gather_object(self._evals[key] is not None)
+            ):
                 # under torchrun every rank takes the same path, or their collectives below would not match
                 self._evals[key], reason = None, reason or "the capture failed on another rank"
             captured = self._evals[key]
@@ -219,8 +271,16 @@ class TrainerCapture:
                 log.info("evaluation: eager (%s)", reason)
         captured = self._evals[key]
         if captured is None:
-            return evaluate(model, loader, loss_fn, metrics=metrics, device=device, forward=forward,
-                            ignore_index=ignore_index, autocast=autocast)
+            return evaluate(
+                model,
+                loader,
+                loss_fn,
+                metrics=metrics,
+                device=device,
+                forward=forward,
+                ignore_index=ignore_index,
+                autocast=autocast,
+            )
         captured.reset()
         for batch in loader:
             captured.run(batch)
@@ -232,5 +292,8 @@ class TrainerCapture:
 
     def summary(self) -> dict[str, Any]:
         """``{"step": "captured" | "eager", "reason", "seconds"}`` for results and logs."""
-        return {"step": "captured" if self.step is not None else "eager", "reason": self.reason,
-                "seconds": self.seconds}
+        return {
+            "step": "captured" if self.step is not None else "eager",
+            "reason": self.reason,
+            "seconds": self.seconds,
+        }

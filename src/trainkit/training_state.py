@@ -16,7 +16,12 @@ from typing import Any
 import torch
 
 from trainkit import distributed
-from trainkit.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, load_model_state
+from trainkit.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    load_checkpoint,
+    load_model_state,
+)
 from trainkit.optim import check_optimizer_state
 from trainkit.progress import TrainingProgress
 from trainkit.rng import get_rng_state, set_rng_state
@@ -33,7 +38,9 @@ _OPTIONAL = ("checkpoints",)
 _RECORD_ONLY = ("schedule",)
 
 
-def training_state(parts: Mapping[str, Any], progress: TrainingProgress, config: dict[str, Any]) -> dict[str, Any]:
+def training_state(
+    parts: Mapping[str, Any], progress: TrainingProgress, config: dict[str, Any]
+) -> dict[str, Any]:
     """Everything a resumed run needs, as tensors and plain values.
 
     Args:
@@ -48,8 +55,12 @@ def training_state(parts: Mapping[str, Any], progress: TrainingProgress, config:
     return {**blocks, **progress.state_dict(), "rng": get_rng_state(), "config": config}
 
 
-def load_training_state(parts: Mapping[str, Any], progress: TrainingProgress, state: Any,
-                        device: torch.device | None = None) -> None:
+def load_training_state(
+    parts: Mapping[str, Any],
+    progress: TrainingProgress,
+    state: Any,
+    device: torch.device | None = None,
+) -> None:
     """Check every block of ``state``, then restore the parts, the counters and the RNG states.
 
     Args:
@@ -63,18 +74,26 @@ def load_training_state(parts: Mapping[str, Any], progress: TrainingProgress, st
             model's keys/shapes differ (one line naming it); nothing was changed then.
     """
     restored = {name: part for name, part in parts.items() if name not in _RECORD_ONLY}
-    require_keys(state, [*(name for name in restored if name not in _OPTIONAL), "rng"], "Trainer checkpoint")
+    require_keys(
+        state, [*(name for name in restored if name not in _OPTIONAL), "rng"], "Trainer checkpoint"
+    )
     TrainingProgress.check_state(state)
     if not _fits(parts["model"], state["model"]):
-        load_model_state(parts["model"], state["model"])  # raises its one-line message, loads nothing
-    check_optimizer_state(parts["optimizer"], state["optimizer"])  # another recipe's checkpoint fails here
+        load_model_state(
+            parts["model"], state["model"]
+        )  # raises its one-line message, loads nothing
+    check_optimizer_state(
+        parts["optimizer"], state["optimizer"]
+    )  # another recipe's checkpoint fails here
     loaded = {name: part for name, part in restored.items() if name != "model" and name in state}
     for name, part in loaded.items():
         require_keys(state[name], part.state_dict().keys(), f"{type(part).__name__} ({name!r})")
     require_keys(state["rng"], ("python", "numpy", "torch"), "RNG state ('rng')")
     amp = parts.get("amp")
     if amp is not None and state["amp"]["precision"] != amp.precision:
-        raise ValueError(f"checkpoint precision {state['amp']['precision']!r} differs from this run's {amp.precision!r}")
+        raise ValueError(
+            f"checkpoint precision {state['amp']['precision']!r} differs from this run's {amp.precision!r}"
+        )
     load_model_state(parts["model"], state["model"])
     for name, part in loaded.items():
         part.load_state_dict(state[name])
@@ -88,11 +107,14 @@ def _fits(model: torch.nn.Module, state: Any) -> bool:
         return False
     expected = model.state_dict()
     return set(state) == set(expected) and all(
-        not isinstance(state[key], torch.Tensor) or state[key].shape == value.shape for key, value in expected.items())
+        not isinstance(state[key], torch.Tensor) or state[key].shape == value.shape
+        for key, value in expected.items()
+    )
 
 
-def load_resume_state(manager: CheckpointManager | None, path: str | Path | None,
-                      device: torch.device | None = None) -> tuple[Path, dict[str, Any]]:
+def load_resume_state(
+    manager: CheckpointManager | None, path: str | Path | None, device: torch.device | None = None
+) -> tuple[Path, dict[str, Any]]:
     """The checkpoint to resume from: ``path``, or the newest loadable one of ``manager``.
 
     Under torchrun rank 0 picks the file and every rank loads that same file. A damaged
@@ -108,7 +130,11 @@ def load_resume_state(manager: CheckpointManager | None, path: str | Path | None
     """
     if path is not None:
         return Path(path), load_checkpoint(path, map_location=device)
-    found = manager.load_latest(map_location=device) if manager is not None and distributed.context().is_main else None
+    found = (
+        manager.load_latest(map_location=device)
+        if manager is not None and distributed.context().is_main
+        else None
+    )
     chosen = distributed.broadcast_object(None if found is None else str(found[0]))
     if chosen is None:
         where = "" if manager is None else f" in {manager.directory}"
@@ -120,8 +146,14 @@ def load_resume_state(manager: CheckpointManager | None, path: str | Path | None
     return found
 
 
-def load_best(manager: CheckpointManager | None, best_name: str, best_epoch: int, load: Callable[[dict[str, Any]], None],
-              final_epoch: int, device: torch.device | None = None) -> str:
+def load_best(
+    manager: CheckpointManager | None,
+    best_name: str,
+    best_epoch: int,
+    load: Callable[[dict[str, Any]], None],
+    final_epoch: int,
+    device: torch.device | None = None,
+) -> str:
     """Load the best model for the final evaluation, falling back when its file is damaged.
 
     Tries ``best_name``, then the best epoch's ``epoch-NNNN.pt`` (the same weights, when
@@ -146,7 +178,9 @@ def load_best(manager: CheckpointManager | None, best_name: str, best_epoch: int
             state = manager.load(name, map_location=device)
             load(state)
         except (CheckpointError, FileNotFoundError, KeyError, ValueError) as exc:
-            problem = problem if name != best_name or isinstance(exc, FileNotFoundError) else str(exc)
+            problem = (
+                problem if name != best_name or isinstance(exc, FileNotFoundError) else str(exc)
+            )
             continue
         if name != best_name:
             log.warning("%s: evaluating %s, the best epoch's checkpoint", problem, name)

@@ -15,7 +15,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainkit import CheckpointError, CheckpointManager, EarlyStopper, LabelSmoothedNLLLoss, RankingMetrics, TensorBatches, Trainer
+from trainkit import (
+    CheckpointError,
+    CheckpointManager,
+    EarlyStopper,
+    LabelSmoothedNLLLoss,
+    RankingMetrics,
+    TensorBatches,
+    Trainer,
+)
 from trainkit import build_optimizer, distributed
 
 NUM_CLASSES = 9
@@ -36,7 +44,9 @@ class FailingCheckpoints(CheckpointManager):
 
     def save(self, name, state):  # type: ignore[override]
         if state["epoch"] >= 2:
-            raise CheckpointError(f"could not save checkpoint {self.directory / name}: [Errno 28] No space left")
+            raise CheckpointError(
+                f"could not save checkpoint {self.directory / name}: [Errno 28] No space left"
+            )
         return super().save(name, state)
 
 
@@ -69,9 +79,18 @@ def main() -> None:
     train = TensorBatches(data(70, 1), 8, shuffle=True, seed=5, transform=to_seed)
     val = TensorBatches(data(37, 2), 8, shuffle=False, transform=to_seed)  # odd size: shards differ
     stopper = StopsAfterFirst(patience=100) if ctx.rank == stop_rank else EarlyStopper(patience=100)
-    trainer = Trainer(model, optimizer, LabelSmoothedNLLLoss(), train, val, test_loader=val, epochs=3,
-                      selector=stopper, progress=False,
-                      checkpoints=(FailingCheckpoints if fail_save else CheckpointManager)(out / "ckpt"))
+    trainer = Trainer(
+        model,
+        optimizer,
+        LabelSmoothedNLLLoss(),
+        train,
+        val,
+        test_loader=val,
+        epochs=3,
+        selector=stopper,
+        progress=False,
+        checkpoints=(FailingCheckpoints if fail_save else CheckpointManager)(out / "ckpt"),
+    )
     result = trainer.fit()
     # single-process evaluation of the same weights over the whole validation set
     weights = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
@@ -81,9 +100,14 @@ def main() -> None:
         weights.eval()
         metrics.update(weights(full["x"], {}), full["y"])
     record = {
-        "rank": ctx.rank, "world_size": ctx.world_size, "epochs_run": result["epochs_run"],
-        "stopped_early": result["stopped_early"], "validation": result["validation"],
-        "single_process_validation": metrics.compute(), "train_batches": len(train), "val_batches": len(val),
+        "rank": ctx.rank,
+        "world_size": ctx.world_size,
+        "epochs_run": result["epochs_run"],
+        "stopped_early": result["stopped_early"],
+        "validation": result["validation"],
+        "single_process_validation": metrics.compute(),
+        "train_batches": len(train),
+        "val_batches": len(val),
     }
     (out / f"rank{ctx.rank}.json").write_text(json.dumps(record))
     distributed.shutdown()
