@@ -27,7 +27,7 @@ define make-venv
 	  $(1)/bin/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 endef
 
-.PHONY: venv install install-dev demo test test-src dist docs bench clean
+.PHONY: venv install install-dev demo test test-src lint dist docs bench clean
 
 venv:
 	$(call make-venv,$(VENV))
@@ -53,6 +53,14 @@ test:
 	mkdir -p $(SDIST_TREE) && tar -xzf dist/*.tar.gz -C $(SDIST_TREE) --strip-components=1
 	rm -rf $(SDIST_TREE)/src
 	cd $(SDIST_TREE) && TRAINKIT_TEST_INSTALLED=1 $(abspath $(TPY)) -m pytest -q -p no:cacheprovider
+
+# The formatter and the linter (settings in pyproject.toml); CI runs this after `make test`,
+# in the test venv. `ruff format src examples tests benchmarks tools` fixes the layout.
+LINT_PATHS := src examples tests benchmarks tools
+lint:
+	@test -x $(VENV)/bin/ruff || { echo "no ruff in $(VENV): run make install-dev first"; exit 1; }
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
 
 # The quick loop while editing: the suite against src/ in the development venv.
 test-src: install-dev

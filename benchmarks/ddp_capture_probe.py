@@ -13,14 +13,22 @@ and all-reduces the gradients in the graph instead: docs/captured.md, "Under tor
 Prints one JSON object (rank 0), also written to $OUT/ddp_probe.json.
 """
 
-import functools, json, os, statistics, sys, time, traceback
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
 
 os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "0")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-import throughput as T
-import torch, torch.distributed as dist
+import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
+
+import throughput as T
 from trainkit import CapturedStep, LabelSmoothedNLLLoss, TensorBatches, build_optimizer
 
 dist.init_process_group("nccl")

@@ -6,12 +6,14 @@ One training epoch, then the validation set (1,001 samples: uneven shards) evalu
 on the same weights; each rank prints one JSON line with the largest difference.
 """
 
-import json, os, sys
+import json
+import os
+import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 
-from throughput import make_tensors, new_model, to_seed, BATCH
+from throughput import BATCH, make_tensors, new_model, to_seed
 from trainkit import AMPStep, LabelSmoothedNLLLoss, build_optimizer, distributed
 from trainkit.batching import TensorBatches
 from trainkit.evaluation import evaluate

@@ -7,7 +7,10 @@
 A ``faulthandler`` timer started at shutdown dumps every thread's stack and exits after 25 s.
 """
 
-import faulthandler, os, sys, time
+import faulthandler
+import os
+import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from trainkit import distributed

@@ -24,8 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "src"))
 
-from throughput import BATCH, make_tensors, new_model, to_seed  # noqa: E402
-
+from throughput import BATCH, make_tensors, new_model, to_seed
 from trainkit import (
     AMPStep,
     LabelSmoothedNLLLoss,
@@ -33,7 +32,7 @@ from trainkit import (
     Trainer,
     build_optimizer,
     distributed,
-)  # noqa: E402
+)
 
 
 def main() -> None:

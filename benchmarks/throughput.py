@@ -53,8 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "src"))
 
-from pointer_v45_model import PointerV45  # noqa: E402
-
+from pointer_v45_model import PointerV45
 from trainkit import (
     AMPStep,
     CapturedStep,
@@ -62,10 +61,10 @@ from trainkit import (
     LabelSmoothedNLLLoss,
     WarmupCosineSchedule,
     build_optimizer,
-)  # noqa: E402
-from trainkit.batching import TensorBatches  # noqa: E402
-from trainkit.stats import MIN_SEEDS, t_interval  # noqa: E402
-from trainkit.trainer import Trainer  # noqa: E402
+)
+from trainkit.batching import TensorBatches
+from trainkit.stats import MIN_SEEDS, t_interval
+from trainkit.trainer import Trainer
 
 NUM_LOCATIONS, NUM_USERS, MAX_LEN, BATCH = 1187, 46, 48, 128
 X_KEYS = ("time", "weekday", "diff", "duration", "user", "len")

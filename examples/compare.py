@@ -38,13 +38,13 @@ from trainkit.atomic import atomic_write
 from trainkit.recipes import Recipe
 
 __all__ = [
+    "ABLATION_ROWS",
     "RunOne",
     "SweepError",
-    "ABLATION_ROWS",
-    "run_compare",
-    "run_ablation",
     "is_sweep_dir",
     "resume_sweep",
+    "run_ablation",
+    "run_compare",
 ]
 
 RunOne = Callable[[Recipe, Path, bool], dict]

@@ -19,13 +19,13 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from trainkit import stats  # noqa: E402
-from trainkit.atomic import atomic_write  # noqa: E402
+from trainkit import stats
+from trainkit.atomic import atomic_write
 
-__all__ = ["write_report", "read_metrics", "LEVEL", "RESAMPLES", "RNG_SEED"]
+__all__ = ["LEVEL", "RESAMPLES", "RNG_SEED", "read_metrics", "write_report"]
 
 LEVEL = 0.95
 RESAMPLES = 10_000
@@ -186,7 +186,7 @@ def _header(spec: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> list
     lines += [
         "Run directories: "
         + ", ".join(f"[`{row}/`]({row}/)" for row in rows)
-        + f" (one `seed<S>/` each); "
+        + " (one `seed<S>/` each); "
         "progress in [`sweep.log`](sweep.log).",
         "",
     ]
@@ -323,7 +323,7 @@ def _compare_sections(spec: dict[str, Any], runs: dict[str, list[dict[str, Any]]
         ],
         body,
     )
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _ablation_sections(spec: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -403,7 +403,7 @@ def _ablation_sections(spec: dict[str, Any], runs: dict[str, list[dict[str, Any]
             for i, seed in enumerate(spec["seeds"])
         ],
     )
-    return lines + [""]
+    return [*lines, ""]
 
 
 # ------------------------------------------------------------------------------ pictures
@@ -416,7 +416,7 @@ def plot_seeds(path: Path, spec: dict[str, Any], runs: dict[str, list[dict[str, 
     x = np.arange(len(names))
     for j in range(values.shape[1]):  # one grey line per seed joins its rows
         left.plot(x, values[:, j], color="0.75", linewidth=0.8, zorder=1)
-    for i, row in enumerate(names):
+    for i in range(len(names)):
         left.scatter(np.full(values.shape[1], x[i]), values[i], s=18, color=f"C{i}", zorder=2)
         if values.shape[1] >= stats.MIN_SEEDS:
             ci = stats.t_interval(values[i], LEVEL)
@@ -440,7 +440,7 @@ def plot_seeds(path: Path, spec: dict[str, Any], runs: dict[str, list[dict[str, 
     else:  # each row against the base
         pairs = [(row, names[0], row, block, key) for row in names[1:]]
         title = f"{label}: row − {names[0]}, per seed"
-    for i, (what, ref, other, block_, key_) in enumerate(pairs):
+    for i, (_what, ref, other, block_, key_) in enumerate(pairs):
         d = np.array(_values(runs[other], block_, key_)) - np.array(
             _values(runs[ref], block_, key_)
         )

@@ -155,15 +155,15 @@ def make_split(
             -1 - int(w) for w in rng.choice(OOV_WORDS, n_oov, replace=False)
         ]  # raw OOVs: negative
         words = [words[j] for j in rng.permutation(count)]
-        source = [token for word in words for token in fillers() + [word]] + fillers()
+        source = [token for word in words for token in [*fillers(), word]] + fillers()
         oovs = [w for w in words if w < 0]  # in order of first appearance: extended ids V, V+1, ...
         extended = [VOCAB_SIZE + oovs.index(w) if w < 0 else w for w in source]
         summary = [w for w in extended if w not in FILLERS]
         data.src_ext[i, : len(source)] = torch.tensor(extended)
         data.src[i, : len(source)] = torch.tensor(unk(extended))
         data.src_mask[i, : len(source)] = True
-        data.dec_in[i, : count + 1] = torch.tensor([START] + unk(summary))
-        data.target[i, : count + 1] = torch.tensor(summary + [STOP])
+        data.dec_in[i, : count + 1] = torch.tensor([START, *unk(summary)])
+        data.target[i, : count + 1] = torch.tensor([*summary, STOP])
         data.dec_mask[i, : count + 1] = 1.0
         data.n_oov[i] = len(oovs)
     return data

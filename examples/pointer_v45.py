@@ -275,7 +275,10 @@ def build_trainer(
 
 # ------------------------------------------------------------------------------- one run
 def run_one(
-    recipe: Recipe, run_dir: Path, resume: bool, settings: Settings = Settings()
+    recipe: Recipe,
+    run_dir: Path,
+    resume: bool,
+    settings: Settings = Settings(),  # noqa: B008 (frozen)
 ) -> dict[str, Any]:
     """Train ``recipe`` in ``run_dir`` (``resume``: continue it), write ``results.json``, return it."""
     with contextlib.ExitStack() as held:  # the run directory's lock, released at the end

@@ -30,17 +30,17 @@ from trainkit.recipes import Recipe, replace_checked
 
 log = logging.getLogger("pointer_v45")
 __all__ = [
-    "ModelConfig",
     "DataConfig",
+    "ModelConfig",
     "RunConfig",
     "Settings",
-    "read_yaml",
-    "configure",
     "change_recipe",
-    "configure_new_run",
-    "config_sections",
-    "read_run_config",
     "check_same_run",
+    "config_sections",
+    "configure",
+    "configure_new_run",
+    "read_run_config",
+    "read_yaml",
     "resume_settings",
     "seeds_of",
 ]

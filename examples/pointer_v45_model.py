@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 X_DICT_KEYS = ("time", "weekday", "diff", "duration", "user", "len")

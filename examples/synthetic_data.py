@@ -19,7 +19,7 @@ import numpy as np
 from geolife_data import CSV_COLUMNS
 from trainkit.atomic import atomic_write
 
-__all__ = ["generate_synthetic_staypoints", "cached_synthetic_csv", "SYNTHETIC_VERSION"]
+__all__ = ["SYNTHETIC_VERSION", "cached_synthetic_csv", "generate_synthetic_staypoints"]
 
 # Bump when generate_synthetic_staypoints writes different data for the same arguments.
 SYNTHETIC_VERSION = "syn-v1"
@@ -75,7 +75,7 @@ def generate_synthetic_staypoints(
         user_rows: list[tuple[int, int, int]] = []  # (location, absolute start minute, end minute)
 
         def visit(loc: int, start: int, end: int) -> None:
-            user_rows.append((loc, start, max(end, start + 10)))
+            user_rows.append((loc, start, max(end, start + 10)))  # noqa: B023 (called in this iteration)
 
         def maybe_noise(t: int) -> int:
             if rng.random() < 0.1:  # a one-off new place

@@ -192,7 +192,7 @@ def fake_clock() -> type[FakeClock]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _data_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def _data_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
     """The example's split cache goes to a temporary directory, never the user's ~/.cache
     (subprocesses inherit the variable)."""
     previous = os.environ.get("TRAINKIT_CACHE_DIR")

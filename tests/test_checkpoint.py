@@ -437,7 +437,7 @@ def _unsafe_values() -> list[tuple[str, object, str]]:
     "index", range(5), ids=["path", "dataclass", "namespace", "numpy", "module"]
 )
 def test_save_refuses_what_its_own_safe_load_would_refuse_before_writing(tmp_path, index):
-    label, value, type_name = _unsafe_values()[index]
+    _label, value, type_name = _unsafe_values()[index]
     mgr = CheckpointManager(tmp_path)
     mgr.save("last.pt", _state(1))
     with pytest.raises(

@@ -23,7 +23,6 @@ sys.path.insert(0, str(ROOT / "examples"))
 import pointer_v45  # noqa: E402
 import pointer_v45_config  # noqa: E402
 import run_dir  # noqa: E402
-
 from trainkit import recipes  # noqa: E402
 
 RESULT_KEYS = ("acc@1", "acc@5", "acc@10", "mrr", "ndcg", "f1", "loss", "acc@1_seen")

@@ -23,7 +23,6 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import compare  # noqa: E402
 from test_cli import run_cli  # noqa: E402
-
 from trainkit import recipes, stats  # noqa: E402
 from trainkit.recipes import Recipe  # noqa: E402
 

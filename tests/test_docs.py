@@ -94,7 +94,7 @@ def test_snippet_runs(
     namespace = {"__name__": f"docs_{Path(page).stem}"}
     try:
         exec(compile(code, f"docs/{page}:{line}", "exec"), namespace)
-    except BaseException:  # noqa: BLE001 - report anything the snippet raises, with its text
+    except BaseException:
         pytest.fail(
             f"snippet in docs/{page} starting at line {line} failed:\n"
             f"----\n{code}----\n{traceback.format_exc()}",

@@ -12,7 +12,7 @@ pytest.importorskip(
     "mypy", reason="mypy is not installed (pip install mypy to type-check the docs' snippets)"
 )
 
-import docs_snippets_typecheck  # noqa: E402  (tests/ is on sys.path under pytest's rootdir conftest)
+import docs_snippets_typecheck
 
 
 def test_every_docs_page_passes_mypy_strict() -> None:

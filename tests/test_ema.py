@@ -57,7 +57,7 @@ def test_buffers_are_averaged_too() -> None:
 
 
 def test_the_average_does_not_track_gradients_and_does_not_touch_the_model() -> None:
-    model, optimizer = make()
+    model, _optimizer = make()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ema = EMA(model, decay=0.99)
     ema.update()

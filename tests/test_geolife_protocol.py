@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import geolife_cache  # noqa: E402
-import geolife_data as gd  # noqa: E402
-import synthetic_data  # noqa: E402
+import geolife_cache
+import geolife_data as gd
+import synthetic_data
 
 REAL_CSV = Path(__file__).resolve().parents[1].parent / "shared/data/geolife/dataSet_geolife.csv"
 HEADER = "id,user_id,location_id,duration,start_day,end_day,start_min,end_min,weekday"

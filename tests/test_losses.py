@@ -133,7 +133,7 @@ def _loop_coverage(attn, mask):
         coverage = [0.0] * attn.shape[2]
         total, n = 0.0, 0.0
         for t in range(attn.shape[1]):
-            cost = sum(min(float(attn[b, t, l]), coverage[l]) for l in range(attn.shape[2]))
+            cost = sum(min(float(attn[b, t, j]), coverage[j]) for j in range(attn.shape[2]))
             if mask[b, t] != 0:
                 total += cost * float(mask[b, t])
                 n += float(mask[b, t])

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import pointer_generator as pg  # noqa: E402
-
+import pointer_generator as pg
 from trainkit import (
     AMPStep,
     RunningAverage,
@@ -21,8 +20,8 @@ from trainkit import (
     load_checkpoint,
     masked_nll,
     recipes,
-)  # noqa: E402
-from trainkit.nonfinite import NonFiniteLossError  # noqa: E402
+)
+from trainkit.nonfinite import NonFiniteLossError
 
 V = pg.VOCAB_SIZE
 REPORT_KEYS = {

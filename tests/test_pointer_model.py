@@ -9,8 +9,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import pointer_v45_model  # noqa: E402
-from pointer_v45_model import PointerV45, lookup  # noqa: E402
+import pointer_v45_model
+from pointer_v45_model import PointerV45, lookup
 
 V, U, L = 40, 6, 9
 

@@ -29,16 +29,12 @@ from torch import nn
 
 import trainkit.atomic as atomic_module
 from trainkit import (
-    AMPStep,
     CheckpointError,
     CheckpointManager,
-    EarlyStopper,
     LabelSmoothedNLLLoss,
     WarmupCosineSchedule,
-    build_optimizer,
     load_model_state,
 )
-from trainkit.batching import TensorBatches
 from trainkit.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +44,6 @@ sys.path.insert(0, str(EXAMPLES))
 import pointer_v45  # noqa: E402
 import pointer_v45_config  # noqa: E402
 import synthetic_data  # noqa: E402
-
 
 # --------------------------------------------------------------------------- a tiny Trainer
 NUM_CLASSES = 7  # the classes of conftest's tiny job
@@ -291,7 +286,7 @@ class ReferenceRun:
 
 
 @pytest.fixture(scope="module")
-def references(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def references(tmp_path_factory: pytest.TempPathFactory):
     runs: dict[str, ReferenceRun] = {}
 
     def get(recipe: str) -> ReferenceRun:
@@ -526,7 +521,7 @@ class Evil:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (os.system, (f"touch '{self.marker}'",))
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import types
 import math
+import types
 from pathlib import Path
 from typing import Any
 
@@ -388,7 +388,8 @@ def test_a_checkpoint_of_another_optimizer_is_refused_before_anything_changes(
 
 
 # ------------------------------------------------------------- capture (docs/captured.md, "In the Trainer")
-from trainkit import CapturedStep, TensorBatches as _Batches  # noqa: E402
+from trainkit import CapturedStep  # noqa: E402
+from trainkit import TensorBatches as _Batches  # noqa: E402
 from trainkit.captured import CaptureError  # noqa: E402
 from trainkit.trainer_capture import TrainerCapture, capture_reason  # noqa: E402
 
@@ -458,7 +459,7 @@ def test_capture_decision_names_each_reason(tiny_model) -> None:
 def test_ranks_train_eagerly_together_when_a_capture_failed_on_another_rank(
     monkeypatch, tiny_model
 ) -> None:
-    from trainkit import distributed  # noqa: PLC0415
+    from trainkit import distributed
 
     model = tiny_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
@@ -481,11 +482,11 @@ def test_captured_evaluation_under_torchrun_reduces_sums_and_agrees_across_ranks
     monkeypatch, tiny_model
 ) -> None:
     """The wiring, with two identical simulated ranks (CapturedEval run eagerly on CPU)."""
-    import contextlib  # noqa: PLC0415
+    import contextlib
 
-    from conftest import NUM_CLASSES, make_data, to_batch  # noqa: PLC0415
-    from trainkit import CapturedEval, RankingMetrics, distributed  # noqa: PLC0415
-    from trainkit.evaluation import default_forward, evaluate  # noqa: PLC0415
+    from conftest import NUM_CLASSES, make_data, to_batch
+    from trainkit import CapturedEval, RankingMetrics, distributed
+    from trainkit.evaluation import default_forward, evaluate
 
     model = tiny_model()
     loader = _Batches(
@@ -575,7 +576,7 @@ def test_captured_bookkeeping_matches_the_eager_epoch_sums(tmp_path: Path, build
 
 
 def _poisoned_data(bad_index: int) -> dict[str, torch.Tensor]:
-    from conftest import make_data  # noqa: PLC0415  (the tiny job's data, one NaN feature)
+    from conftest import make_data
 
     data = make_data(96, 1)
     data["scale"][bad_index] = float("nan")
@@ -649,7 +650,7 @@ def test_resume_on_cpu_from_a_captured_runs_optimizer_state(tmp_path: Path, buil
 
 # ------------------------------------------------------------------------------------------ CUDA
 def _cuda_trainer(directory: Path, epochs: int, **kwargs: Any) -> Trainer:
-    from conftest import build  # noqa: PLC0415
+    from conftest import build
 
     trainer = build(directory, epochs, **kwargs)
     device = torch.device("cuda")
@@ -677,7 +678,7 @@ def _cuda_trainer(directory: Path, epochs: int, **kwargs: Any) -> Trainer:
 
 @needs_cuda
 def test_cuda_trainer_captures_step_and_evaluation(tmp_path: Path) -> None:
-    from trainkit.evaluation import evaluate  # noqa: PLC0415
+    from trainkit.evaluation import evaluate
 
     trainer = _cuda_trainer(tmp_path, 3, selector="running_average")
     result = trainer.fit()

@@ -14,7 +14,9 @@ from trainkit.checkpoint import (
     load_checkpoint,
     load_model_state,
 )
+from trainkit.ema import EMA
 from trainkit.evaluation import default_forward, evaluate
+from trainkit.export import load_safetensors, save_safetensors
 from trainkit.interrupt import TrainingInterrupted
 from trainkit.loggers import (
     CSVLogger,
@@ -24,8 +26,6 @@ from trainkit.loggers import (
     TensorBoardLogger,
     WandbLogger,
 )
-from trainkit.ema import EMA
-from trainkit.export import load_safetensors, save_safetensors
 from trainkit.losses import LabelSmoothedNLLLoss, coverage_loss, mask_and_avg, masked_nll
 from trainkit.metrics import RankingMetrics
 from trainkit.nonfinite import NonFiniteLossError, NonFinitePolicy
@@ -39,44 +39,44 @@ from trainkit.trainer import Trainer
 __version__ = "0.2.0"  # the one place the version is set (pyproject reads it)
 
 __all__ = [
+    "EMA",
     "AMPStep",
-    "StepInfo",
+    "BestValue",
+    "CSVLogger",
+    "CapturedEval",
+    "CapturedStep",
     "CheckpointError",
     "CheckpointManager",
-    "load_checkpoint",
-    "load_model_state",
     "EarlyStopper",
-    "RunningAverage",
-    "BestValue",
+    "JSONLinesLogger",
     "LabelSmoothedNLLLoss",
-    "coverage_loss",
-    "mask_and_avg",
-    "masked_nll",
-    "WarmupCosineSchedule",
-    "build_optimizer",
-    "RankingMetrics",
-    "TensorBatches",
-    "CapturedStep",
-    "CapturedEval",
-    "Trainer",
-    "TrainingProgress",
+    "Logger",
+    "MLflowLogger",
     "NonFiniteLossError",
     "NonFinitePolicy",
+    "RankingMetrics",
+    "RunningAverage",
+    "StepInfo",
+    "TensorBatches",
+    "TensorBoardLogger",
+    "Trainer",
     "TrainingInterrupted",
+    "TrainingProgress",
+    "WandbLogger",
+    "WarmupCosineSchedule",
+    "__version__",
+    "build_optimizer",
+    "coverage_loss",
     "default_forward",
     "evaluate",
-    "Logger",
-    "JSONLinesLogger",
-    "CSVLogger",
-    "TensorBoardLogger",
-    "MLflowLogger",
-    "WandbLogger",
-    "seed_everything",
     "get_rng_state",
-    "set_rng_state",
-    "recipes",
-    "EMA",
-    "save_safetensors",
+    "load_checkpoint",
+    "load_model_state",
     "load_safetensors",
-    "__version__",
+    "mask_and_avg",
+    "masked_nll",
+    "recipes",
+    "save_safetensors",
+    "seed_everything",
+    "set_rng_state",
 ]

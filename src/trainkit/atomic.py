@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write", "TMP_PREFIX"]
+__all__ = ["TMP_PREFIX", "atomic_write"]
 
 TMP_PREFIX = ".trainkit-tmp-"
 

@@ -44,7 +44,7 @@ from trainkit import distributed
 from trainkit.amp import _resolve_precision
 from trainkit.capturable_adagrad import adagrad_step
 
-__all__ = ["CapturedStep", "CaptureError", "make_capturable"]
+__all__ = ["CaptureError", "CapturedStep", "make_capturable"]
 
 ForwardFn = Callable[[nn.Module, Any, torch.device], tuple[torch.Tensor, torch.Tensor]]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -304,7 +304,7 @@ def _undo_failed_capture(graph: torch.cuda.CUDAGraph, pool: Any, stream: torch.c
     ):
         try:
             repair()
-        except Exception:  # noqa: BLE001 - nothing left to repair, or this torch lacks the call
+        except Exception:
             pass
 
 

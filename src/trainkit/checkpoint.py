@@ -34,7 +34,7 @@ from torch import nn
 from trainkit.atomic import TMP_PREFIX, atomic_write
 from trainkit.state import require_keys
 
-__all__ = ["CheckpointManager", "CheckpointError", "load_checkpoint", "load_model_state"]
+__all__ = ["CheckpointError", "CheckpointManager", "load_checkpoint", "load_model_state"]
 
 _PINNED = ("best.pt", "last.pt")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: no trailing newline

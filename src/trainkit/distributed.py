@@ -13,8 +13,8 @@ import datetime
 import os
 import sys
 import weakref
-from dataclasses import dataclass
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -23,20 +23,20 @@ from torch import nn
 
 __all__ = [
     "DistributedContext",
-    "init_from_env",
-    "prepare",
-    "unwrap",
-    "on_main",
-    "all_gather_object",
     "all_gather_interleaved",
-    "context",
-    "launched_by_torchrun",
+    "all_gather_object",
     "all_reduce_sum",
-    "broadcast_object",
     "barrier",
-    "shutdown",
-    "release_at_shutdown",
+    "broadcast_object",
+    "context",
     "exit_process",
+    "init_from_env",
+    "launched_by_torchrun",
+    "on_main",
+    "prepare",
+    "release_at_shutdown",
+    "shutdown",
+    "unwrap",
 ]
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from trainkit import distributed
 
-__all__ = ["evaluate", "default_forward"]
+__all__ = ["default_forward", "evaluate"]
 
 ForwardFn = Callable[
     [nn.Module, Any, torch.device], tuple[Any, torch.Tensor]

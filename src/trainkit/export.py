@@ -19,7 +19,7 @@ from torch import nn
 from trainkit.atomic import atomic_write
 from trainkit.checkpoint import load_model_state
 
-__all__ = ["save_safetensors", "load_safetensors"]
+__all__ = ["load_safetensors", "save_safetensors"]
 
 _MISSING = (
     "safetensors export needs the safetensors package: pip install 'trainkit-pt[safetensors]'"

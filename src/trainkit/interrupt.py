@@ -16,7 +16,7 @@ import torch
 
 from trainkit import distributed
 
-__all__ = ["TrainingInterrupted", "InterruptHandler"]
+__all__ = ["InterruptHandler", "TrainingInterrupted"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

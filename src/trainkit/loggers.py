@@ -24,16 +24,16 @@ from typing import Any, Protocol, runtime_checkable
 from trainkit.atomic import atomic_write
 
 __all__ = [
-    "Logger",
-    "JSONLinesLogger",
     "CSVLogger",
-    "TensorBoardLogger",
+    "JSONLinesLogger",
+    "Logger",
     "MLflowLogger",
+    "TensorBoardLogger",
     "WandbLogger",
-    "metric_name",
-    "is_step_record",
     "describe_epoch",
     "epoch_record",
+    "is_step_record",
+    "metric_name",
 ]
 
 log = logging.getLogger("trainkit.loggers")

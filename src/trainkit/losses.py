@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["masked_nll", "coverage_loss", "mask_and_avg", "LabelSmoothedNLLLoss"]
+__all__ = ["LabelSmoothedNLLLoss", "coverage_loss", "mask_and_avg", "masked_nll"]
 
 
 def _check_targets(targets: torch.Tensor, valid: torch.Tensor, num_classes: int, what: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["build_optimizer", "OPTIMIZER_DEFAULTS", "check_optimizer_state"]
+__all__ = ["OPTIMIZER_DEFAULTS", "build_optimizer", "check_optimizer_state"]
 
 #: Seed defaults per optimizer name.
 OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {

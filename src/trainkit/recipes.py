@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from trainkit.schedule import WarmupCosineSchedule
     from trainkit.stopping import EarlyStopper, RunningAverage
 
-__all__ = ["Recipe", "original", "proposed", "by_name", "from_dict", "replace_checked", "NAMES"]
+__all__ = ["NAMES", "Recipe", "by_name", "from_dict", "original", "proposed", "replace_checked"]
 
 NAMES = ("original", "proposed")
 _INT_BOUND = 2**63  # ints must fit int64 (torch, numpy)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "get_rng_state", "set_rng_state"]
+__all__ = ["get_rng_state", "seed_everything", "set_rng_state"]
 
 
 def seed_everything(seed: int) -> None:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal, Protocol, SupportsFloat
 
 from trainkit.state import require_keys
 
-__all__ = ["EarlyStopper", "RunningAverage", "BestValue", "Selector", "feed"]
+__all__ = ["BestValue", "EarlyStopper", "RunningAverage", "Selector", "feed"]
 
 Feeds = Literal["epoch_mean", "batch_losses"]
 

@@ -36,7 +36,7 @@ from trainkit.training_state import (
     training_state,
 )
 
-__all__ = ["Trainer", "NonFiniteLossError", "TrainingInterrupted", "default_forward"]
+__all__ = ["NonFiniteLossError", "Trainer", "TrainingInterrupted", "default_forward"]
 
 logger = logging.getLogger("trainkit.trainer")
 

@@ -27,7 +27,7 @@ from trainkit.progress import TrainingProgress
 from trainkit.rng import get_rng_state, set_rng_state
 from trainkit.state import require_keys
 
-__all__ = ["training_state", "load_training_state", "load_resume_state", "load_best"]
+__all__ = ["load_best", "load_resume_state", "load_training_state", "training_state"]
 
 log = logging.getLogger("trainkit.trainer")
 

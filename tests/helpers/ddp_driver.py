@@ -23,8 +23,9 @@ from trainkit import (
     RankingMetrics,
     TensorBatches,
     Trainer,
+    build_optimizer,
+    distributed,
 )
-from trainkit import build_optimizer, distributed
 
 NUM_CLASSES = 9
 
