@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -191,6 +192,7 @@ def test_is_pure():
 # --------------------------------------------------------------------------- apply
 
 
+@pytest.mark.filterwarnings("ignore:warmup=.* gives no warmup per step")  # tested below
 @settings(max_examples=50, deadline=None)
 @given(schedules(), st.floats(min_value=0.0, max_value=300.0, allow_nan=False))
 def test_apply_sets_every_group(args, t):
@@ -304,3 +306,42 @@ def test_schedule_load_state_dict_names_missing_keys() -> None:
     sched = WarmupCosineSchedule(0.1, 1, 5)
     with pytest.raises(ValueError, match="'total'"):
         sched.load_state_dict({"base_lr": 0.1, "warmup": 1, "min_lr": 0.0})
+
+
+# ---------------------------------------------------------------- warmup per step (issue 24)
+
+
+def _no_warning(call) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        call()
+
+
+@pytest.mark.parametrize("warmup", [1, 0.5])
+def test_step_mode_warns_when_the_warmup_cannot_ramp(warmup: float) -> None:
+    sched = WarmupCosineSchedule(0.1, warmup, 5)
+    assert sched(0) == sched(0.25) == 0.1  # the reference ramp starts at the peak
+    with pytest.warns(UserWarning, match=f"warmup={warmup!r} gives no warmup per step"):
+        sched.as_lr_scheduler(_groups_optimizer([0.1]), steps_per_epoch=4)
+    with pytest.warns(UserWarning, match="HF and timm ramp up from 0"):
+        sched.apply(_groups_optimizer([0.1]), 0.25)
+
+
+def test_epoch_mode_and_real_ramps_do_not_warn() -> None:
+    one = WarmupCosineSchedule(0.1, 1, 5)  # per epoch: exactly the seed, nothing to announce
+    _no_warning(lambda: one.as_lr_scheduler(_groups_optimizer([0.1])))
+    _no_warning(lambda: one.apply(_groups_optimizer([0.1]), 2))
+    for warmup in (0, 2, 5):
+        sched = WarmupCosineSchedule(0.1, warmup, 5)
+        _no_warning(lambda s=sched: s.as_lr_scheduler(_groups_optimizer([0.1]), steps_per_epoch=4))
+        _no_warning(lambda s=sched: s.apply(_groups_optimizer([0.1]), 0.25))
+
+
+def test_step_mode_ramp_is_the_seed_ramp_between_epochs() -> None:
+    """Per step the warmup interpolates the seed's per-epoch values and starts at base_lr / W."""
+    sched = WarmupCosineSchedule(1.0, 5, 50)
+    for epoch in range(4):
+        for step in range(4):
+            t = epoch + step / 4
+            assert sched(t) == pytest.approx((t + 1) / 5)
+    assert sched(4) == sched(4.5) == 1.0  # the last warmup epoch is flat at the peak

@@ -3,11 +3,18 @@
 The learning rate is a pure function of an explicit position ``t`` (an epoch index, or a
 fractional epoch ``epoch + step / steps_per_epoch`` for per-step scheduling). Nothing hides a
 step counter, so a skipped AMP step or a resume cannot make the schedule drift.
+
+Per step the warmup keeps the reference's ramp ``base_lr * (t + 1) / warmup`` (capped at
+``base_lr``): it starts at ``base_lr / warmup``, not at 0 as HF's and timm's ramps do, so a
+warmup of one epoch or less is no warmup at all. Used per step (``as_lr_scheduler`` with
+``steps_per_epoch``, or ``apply`` at a fractional ``t``) such a schedule warns once
+(docs/schedule.md shows both curves).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -35,7 +42,9 @@ class WarmupCosineSchedule:
 
     Fractional ``t`` follows the same formulas with the warmup ramp capped at ``base_lr``
     (so it rises during warmup and never overshoots), and ``t >= total`` holds ``min_lr``
-    (the seed's formula would climb back up past ``total``).
+    (the seed's formula would climb back up past ``total``). The ramp starts at
+    ``base_lr / warmup`` (the seed's first epoch), never at 0; with ``0 < warmup <= 1``
+    there is no ramp, and per-step use warns about it.
 
     Args:
         base_lr: Peak learning rate (the seed uses 6.5e-4; its range is 3e-4..6.5e-4).
@@ -108,8 +117,14 @@ class WarmupCosineSchedule:
 
         Returns:
             The learning rate that was set.
+
+        Warns:
+            UserWarning: ``t`` is fractional (per-step use) and ``0 < warmup <= 1``: the
+                reference ramp is already at ``base_lr`` at ``t = 0``, so there is no warmup.
         """
         lr = self(t)
+        if t != math.floor(t):
+            self._warn_if_no_step_warmup()
         for group in optimizer.param_groups:
             if isinstance(group["lr"], torch.Tensor):
                 group["lr"].fill_(lr)
@@ -144,6 +159,9 @@ class WarmupCosineSchedule:
         Raises:
             ValueError: ``steps_per_epoch`` is given and not a positive integer, or the
                 first param group's ``lr`` is not a finite number > 0 (no ratio exists).
+
+        Warns:
+            UserWarning: step mode with ``0 < warmup <= 1`` (no warmup per step, see ``apply``).
         """
         if steps_per_epoch is not None and (
             not isinstance(steps_per_epoch, int)
@@ -153,7 +171,21 @@ class WarmupCosineSchedule:
             raise ValueError(
                 f"steps_per_epoch must be a positive int or None, got {steps_per_epoch!r}"
             )
+        if steps_per_epoch is not None:
+            self._warn_if_no_step_warmup()
         return _ScheduleLR(optimizer, self, steps_per_epoch)
+
+    def _warn_if_no_step_warmup(self) -> None:
+        """Warn that per step a warmup of at most one epoch does not ramp at all."""
+        if 0 < self.warmup <= 1:
+            warnings.warn(
+                f"warmup={self.warmup!r} gives no warmup per step: the reference ramp "
+                f"base_lr * (t + 1) / warmup is already base_lr at t = 0 (HF and timm ramp "
+                f"up from 0 instead). Use warmup=0 to say so, or warmup >= 2 epochs for a "
+                f"ramp (docs/schedule.md).",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def state_dict(self) -> dict[str, Any]:
         """Return the schedule's settings (it has no other state)."""
