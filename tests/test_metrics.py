@@ -323,3 +323,55 @@ def test_nan_in_other_classes_does_not_outrank_or_predict() -> None:
     m.update(scores, torch.tensor([3]))
     r = m.compute()
     assert r["acc@1"] == 100.0 and r["f1"] == 100.0  # argmax would have picked the NaN class 0
+
+
+# ------------------------------------------------------------------------------ on CUDA
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _bf16_batch(rows: int = 512, classes: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(rows, classes, generator=generator)
+    scores = logits.log_softmax(-1).to(torch.bfloat16)  # bf16: many ties with the target
+    targets = torch.randint(0, classes, (rows,), generator=generator)
+    return scores, targets
+
+
+@CUDA
+def test_update_on_cuda_never_syncs_and_matches_cpu() -> None:
+    scores, targets = _bf16_batch()
+    cpu = RankingMetrics(scores.shape[1], unseen_id=1)
+    cpu.update(scores, targets)
+    gpu = RankingMetrics(scores.shape[1], device="cuda", unseen_id=1)
+    on_device = scores.cuda()
+    on_device_targets = targets.cuda()
+    torch.cuda.set_sync_debug_mode("error")  # any host sync in update raises
+    try:
+        gpu.update(on_device, on_device_targets, valid=on_device_targets >= 0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert gpu.compute() == pytest.approx(cpu.compute(), rel=1e-9)
+
+
+@CUDA
+def test_update_replays_in_a_cuda_graph() -> None:
+    scores, targets = _bf16_batch()
+    expected = RankingMetrics(scores.shape[1])
+    expected.update(scores, targets)
+    expected.update(scores, targets)
+    metrics = RankingMetrics(scores.shape[1], device="cuda")
+    on_device = scores.cuda()
+    on_device_targets = targets.cuda()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up outside the capture, as torch's docs do
+        metrics.update(on_device, on_device_targets)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        metrics.update(on_device, on_device_targets)
+    metrics.reset()
+    graph.replay()
+    graph.replay()
+    assert metrics.compute() == pytest.approx(expected.compute(), rel=1e-9)
