@@ -354,7 +354,7 @@ def _run(
             device,
             config,
             on_epoch_end=lambda record: eval_seconds.__setitem__(
-                slice(None), [val_timer.seconds, trainer.capture.seconds]
+                slice(None), [val_timer.seconds, trainer.capture_seconds]
             ),
         )
     except ValueError:
