@@ -26,7 +26,7 @@ from trainkit.batching import set_loader_epoch
 from trainkit.checkpoint import CheckpointError, CheckpointManager, load_model_state
 from trainkit.evaluation import EvalStep, ForwardFn, default_forward
 from trainkit.interrupt import InterruptHandler, TrainingInterrupted
-from trainkit.loggers import Logger, describe_epoch, epoch_record
+from trainkit.loggers import Logger, describe_epoch, epoch_record, restore_log
 from trainkit.metrics import RankingMetrics
 from trainkit.nonfinite import NonFiniteLossError, NonFinitePolicy
 from trainkit.progress import TrainingProgress
@@ -37,6 +37,7 @@ from trainkit.training_state import (
     load_best,
     load_resume_state,
     load_training_state,
+    renew_last,
     training_state,
 )
 
@@ -605,9 +606,11 @@ class Trainer:
         ``FileNotFoundError`` (none loads), ``CheckpointError`` or ``ValueError`` (docs/reliability.md).
         """
         chosen, state = load_resume_state(self.checkpoints, path, self.device)
-        self.load_state_dict(state)
+        self.load_state_dict(state)  # checks every block first: a refused resume changes nothing
+        if path is None:
+            renew_last(self.checkpoints, chosen, state)
         for sink in self.loggers:
-            sink.truncate(self.progress.global_step)
+            restore_log(sink, self.progress.global_step, self.progress.history)
         logger.info(
             "Resumed from %s (epoch %d, step %d)",
             chosen,
