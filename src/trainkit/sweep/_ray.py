@@ -56,17 +56,15 @@ def run_on_ray(
     ray = _import_ray()
     started_here = not ray.is_initialized()
     if started_here:
-        paths = [os.path.abspath(p) for p in sys.path if p and os.path.isdir(p)]
-        ray.init(
-            address=address,
-            runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
-            include_dashboard=False,
-            log_to_driver=False,
-        )
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    paths = [os.path.abspath(p) for p in sys.path if p and os.path.isdir(p)]
+    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
     try:
         if gpus_per_run is None:
             gpus_per_run = 0.125 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        remote = ray.remote(run_one).options(num_cpus=threads, num_gpus=gpus_per_run)
+        remote = ray.remote(run_one).options(
+            num_cpus=threads, num_gpus=gpus_per_run, runtime_env=runtime_env
+        )
         waiting: dict[Any, Task] = {}
         for task in tasks:
             waiting[remote.remote(*task.arguments(train, threads))] = task
