@@ -212,9 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())
     try:
         if args.command == "report":
-            path = write_report(args.directory)
+            print(f"report: {write_report(args.directory)}")
         else:
-            path = _sweep_command(args)
+            _sweep_command(args)  # its last progress line names the report
     except (SweepError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -222,5 +222,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = args.resume or getattr(args, "out", None) or getattr(args, "directory", "")
         print(f"interrupted: continue with trainkit sweep --resume {where}", file=sys.stderr)
         return 130
-    print(f"report: {path}")
     return 0
