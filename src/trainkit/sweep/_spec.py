@@ -14,6 +14,7 @@ needed to finish the sweep after a kill::
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -122,7 +123,8 @@ def check_seeds(seeds: Any, where: str) -> list[int]:
             raise SweepError(
                 f"{where}: every seed must be an int in [0, {MAX_SEED}], got {shown(seed)}"
             )
-    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    counts = collections.Counter(seeds)
+    repeated = sorted(seed for seed, count in counts.items() if count > 1)
     if repeated:
         raise SweepError(f"{where}: seeds must be distinct, got {shown(repeated)} more than once")
     return list(seeds)
