@@ -552,9 +552,7 @@ def test_accumulation_counts_updates_and_flushes_the_epochs_last_window(
     tmp_path: Path, build_trainer
 ) -> None:
     """k = 4 over 6 batches: updates after batch 4 and (flushed) after batch 6, per epoch."""
-    from trainkit import EMA
-
-    from trainkit import JSONLinesLogger
+    from trainkit import EMA, JSONLinesLogger
 
     steps_log = JSONLinesLogger(tmp_path / "steps.jsonl", kind="step")
     trainer = build_trainer(
