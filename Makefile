@@ -27,7 +27,7 @@ define make-venv
 	  $(1)/bin/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 endef
 
-.PHONY: venv install install-dev demo test test-src lint dist docs bench clean
+.PHONY: venv install install-dev demo test test-src test-gpu lint dist docs bench clean
 
 venv:
 	$(call make-venv,$(VENV))
@@ -53,6 +53,12 @@ test:
 	mkdir -p $(SDIST_TREE) && tar -xzf dist/*.tar.gz -C $(SDIST_TREE) --strip-components=1
 	rm -rf $(SDIST_TREE)/src
 	cd $(SDIST_TREE) && TRAINKIT_TEST_INSTALLED=1 $(abspath $(TPY)) -m pytest -q -p no:cacheprovider
+
+# On a machine with a GPU: the whole suite, CUDA tests included, against src/ with the
+# python that has a CUDA torch; writes benchmarks/results/test-gpu-<date>.txt to commit.
+# Run it whenever a change touches src/ (CI has no GPU). PYTEST_ARGS: e.g. -n 8.
+test-gpu:
+	PYTHON=$(PYTHON) bash tools/test_gpu.sh $(PYTEST_ARGS)
 
 # The formatter and the linter (settings in pyproject.toml); CI runs this after `make test`,
 # in the test venv. `ruff format src examples tests benchmarks tools` fixes the layout.

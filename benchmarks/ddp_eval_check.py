@@ -68,8 +68,8 @@ eager = evaluate(
 keys = [k for k in eager if k != "batch_losses"]
 out = {
     "rank": ctx.rank,
-    "eval_captured": trainer.capture._evals
-    and all(v is not None for v in trainer.capture._evals.values()),
+    "eval_captured": bool(trainer._eval_steps)
+    and all(step.captured for step in trainer._eval_steps.values()),
     "max_abs_diff": max(abs(captured[k] - eager[k]) for k in keys),
     "batch_losses": [len(captured["batch_losses"]), len(eager["batch_losses"])],
     "max_batch_loss_diff": max(

@@ -111,8 +111,8 @@ def main() -> None:
                     "samples_per_epoch": samples,
                     "epoch_seconds": statistics.median(times),
                     "samples_per_s": round(samples / statistics.median(times), 1),
-                    "step": trainer.capture.summary()["step"],
-                    "reason": trainer.capture.summary()["reason"],
+                    "step": "captured" if trainer.step.captured else "eager",
+                    "reason": trainer.capture_reason,
                     "ranks_identical": len(set(checksums)) == 1,
                 }
             )

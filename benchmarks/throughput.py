@@ -14,9 +14,9 @@ process, and reports training samples/s (median over timed epochs, after warm-up
 - ``minimal``: a lean hand-written loop over device-resident tensors, no host syncs;
 - ``trainkit``: ``Trainer.train_epoch`` with its defaults for the device
   (``TensorBatches`` on the device, ``AMPStep(precision="auto")``, fused AdamW on CUDA);
-- ``trainkit_step_eager``: ``CapturedStep(..., capture=False)``: the captured step's own
+- ``trainkit_step_eager``: ``TrainStep`` without capture: the captured step's own
   code run eagerly (what the graph saves is the difference to ``trainkit_captured``);
-- ``trainkit_captured`` (CUDA): ``CapturedStep``, the whole step in one CUDA graph, driven
+- ``trainkit_captured`` (CUDA): ``TrainStep.capture``, the whole step in one CUDA graph, driven
   the way the Trainer drives it (static shapes: the last batch padded with ignored
   targets; LR set per epoch through the optimizer's LR tensor; one host sync per 50 steps);
 - ``trainkit_compiled`` (CUDA, unless ``--no-compile``): the same with the model
@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from pointer_v45_model import PointerV45
 from trainkit import (
     AMPStep,
-    CapturedStep,
+    CaptureError,
     CheckpointManager,
     LabelSmoothedNLLLoss,
     WarmupCosineSchedule,
@@ -64,6 +64,7 @@ from trainkit import (
 )
 from trainkit.batching import TensorBatches
 from trainkit.stats import MIN_SEEDS, t_interval
+from trainkit.train_step import TrainStep
 from trainkit.trainer import Trainer
 
 NUM_LOCATIONS, NUM_USERS, MAX_LEN, BATCH = 1187, 46, 48, 128
@@ -321,31 +322,24 @@ def make_captured(tensors, device, capture: bool, compiled: bool = False):
         pad_to_full_batch=True,
         pad_values={"y": 0},
     )
-    if capture:
-        reason = CapturedStep.why_not(model, optimizer, precision="auto", loader=train)
-        if reason is not None:
-            return None, reason, train, optimizer
     forward_model = torch.compile(model, dynamic=False) if compiled else model
+    amp = AMPStep(optimizer, "auto", max_grad_norm=0.8, device_type=device.type)
+    step = TrainStep(forward_model, optimizer, LabelSmoothedNLLLoss(0.03), forward_seed_batch, amp)
     sync(device)
     start = time.perf_counter()
-    step, reason = CapturedStep.try_create(
-        forward_model,
-        optimizer,
-        LabelSmoothedNLLLoss(0.03),
-        forward_seed_batch,
-        next(iter(train)),
-        precision="auto",
-        max_grad_norm=0.8,
-        capture=capture,
-    )
+    if capture:
+        try:
+            step.capture(next(iter(train)))
+        except CaptureError as exc:
+            return None, str(exc), train, optimizer
     sync(device)
-    if step is not None and capture:
+    if capture:
         print(
             f"  captured in {time.perf_counter() - start:.2f} s (warm-up + capture"
             f"{' + compile' if compiled else ''})",
             flush=True,
         )
-    return step, reason, train, optimizer
+    return step, None, train, optimizer
 
 
 def bench_captured(
@@ -362,16 +356,15 @@ def bench_captured(
     def run_epoch(epoch: int) -> None:  # what the Trainer does around the step
         train.set_epoch(epoch)
         schedule.apply(optimizer, epoch)
-        step.reset_sums()
+        step.stats.reset()
         for i, batch in enumerate(train):
-            step.run(batch)
-            if (i + 1) % 50 == 0:
-                count, first, _ = step.pop_nonfinite()
-                assert count == 0, f"non-finite step {first}"
-                (step.sums[0] / step.sums[3].clamp(min=1)).item()  # the progress bar's running loss
-        step.pop_nonfinite()
-        loss_sum, _, _, finite = step.sums.tolist()
-        EXTRA["final_train_loss"][name] = round(loss_sum / max(finite, 1), 4)
+            step(batch)
+            if (i + 1) % 50 == 0:  # the Trainer's log step: one read of the counters
+                counts = step.stats.read()
+                assert counts["nonfinite_steps"] == 0, "non-finite step"
+        counts = step.stats.read()
+        finite = max(counts["finite_micro_batches"], 1)
+        EXTRA["final_train_loss"][name] = round(counts["loss_sum"] / finite, 4)
 
     times = time_epochs(run_epoch, device, warmup, timed)
     if capture and step.eager_steps:
@@ -391,7 +384,7 @@ def profile_steps(step, batches, device, steps: int = 20) -> dict[str, float]:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         start = time.perf_counter()
         for batch in batches:
-            step.run(batch)
+            step(batch)
         sync(device)
         wall = time.perf_counter() - start
     device_events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]

@@ -6,17 +6,26 @@ The cache file is named by sha256(CSV bytes + ``PROTOCOL_VERSION`` + max_len), s
 on the same CSV (whatever its ``--out``) reads the same file, and an edited CSV or a protocol
 change builds a new one. Where it lives (docs/data.md): ``data.cache_dir`` in the config, else
 ``$TRAINKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/trainkit``, else ``~/.cache/trainkit``.
+
+The cache is an optimisation: a cache file that cannot be read, or whose arrays do not agree
+with its own metadata (ids out of range, wrong shapes), is rebuilt; a cache directory that
+cannot be written (full disk, no permission) is reported in one warning and the run goes on
+without it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from geolife_data import (
+    MAX_DURATION_BUCKET,
+    PREVIOUS_DAYS,
     PROTOCOL_VERSION,
     SAMPLE_KEYS,
     SPLITS,
@@ -27,6 +36,20 @@ from geolife_data import (
 from trainkit.atomic import atomic_write
 
 __all__ = ["cache_dir", "load_or_build_splits"]
+
+log = logging.getLogger("geolife_cache")
+
+# Exclusive upper bounds of the id-like arrays that do not depend on the data set.
+_FIXED_BOUNDS = {
+    "time": 96,
+    "weekday": 7,
+    "duration": MAX_DURATION_BUCKET + 1,
+    "diff": PREVIOUS_DAYS + 1,
+}
+# The [N, max_len] arrays (the others are [N]).
+_HISTORY_KEYS = ("x", "time", "weekday", "diff", "duration")
+# What reading a damaged .npz can raise (np.load and the zip reader).
+_UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
 def cache_dir(configured: str | os.PathLike[str] | None = None) -> Path:
@@ -46,8 +69,10 @@ def load_or_build_splits(
 ) -> GeoLifeSplits:
     """Return the splits of ``csv_path``, from the cache in ``directory`` when the CSV is unchanged.
 
-    A cache file that cannot be read is rebuilt and overwritten; a new one is written with
-    ``trainkit.atomic.atomic_write`` (a kill never leaves half a file).
+    A cache file that cannot be read, or whose arrays disagree with its metadata, is rebuilt
+    and overwritten; a new one is written with ``trainkit.atomic.atomic_write`` (a kill never
+    leaves half a file). A cache that cannot be written (full disk, no permission) is
+    reported in one warning naming it, and the splits are returned all the same.
 
     Args:
         csv_path: Staypoint CSV (see ``geolife_data.load_staypoints``).
@@ -69,11 +94,14 @@ def load_or_build_splits(
     if cache_file.is_file():
         try:
             return _load(cache_file)
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable or stale layout: rebuild below and overwrite
+        except _UNREADABLE as exc:
+            log.warning("data cache %s is unusable (%s): rebuilding it", cache_file, exc)
     splits = make_samples(load_staypoints(csv_path), max_len=max_len)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    _save(cache_file, splits)
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        _save(cache_file, splits)
+    except OSError as exc:
+        log.warning("data cache %s not written (%s): continuing without it", cache_file, exc)
     return splits
 
 
@@ -101,6 +129,8 @@ def _load(path: Path) -> GeoLifeSplits:
             raise ValueError(f"cache {path} has another protocol version")
         parts = {split: {key: data[f"{split}.{key}"] for key in SAMPLE_KEYS} for split in SPLITS}
         num_locations, num_users, max_len = (int(v) for v in data["meta.sizes"])
+        for split, arrays in parts.items():
+            _check_split(split, arrays, num_locations, num_users, max_len)
         return GeoLifeSplits(
             **parts,
             num_locations=num_locations,
@@ -110,3 +140,22 @@ def _load(path: Path) -> GeoLifeSplits:
             warnings=[str(w) for w in data["meta.warnings"]],
             location_frequencies=data["meta.location_frequencies"],
         )
+
+
+def _check_split(
+    split: str, arrays: dict[str, np.ndarray], num_locations: int, num_users: int, max_len: int
+) -> None:
+    """Raise ValueError unless one split's arrays fit the cache's own metadata.
+
+    A cache that passes can be indexed by the model: every id is in its embedding's range.
+    """
+    rows = len(arrays["y"])
+    bounds = {**_FIXED_BOUNDS, "x": num_locations, "y": num_locations, "user": num_users}
+    bounds["len"] = max_len + 1
+    for key in SAMPLE_KEYS:
+        values = arrays[key]
+        shape = (rows, max_len) if key in _HISTORY_KEYS else (rows,)
+        if values.dtype.kind not in "iu" or values.shape != shape:
+            raise ValueError(f"{split}.{key}: {values.dtype} {values.shape}, expected int {shape}")
+        if values.size and (values.min() < 0 or values.max() >= bounds[key]):
+            raise ValueError(f"{split}.{key}: ids outside [0, {bounds[key]})")

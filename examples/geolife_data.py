@@ -102,41 +102,33 @@ def load_staypoints(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read a staypoint CSV into column arrays.
 
     Args:
-        path: CSV with a header containing at least ``REQUIRED_COLUMNS`` (``id`` optional:
-            row order is used when absent).
+        path: A UTF-8 CSV (a leading byte-order mark, as Excel's "CSV UTF-8" writes, is
+            skipped) with a header containing at least ``REQUIRED_COLUMNS`` (``id``
+            optional: row order is used when absent).
 
     Returns:
         ``{"id", "user_id", "location_id", "start_day", "start_min", "weekday"}`` as int64
         and ``"duration"`` (minutes) as float64 arrays, one entry per row.
 
     Raises:
-        ValueError: missing file, empty file or no rows, missing column, non-numeric or
-            out-of-range value (the message names the column and the line).
+        ValueError: missing file, not UTF-8 (latin-1, UTF-16), empty file or no rows, missing
+            column, a cell over the CSV field limit, non-numeric or out-of-range value (the
+            message names the file, and the column and the line where there is one).
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"staypoint file not found: {path}")
-    with path.open(newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"staypoint file is empty: {path}")
-        header = [name.strip() for name in header]
-        missing = [name for name in REQUIRED_COLUMNS if name not in header]
-        if missing:
-            raise ValueError(
-                f"{path}: missing required column(s) {', '.join(missing)} (header: {','.join(header)})"
-            )
-        wanted = list(REQUIRED_COLUMNS) + (["id"] if "id" in header else [])
-        index = {name: header.index(name) for name in wanted}
-        values: dict[str, list[float | int]] = {name: [] for name in wanted}
-        for line_no, row in enumerate(reader, start=2):
-            if not row or all(not cell.strip() for cell in row):
-                continue  # blank line
-            for name, col in index.items():
-                cell = row[col].strip() if col < len(row) else ""
-                parse = _parse_int if name in _INT_COLUMNS else _parse_float
-                values[name].append(parse(cell, f"{path}: line {line_no}, column {name!r}"))
+    with path.open("rb") as raw:
+        start = raw.read(2)
+    if start in (b"\xff\xfe", b"\xfe\xff"):
+        raise ValueError(f"{path}: the file is UTF-16; save it as UTF-8 (CSV UTF-8)")
+    try:
+        values = _read_columns(path)
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path}: not UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "save it as UTF-8 (CSV UTF-8)"
+        ) from None
     if not values["user_id"]:
         raise ValueError(f"staypoint file has no rows: {path}")
     columns = {
@@ -150,6 +142,42 @@ def load_staypoints(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     _check_range(columns, "start_day", 0, None, path)
     _check_range(columns, "duration", 0, None, path)
     return columns
+
+
+def _read_columns(path: Path) -> dict[str, list[float | int]]:
+    """The wanted columns of the CSV at ``path``, parsed (see :func:`load_staypoints`).
+
+    Raises:
+        UnicodeDecodeError: the file is not UTF-8.
+        ValueError: as :func:`load_staypoints`.
+    """
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: skip a BOM
+        reader = csv.reader(handle)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise ValueError(f"staypoint file is empty: {path}")
+            header = [name.strip() for name in header]
+            missing = [name for name in REQUIRED_COLUMNS if name not in header]
+            if missing:
+                raise ValueError(
+                    f"{path}: missing required column(s) {', '.join(missing)} "
+                    f"(header: {','.join(header)})"
+                )
+            wanted = list(REQUIRED_COLUMNS) + (["id"] if "id" in header else [])
+            index = {name: header.index(name) for name in wanted}
+            values: dict[str, list[float | int]] = {name: [] for name in wanted}
+            for row in reader:
+                if not row or all(not cell.strip() for cell in row):
+                    continue  # blank line
+                for name, col in index.items():
+                    cell = row[col].strip() if col < len(row) else ""
+                    parse = _parse_int if name in _INT_COLUMNS else _parse_float
+                    where = f"{path}: line {reader.line_num}, column {name!r}"
+                    values[name].append(parse(cell, where))
+        except csv.Error as exc:  # e.g. a cell over the field limit (131,072 characters)
+            raise ValueError(f"{path}: line {reader.line_num}: {exc}") from None
+    return values
 
 
 def _parse_int(cell: str, where: str) -> int:
@@ -254,9 +282,7 @@ def make_samples(staypoints: dict[str, np.ndarray], max_len: int | None = None) 
         "loc": loc_enc,
         "time": minute // TIME_BUCKET_MINUTES,
         "weekday": weekday,
-        "duration": np.minimum(
-            np.floor(duration).astype(np.int64) // DURATION_BUCKET_MINUTES, MAX_DURATION_BUCKET
-        ),
+        "duration": _duration_buckets(duration),
     }
 
     # 3. samples per split and user
@@ -299,6 +325,17 @@ def make_samples(staypoints: dict[str, np.ndarray], max_len: int | None = None) 
         warnings=warnings,
         location_frequencies=frequencies,
     )
+
+
+def _duration_buckets(minutes: np.ndarray) -> np.ndarray:
+    """``minutes // 30``, clamped to ``MAX_DURATION_BUCKET`` (the reference's 2-day truncation).
+
+    The minutes are clamped before the integer conversion, so a duration of 1e19 or 1e300
+    minutes lands in the last bucket, not in whatever int64 overflow would give.
+    """
+    longest = (MAX_DURATION_BUCKET + 1) * DURATION_BUCKET_MINUTES - 1
+    clamped = np.floor(np.minimum(minutes, longest)).astype(np.int64)
+    return clamped // DURATION_BUCKET_MINUTES
 
 
 def _user_samples(

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+import compare
 import geolife_cache
 import geolife_data
 import run_dir as rd
@@ -39,7 +40,6 @@ from pointer_v45_config import (
     config_sections,
     configure_new_run,
     resume_settings,
-    seeds_of,
 )
 from pointer_v45_model import PointerV45
 from trainkit import (
@@ -111,6 +111,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="eager step and evaluation on CUDA (no CUDA graphs)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--design", choices=compare.DESIGNS, help="ablate: revert (default) or add-one ladder"
+    )
+    parser.add_argument("--jobs", type=int, help="compare/ablate: runs at once (default: all GPUs)")
     return parser.parse_args(argv)
 
 
@@ -357,7 +361,7 @@ def _run(
             device,
             config,
             on_epoch_end=lambda record: eval_seconds.__setitem__(
-                slice(None), [val_timer.seconds, trainer.capture.seconds]
+                slice(None), [val_timer.seconds, trainer.capture_seconds]
             ),
         )
     except ValueError:
@@ -422,18 +426,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.epochs is not None and args.epochs < 1:
             raise rd.UsageError(f"--epochs must be an integer >= 1, got {args.epochs}")
         if args.resume is not None:
+            if (args.resume / "sweep.json").is_file():  # a sweep: trainkit.sweep resumes it
+                compare.resume(args, parse_args([]))
+                return 0
             return resume_main(args)
+        compare.check_flags(args)
         settings, base = configure_new_run(args)
         kind, seed = args.recipe or "proposed", next(iter(base.values())).seed
         run_dir = args.out / f"pointer_v45-{kind}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         if kind in ("compare", "ablate"):
-            rd.sweep(
-                kind,
-                base,
-                run_dir,
-                seeds_of(args.seeds, seed, True),
-                functools.partial(run_one, settings=settings),
-            )
+            compare.run(kind, args, base, settings, run_dir)
         else:
             run_one(base[kind], run_dir, False, settings)
         return 0
@@ -454,15 +456,8 @@ def main(argv: list[str] | None = None) -> int:
 def resume_main(args: argparse.Namespace) -> int:
     """``--resume RUN_DIR``: a run, or a comparison, with the settings saved in it."""
     recipe, settings, found = resume_settings(args)
-    if found:  # a sweep: its sweep.json names the rows and seeds
-        rd.sweep(
-            "compare",
-            {},
-            args.resume,
-            [],
-            functools.partial(run_one, settings=settings),
-            resume=True,
-        )
+    if found:  # run directories inside, but no sweep.json (the sweep's is read first)
+        raise rd.UsageError(f"--resume {args.resume}: no sweep.json there (not a sweep directory?)")
     else:
         run_one(recipe, args.resume, True, settings)
     return 0

@@ -3,12 +3,13 @@
 A run directory holds ``config.json`` (written first), ``train.log``, ``metrics.jsonl``,
 ``steps.jsonl``, ``checkpoints/`` and, once finished, ``results.json`` (docs/recipes.md).
 One process at a time works in it: :func:`locked` takes ``fcntl.flock`` on ``RUN_DIR/.lock``.
+The lock, the atomic JSON files and the configuration comparison are ``trainkit.sweep``'s
+(``trainkit.sweep.rundir``); this module adds the example's errors, logging and Trainer resume.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import logging.handlers
@@ -24,7 +25,7 @@ import torch
 
 from trainkit import distributed
 from trainkit.atomic import atomic_write
-from trainkit.recipes import from_dict
+from trainkit.sweep import SweepError, rundir
 
 log = logging.getLogger("pointer_v45")
 _FORMAT = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
@@ -51,7 +52,7 @@ _IMPORTED = time.perf_counter()
 
 def write_json(path: Path, value: Any) -> None:
     """Write ``path`` atomically: a kill never leaves half a file."""
-    atomic_write(path, json.dumps(value, indent=2))
+    rundir.write_json(path, value)
 
 
 def read_json(path: Path, hint: str = "") -> Any:
@@ -61,39 +62,25 @@ def read_json(path: Path, hint: str = "") -> Any:
         UsageError: missing or not valid JSON (one line naming the file, then ``hint``).
     """
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path} is not readable JSON ({exc}){hint}") from None
+        return rundir.read_json(path, hint)
+    except SweepError as exc:
+        raise UsageError(str(exc)) from None
 
 
 @contextlib.contextmanager
 def locked(run_dir: Path, create: bool = False) -> Iterator[None]:
-    """Hold ``run_dir/.lock`` (``fcntl.flock``) while the body runs; ``create``: make ``run_dir`` first.
+    """Hold ``run_dir/.lock`` while the body runs (``trainkit.sweep.locked``).
 
     Raises:
         UsageError: another process holds the lock (the message names its pid).
         OSError: ``run_dir`` cannot be created (exists already, a file in the way, ...).
     """
-    if create:
-        run_dir.mkdir(parents=True)
-    handle = (run_dir / ".lock").open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = (handle.read().split() or ["unknown"])[-1]  # the newest pid written
-        handle.close()
-        raise UsageError(
-            f"{run_dir} is in use by process {holder} (it holds {run_dir / '.lock'})"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(rundir.locked(run_dir, create))
+        except SweepError as exc:
+            raise UsageError(str(exc)) from None
         yield
-    finally:
-        handle.close()  # releases the lock
 
 
 def setup_logging(main_process: bool = True) -> None:
@@ -208,11 +195,9 @@ def _check_fits(path: Path, state: Any, training: Mapping[str, Any]) -> None:
     """Refuse a checkpoint of another recipe before anything is loaded (another model or optimizer
     is refused by ``Trainer.resume`` itself, block by block, before it changes anything)."""
     saved = ((state.get("config") or {}).get("training") or {}) if isinstance(state, dict) else {}
-    differ = [
-        key
-        for key, value in training.items()
-        if key in saved and key not in RESUME_MAY_CHANGE and saved[key] != value
-    ]
+    shared = {key: value for key, value in training.items() if key in saved}
+    differ = rundir.differing_fields(saved, shared, RESUME_MAY_CHANGE)
+    differ = [key for key in differ if key in shared]
     if differ:
         raise UsageError(
             f"{path} was written by another recipe (it differs in {', '.join(differ)}): "
@@ -220,31 +205,6 @@ def _check_fits(path: Path, state: Any, training: Mapping[str, Any]) -> None:
         )
     if not isinstance(state.get("rng"), dict):
         raise UsageError(f"{path}: its rng state is malformed")
-
-
-def sweep(
-    kind: str,
-    base: Mapping[str, Any],
-    out_dir: Path,
-    seeds: list[int],
-    run: Any,
-    resume: bool = False,
-) -> Path:
-    """``--recipe compare`` / ``ablate`` over ``seeds`` (``resume``: continue ``out_dir``):
-    examples/compare.py runs them, calling ``run(recipe, run_dir, resume)`` for each run."""
-    try:
-        import compare
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("matplotlib"):
-            raise
-        raise UsageError(
-            f"--recipe {kind} needs matplotlib: pip install 'trainkit-pt[examples]'"
-        ) from None
-    if resume:
-        return compare.resume_sweep(out_dir, run, from_dict)
-    if kind == "ablate":
-        return compare.run_ablation(base["proposed"], base["original"], out_dir, seeds, run)
-    return compare.run_compare(base, out_dir, seeds, run)
 
 
 class TimedLoader:

@@ -98,13 +98,19 @@ def build(
     every_seconds: float | None = None,
     clock: Callable[[], float] | None = None,
     best_name: str = "best.pt",
+    device: str = "cpu",
+    accumulation_steps: int = 1,
+    optimizer: str = "adamw",
+    max_grad_norm: float | None = 0.8,
     **kwargs: Any,
 ) -> Trainer:
     """A seeded 96-sample, 6-steps-per-epoch run: checkpoints in ``directory/ckpt``, epoch records
-    in ``directory/metrics.jsonl``. ``selector``: "stopper", "running_average", "best" or an object."""
+    in ``directory/metrics.jsonl``. ``selector``: "stopper", "running_average", "best" or an object.
+    ``device="cuda"``: model and data on the GPU, batches padded to full size (padding target 0)."""
     torch.manual_seed(0)
-    model = TinyModel(hidden)
-    optimizer = build_optimizer(model, "adamw", lr=3e-2)
+    model = TinyModel(hidden).to(device)
+    lr = 3e-2 if optimizer == "adamw" else 0.15
+    built_optimizer = build_optimizer(model, optimizer, lr=lr)
     if isinstance(selector, str):
         selector = {
             "stopper": lambda: EarlyStopper(patience=patience, min_epochs=min_epochs),
@@ -125,16 +131,32 @@ def build(
         "config": {"name": "tiny"},
         **kwargs,
     }
+    options.setdefault("ignore_index", 0)  # make_data's padding target
+    padding: dict[str, Any] = {}
+    if device != "cpu":
+        padding = {"pad_to_full_batch": True, "pad_values": {"y": 0}}
+        options.setdefault("device", device)
+
+    def loader(n: int, data_seed: int, **extra: Any) -> TensorBatches:
+        tensors = {k: v.to(device) for k, v in make_data(n, data_seed).items()}
+        return TensorBatches(tensors, 16, transform=to_batch, **padding, **extra)
+
     return Trainer(
         model,
-        optimizer,
+        built_optimizer,
         loss_fn or LabelSmoothedNLLLoss(0.03),
-        TensorBatches(make_data(96, 1), 16, shuffle=True, seed=3, transform=to_batch),
-        TensorBatches(make_data(40, 2), 16, shuffle=False, transform=to_batch),
-        test_loader=TensorBatches(make_data(40, 4), 16, shuffle=False, transform=to_batch),
+        loader(96, 1, shuffle=True, seed=3),
+        loader(40, 2, shuffle=False),
+        test_loader=loader(40, 4, shuffle=False),
         epochs=epochs,
-        schedule=WarmupCosineSchedule(3e-2, 1, epochs, 1e-4),
-        amp=AMPStep(optimizer, precision, max_grad_norm=0.8, device_type="cpu"),
+        schedule=WarmupCosineSchedule(lr, 1, epochs, 1e-4),
+        amp=AMPStep(
+            built_optimizer,
+            precision,
+            max_grad_norm=max_grad_norm,
+            device_type=device,
+            accumulation_steps=accumulation_steps,
+        ),
         selector=selector,
         checkpoints=checkpoints,
         best_name=best_name,

@@ -55,7 +55,10 @@ from trainkit.metrics import RankingMetrics, target_ranks  # noqa: E402
 
 Scenario = Callable[[Path], None]
 SCENARIOS: list[Scenario] = []
-MODULES: tuple[str, ...] = ()  # other scenario modules (importable names) to load as well
+MODULES: tuple[str, ...] = ("scenarios_state",)  # other scenario modules (importable names)
+# Run as a script this module is ``__main__``: the modules above import it as ``scenarios``,
+# and must find this same module (and its SCENARIOS list), not a second copy.
+sys.modules.setdefault("scenarios", sys.modules[__name__])
 
 
 def scenario(function: Scenario) -> Scenario:
@@ -699,6 +702,9 @@ def optim_no_parameters_refused(tmp: Path) -> None:
 
 
 def _load_modules() -> None:
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
     for name in MODULES:
         importlib.import_module(name)
 

@@ -746,3 +746,76 @@ def test_a_raw_pickle_as_last_pt_gives_exactly_one_warning_naming_it(tmp_path):
     assert path.name == "step-1.pt" and state["step"] == 1
     assert len(caught) == 1, [str(w.message) for w in caught]
     assert "last.pt" in str(caught[0].message) and "raw pickle" in str(caught[0].message)
+
+
+# --------------------------------------------------------------------------- k best: nothing lost (issue 22)
+
+
+def test_keep_best_same_name_twice_keeps_the_better_state(tmp_path):
+    mgr = CheckpointManager(tmp_path, keep_best=2)
+    assert mgr.save_best("a.pt", _state(1), 0.1) is not None
+    assert mgr.save_best("a.pt", _state(2), 9.0) is None  # worse: the better file stays
+    assert [(p.name, v) for p, v in mgr.best_checkpoints()] == [("a.pt", 0.1)]
+    assert torch.load(tmp_path / "a.pt", weights_only=True)["step"] == 1
+    assert mgr.save_best("a.pt", _state(3), 0.05) is not None  # better: overwritten
+    assert [(p.name, v) for p, v in mgr.best_checkpoints()] == [("a.pt", 0.05)]
+    assert torch.load(tmp_path / "a.pt", weights_only=True)["step"] == 3
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, "0.3", True, [0.3], torch.tensor([1.0, 2.0]), 10**400],
+    ids=["None", "text", "bool", "list", "two-elements", "10**400"],
+)
+def test_save_best_refuses_a_value_that_is_no_number_naming_it(tmp_path, value):
+    mgr = CheckpointManager(tmp_path, keep_best=2)
+    with pytest.raises(ValueError, match="value") as info:
+        mgr.save_best("b.pt", _state(1), value)
+    assert "\n" not in str(info.value)
+    assert os.listdir(tmp_path) == [] and mgr.best_names() == []
+
+
+def test_save_best_never_keeps_nan_and_takes_numpy_and_tensor_numbers(tmp_path):
+    import numpy as np
+
+    mgr = CheckpointManager(tmp_path, keep_best=3)
+    assert mgr.save_best("nan.pt", _state(1), float("nan")) is None
+    assert mgr.save_best("inf.pt", _state(1), torch.tensor(float("inf"))) is None
+    mgr.save_best("np.pt", _state(2), np.float32(0.5))
+    mgr.save_best("t.pt", _state(3), torch.tensor([0.25]))
+    assert mgr.best_checkpoints() == [(tmp_path / "t.pt", 0.25), (tmp_path / "np.pt", 0.5)]
+
+
+@pytest.mark.parametrize(
+    ("best", "named"),
+    [
+        ([["b.pt", float("nan")]], "NaN|nan"),
+        ([["b.pt", float("inf")]], "inf"),
+        ([["last.pt", 1.0]], "pinned or rotating"),
+        ([["best.pt", 1.0]], "pinned or rotating"),
+        ([["epoch-0001.pt", 1.0]], "pinned or rotating"),
+        ([["b.pt", 1.0], ["b.pt", 2.0]], "twice"),
+        ([["b.pt", "1.0"]], "pairs"),
+        ([["b.pt", True]], "pairs"),
+    ],
+)
+def test_load_state_dict_refuses_a_k_best_record_that_could_break_later(tmp_path, best, named):
+    mgr = CheckpointManager(tmp_path, keep_best=2)
+    mgr.save_best("kept.pt", _state(1), 0.5)
+    before = mgr.state_dict()
+    state = {**before, "best": best}
+    with pytest.raises(ValueError, match=named):
+        mgr.check_state_dict(state)
+    with pytest.raises(ValueError, match=named):
+        mgr.load_state_dict(state)
+    assert mgr.best_names() == ["kept.pt"]
+    mgr.save("last.pt", _state(2))  # still works: no pinned name was taken as a k-best file
+
+
+def test_check_state_dict_accepts_what_state_dict_gives_and_changes_nothing(tmp_path, fake_clock):
+    mgr = CheckpointManager(tmp_path, keep_best=2, every_seconds=5, clock=fake_clock())
+    mgr.save("epoch-0001.pt", _state(1))
+    mgr.save_best("b.pt", _state(1), 0.5)
+    state = mgr.state_dict()
+    mgr.check_state_dict(state)
+    assert mgr.state_dict()["best"] == state["best"] and mgr.state_dict()["saved"] == state["saved"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -135,3 +136,50 @@ def test_bad_model_raises() -> None:
 def test_device_keeps_the_average_there() -> None:
     ema = EMA(nn.Linear(2, 2), decay=0.9, device="cpu")
     assert all(p.device.type == "cpu" for p in ema.module.parameters())
+
+
+# ------------------------------------------------------------- check, then change (issue 22)
+
+
+def _weights(ema: EMA) -> dict[str, torch.Tensor]:
+    return {key: value.clone() for key, value in ema.module.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda module: {**module, "module.0.weight": torch.zeros(2, 2)}, "module.0.weight"),
+        (lambda module: {**module, "module.2.bias": [0.0, 0.0]}, "module.2.bias"),
+        (lambda module: {**module, "n_averaged": 3}, "n_averaged"),
+        (
+            lambda module: {k: v for k, v in module.items() if k != "module.1.running_mean"},
+            "running_mean",
+        ),
+    ],
+    ids=["wrong-shape", "not-a-tensor", "count-not-a-tensor", "missing"],
+)
+def test_a_state_of_another_model_is_one_line_naming_the_key_and_changes_nothing(
+    change: Any, named: str
+) -> None:
+    model, optimizer = make()
+    ema = EMA(model, decay=0.9)
+    train_steps(model, optimizer, ema, 3, start=0)
+    state = ema.state_dict()
+    state = {**state, "module": change(dict(state["module"]))}
+    before = _weights(ema)
+    for call in (ema.load_state_dict, ema.check_state_dict):
+        with pytest.raises(ValueError, match=named) as info:
+            call(state)
+        assert "\n" not in str(info.value)
+    after = _weights(ema)
+    assert all(torch.equal(after[key], value) for key, value in before.items())
+
+
+def test_check_state_dict_accepts_its_own_state_and_refuses_another_decay() -> None:
+    model, _ = make()
+    ema = EMA(model, decay=0.9)
+    ema.check_state_dict(ema.state_dict())
+    with pytest.raises(ValueError, match="decay=0.5"):
+        EMA(model, decay=0.5).check_state_dict(ema.state_dict())
+    with pytest.raises(ValueError, match="decay"):
+        ema.check_state_dict({**ema.state_dict(), "decay": "0.9"})

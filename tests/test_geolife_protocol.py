@@ -301,3 +301,102 @@ def test_real_geolife_counts() -> None:
     unseen = float(np.mean(s.test["y"] == 1))
     assert 0.15 < unseen < 0.30  # about a fifth (0.228)
     assert s.train["diff"].max() == 7 and s.train["duration"].max() == 95
+
+
+# ------------------------------------------------------------- odd files (issue 22)
+
+
+def test_a_utf8_bom_is_skipped_and_keeps_the_id_column(tmp_path: Path) -> None:
+    plain = write_csv(tmp_path / "plain.csv", ROWS[::-1])
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())  # Excel's "CSV UTF-8"
+    columns = gd.load_staypoints(bom)
+    assert columns["id"].tolist() == [row[0] for row in ROWS[::-1]]  # not the row order
+    expected = gd.make_samples(gd.load_staypoints(plain))
+    got = gd.make_samples(columns)
+    for name in gd.SPLITS:
+        for key in gd.SAMPLE_KEYS:
+            np.testing.assert_array_equal(got.split(name)[key], expected.split(name)[key])
+
+
+@pytest.mark.parametrize("minutes", [1e19, 1e300])
+def test_a_huge_duration_lands_in_the_last_bucket(tmp_path: Path, minutes: float) -> None:
+    # row 3 lasts 5000 minutes: already past the 2-day cap, so bucket 95
+    huge = [row if row[0] != 3 else (*row[:3], minutes, *row[4:]) for row in ROWS]
+    expected = gd.make_samples(gd.load_staypoints(write_csv(tmp_path / "capped.csv")))
+    got = gd.make_samples(gd.load_staypoints(write_csv(tmp_path / "huge.csv", huge)))
+    assert got.train["duration"].max() == gd.MAX_DURATION_BUCKET
+    for name in gd.SPLITS:
+        np.testing.assert_array_equal(got.split(name)["duration"], expected.split(name)["duration"])
+
+
+@pytest.mark.parametrize(
+    ("encoding", "message"),
+    [("latin-1", r"not UTF-8 \(byte 0xe9 at offset \d+\)"), ("utf-16", "the file is UTF-16")],
+)
+def test_a_csv_in_another_encoding_is_one_line_naming_the_file(
+    tmp_path: Path, encoding: str, message: str
+) -> None:
+    path = tmp_path / "other.csv"
+    text = write_csv(tmp_path / "plain.csv").read_text() + "29,3,10,1.0,21,21,60,60,0 café\n"
+    path.write_bytes(text.encode(encoding))
+    with pytest.raises(ValueError, match=message) as info:
+        gd.load_staypoints(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_cell_over_the_csv_field_limit_is_one_line_naming_file_and_line(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "long.csv")
+    with open(path, "a") as handle:
+        handle.write(f'29,3,10,1.0,21,21,60,60,"{"x" * 200_000}"\n')
+    with pytest.raises(ValueError, match=r"long\.csv: line 31: field larger than field limit"):
+        gd.load_staypoints(path)
+
+
+def test_a_cache_directory_that_cannot_be_written_is_a_warning_not_an_error(
+    tiny_csv: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import errno
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(geolife_cache, "atomic_write", disk_full)
+    cache = tmp_path / "cache"
+    with caplog.at_level("WARNING", logger="geolife_cache"):
+        splits = geolife_cache.load_or_build_splits(tiny_csv, cache)
+    assert splits.num_users == 4 and list(cache.iterdir()) == []
+    assert len(caplog.records) == 1
+    assert str(cache) in caplog.text and "No space left on device" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("train.x", 99), ("validation.user", -1), ("test.time", 96)]
+)
+def test_a_cache_with_ids_out_of_range_is_rebuilt(
+    tiny_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, value: int
+) -> None:
+    cache = tmp_path / "cache"
+    expected = geolife_cache.load_or_build_splits(tiny_csv, cache)
+    (cache_file,) = cache.iterdir()
+    with np.load(cache_file) as data:
+        arrays = {name: data[name].copy() for name in data.files}
+    arrays[key].flat[0] = value  # a valid-looking cache, an id the model cannot embed
+    with open(cache_file, "wb") as handle:
+        np.savez(handle, **arrays)
+    builds = []
+    real = geolife_cache.make_samples
+    monkeypatch.setattr(
+        geolife_cache, "make_samples", lambda *a, **k: builds.append(1) or real(*a, **k)
+    )
+    got = geolife_cache.load_or_build_splits(tiny_csv, cache)
+    assert builds == [1]
+    for name in gd.SPLITS:
+        for sample_key in gd.SAMPLE_KEYS:
+            np.testing.assert_array_equal(
+                got.split(name)[sample_key], expected.split(name)[sample_key]
+            )
+    assert geolife_cache.load_or_build_splits(tiny_csv, cache) is not None and builds == [1]

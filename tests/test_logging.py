@@ -171,3 +171,131 @@ def test_tensorboard_without_the_package_is_one_line_and_a_no_op(
     board.truncate(0)
     board.close()
     assert not (tmp_path / "tb").exists()
+
+
+# --------------------------------------------------------------- nothing lost on resume (issue 22)
+HISTORY = [
+    {"epoch": e, "step": 6 * e, "val_loss": 1.0 / e, "checkpoint_seconds": 0.1} for e in (1, 2, 3)
+]
+
+
+def test_restore_rewrites_a_deleted_file_from_the_history(tmp_path: Path) -> None:
+    jsonl = JSONLinesLogger(tmp_path / "metrics.jsonl")
+    jsonl.restore(12, HISTORY)
+    assert [(r["epoch"], r["step"]) for r in read_jsonl(jsonl.path)] == [(1, 6), (2, 12)]
+    table = CSVLogger(tmp_path / "metrics.csv")
+    table.restore(18, HISTORY)
+    with open(table.path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["step"], r["epoch"], r["val_loss"]) for r in rows] == [
+        ("6", "1", "1.0"),
+        ("12", "2", "0.5"),
+        ("18", "3", str(1 / 3)),
+    ]
+
+
+def test_restore_keeps_the_lines_written_and_adds_only_the_missing_epochs(tmp_path: Path) -> None:
+    logger = JSONLinesLogger(tmp_path / "metrics.jsonl")
+    logger.log({"epoch": 1, "val_loss": 1.0, "note": "as logged"}, 6)
+    logger.log({"epoch": 3, "val_loss": 0.3, "note": "as logged"}, 18)  # epoch 2's line lost
+    logger.restore(18, HISTORY)
+    records = read_jsonl(logger.path)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert records[0]["note"] == records[2]["note"] == "as logged" and "note" not in records[1]
+    steps = JSONLinesLogger(tmp_path / "steps.jsonl", kind="step")
+    steps.restore(12, HISTORY)
+    assert not steps.path.exists()  # a step log is not rebuilt from epoch records
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b"4,,", b"4,1,0.2", b"24,4,\xc3", b'24,4,"\xe2\x82'],
+    ids=["empty-cells", "short-row", "torn-utf8", "torn-utf8-quoted"],
+)
+def test_csv_truncate_drops_a_row_torn_by_a_kill(tmp_path: Path, tail: bytes) -> None:
+    logger = CSVLogger(tmp_path / "m.csv")
+    for step in (6, 12):
+        logger.log({"epoch": step // 6, "lr": 0.1, "val_loss": 1.0 / step}, step)
+    logger.path.write_bytes(logger.path.read_bytes() + tail)
+    logger.truncate(30)
+    with open(logger.path, newline="") as handle:
+        assert [r["step"] for r in csv.DictReader(handle)] == ["6", "12"]
+
+
+def test_non_utf8_lines_are_dropped_with_one_warning_naming_the_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = JSONLinesLogger(tmp_path / "metrics.jsonl")
+    logger.log({"epoch": 1, "val_loss": 1.0}, 6)
+    with open(logger.path, "ab") as handle:
+        handle.write(b'{"step": 9, "note": "\xff\xfe"}\n')
+    logger.log({"epoch": 2, "val_loss": 0.5}, 12)
+    with caplog.at_level("WARNING", logger="trainkit.loggers"):
+        logger.truncate(12)
+    assert [r["step"] for r in read_jsonl(logger.path)] == [6, 12]
+    assert len(caplog.records) == 1 and str(logger.path) in caplog.text and "line 2" in caplog.text
+
+
+def test_csv_logging_does_not_read_the_rows_back(tmp_path: Path, monkeypatch) -> None:
+    logger = CSVLogger(tmp_path / "m.csv")
+    logger.log({"epoch": 1, "val_loss": 1.0}, 6)
+    reads = []
+    real_read = CSVLogger._read
+
+    def counting_read(self: CSVLogger):
+        reads.append(1)
+        return real_read(self)
+
+    monkeypatch.setattr(CSVLogger, "_read", counting_read)
+    for epoch in range(2, 50):
+        logger.log({"epoch": epoch, "val_loss": 1.0 / epoch}, 6 * epoch)
+    assert reads == []  # appending is linear in the rows: the file is not re-read per record
+    logger.log({"epoch": 50, "val_loss": 0.02, "new_key": 1}, 300)
+    assert reads == [1]  # a new column rewrites the file once
+    with open(logger.path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 50 and rows[-1]["new_key"] == "1" and rows[0]["new_key"] == ""
+
+
+class _Writer:
+    """Stands in for TensorBoard's SummaryWriter (the package is optional)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        self.scalars: list[tuple[str, float, int]] = []
+
+    def add_scalar(self, key: str, value: float, step: int) -> None:
+        self.scalars.append((key, value, step))
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_tensorboard_refuses_an_int_too_large_for_a_float_naming_it(tmp_path: Path) -> None:
+    board = TensorBoardLogger(tmp_path / "tb")
+    board._writer_class = _Writer
+    with pytest.raises(ValueError, match=r"record\['huge'\].*too large for a float") as info:
+        board.log({"val_loss": 1.0, "huge": 10**400}, 1)
+    assert "\n" not in str(info.value)
+    board.log({"val_loss": 1.0, "count": 10**300}, 2)
+    assert board.writer.scalars == [("val_loss", 1.0, 2), ("count", 1e300, 2)]
+
+
+def test_the_tensorboard_install_hint_names_the_distribution(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with caplog.at_level("INFO", logger="trainkit.loggers"):
+        TensorBoardLogger(tmp_path / "tb")
+    assert "pip install 'trainkit-pt[tensorboard]'" in caplog.text

@@ -146,3 +146,32 @@ def test_the_docs_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     exec(compile(blocks[0], "docs/loggers.md", "exec"), namespace)
     store = (tmp_path / "mlruns").as_uri()
     assert history(store, namespace["logger"].run_id, "val_acc_1") == [(120, 0.21)]
+
+
+# ------------------------------------------------------------- nothing silently merged (issue 22)
+
+
+@needs_mlflow
+@pytest.mark.parametrize(
+    ("records", "named"),
+    [
+        ([{"a@b": 1.0, "a#b": 2.0}], r"'a@b' and 'a#b' both become the MLflow metric 'a_b'"),
+        ([{"a@b": 1.0}, {"a#b": 2.0}], r"'a@b' and 'a#b' both become the MLflow metric 'a_b'"),
+        ([{"": 1.0}], r"record key '' is no MLflow metric name"),
+        ([{"x" * 251: 1.0}], r"251 characters; MLflow takes at most 250"),
+        ([{"huge": 10**400}], r"record\['huge'\] is an int of 1329 bits, too large for a float"),
+    ],
+    ids=["one-record", "two-records", "empty", "too-long", "10**400"],
+)
+def test_a_key_or_value_mlflow_cannot_take_is_one_line_and_logs_nothing(
+    store: str, records: list[dict], named: str
+) -> None:
+    logger = MLflowLogger(store)
+    for record in records[:-1]:
+        logger.log(record, step=1)
+    with pytest.raises(ValueError, match=named) as info:
+        logger.log({"val_loss": 0.5, **records[-1]}, step=2)
+    assert "\n" not in str(info.value)
+    assert history(store, logger.run_id, "val_loss") == []  # nothing of the refused record
+    logger.log({"val_loss": 0.25, "x" * 250: 1.0}, step=3)  # the longest name MLflow takes
+    assert history(store, logger.run_id, "val_loss") == [(3, 0.25)]

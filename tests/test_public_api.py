@@ -162,7 +162,7 @@ def test_trainer_constructor_keywords_and_loop_exports():
         "forward": trainkit.default_forward,
         "metrics": trainkit.RankingMetrics,
         "device": "cpu",
-        "ignore_index": 0,
+        "ignore_index": None,  # domain-neutral: every sample counts (issue 24)
         "nonfinite": "raise",
         "max_nonfinite_steps": 100,
         "log_every": 50,
@@ -171,7 +171,7 @@ def test_trainer_constructor_keywords_and_loop_exports():
         "config": None,
         "on_epoch_end": None,
         "ema": None,
-        "step": None,
+        "capture": "auto",
     }
     for name, default in expected.items():
         assert (

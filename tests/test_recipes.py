@@ -195,3 +195,30 @@ def test_from_dict_inverts_to_dict():
     del values["lr"]
     with pytest.raises(ValueError, match="lacks field.*lr"):
         recipes.from_dict(values)
+
+
+def test_ablation_groups_cover_every_training_difference_of_the_two_recipes():
+    import dataclasses as dc
+
+    original, proposed = recipes.original(), recipes.proposed()
+    differ = {
+        f.name
+        for f in dc.fields(recipes.Recipe)
+        if getattr(original, f.name) != getattr(proposed, f.name)
+    }
+    grouped = [field for fields in recipes.ABLATION_GROUPS.values() for field in fields]
+    assert len(grouped) == len(set(grouped))  # each field in one group
+    describe_only = {
+        "name",
+        "framework",
+        "lr_range",
+        "coverage_optional",
+        "cov_loss_wt",
+        "checkpoint_every_seconds",
+        "best_name",
+        "loop",
+    }
+    assert differ - set(grouped) == describe_only
+    assert set(grouped) <= differ  # no group names a field the recipes agree on
+    for fields in recipes.ABLATION_GROUPS.values():  # every group changes something
+        assert any(getattr(original, f) != getattr(proposed, f) for f in fields)

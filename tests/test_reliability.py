@@ -13,6 +13,7 @@ import math
 import os
 import queue
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -129,7 +130,7 @@ DRIVER = textwrap.dedent(
     torch.set_num_threads(1)  # the same reduction order in every process
     sys.path.insert(0, sys.argv[1])
     import pointer_v45
-    from trainkit import amp, metrics, trainer
+    from trainkit import metrics, train_step, trainer
 
     spec = os.environ.get("KILL_AT", "").split()
     where = {"phase": "", "epoch": 0, "count": 0}
@@ -164,7 +165,7 @@ DRIVER = textwrap.dedent(
 
     wrap(trainer.Trainer, "train_epoch", before=start_epoch, after=end_epoch)
     wrap(trainer.Trainer, "final_evaluation", before=final)
-    wrap(amp.AMPStep, "step", after=step_done)
+    wrap(train_step.TrainStep, "__call__", after=step_done)
     wrap(metrics.RankingMetrics, "update", after=batch_done)
 
     torch_save = torch.save
@@ -570,7 +571,8 @@ def test_nonfinite_skip_is_counted_in_the_log_and_capped(
     )
     with pytest.raises(
         NonFiniteLossError,
-        match=r"epoch 2, step 6: 3 steps skipped, more than max_nonfinite_steps=2",
+        # counted at the next sync point (here the epoch's end): names the epoch's first
+        match=r"3 steps skipped, more than max_nonfinite_steps=2 \(the first of epoch 2, step 2\)",
     ):
         capped.fit()
 
@@ -1054,3 +1056,179 @@ def test_cli_sigint_is_one_line_exit_130_and_resume_is_bit_identical(
         expected = torch.load(reference.dir() / "checkpoints" / name, weights_only=True)
         actual = torch.load(run_dir / "checkpoints" / name, weights_only=True)
         assert_same_tensors(comparable(actual), comparable(expected), name)
+
+
+# =========================================================================== check, then change (issue 22)
+# A resume checks every block of the checkpoint (each part's check_state_dict included) before
+# it loads anything: a refused resume leaves the model, the optimizer, every component and
+# every file as they were.
+
+
+def _snapshot(trainer: Trainer, directory: Path) -> dict[str, Any]:
+    """Everything a refused resume must leave alone: tensors cloned, files as bytes."""
+    files = {
+        str(path.relative_to(directory)): path.read_bytes()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+    return {
+        "model": {k: v.clone() for k, v in trainer.model.state_dict().items()},
+        "optimizer": trainer.optimizer.state_dict(),
+        "selector": trainer.selector.state_dict(),
+        "ema": None if trainer.ema is None else trainer.ema.state_dict(),
+        "best": trainer.checkpoints.best_names(),
+        "progress": (trainer.progress.epoch, trainer.progress.global_step),
+        "files": files,
+    }
+
+
+def _edit_last(directory: Path, edit: Any) -> None:
+    """Rewrite ``ckpt/last.pt`` with ``edit(state)`` applied (an edited or foreign checkpoint)."""
+    path = directory / "ckpt" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    torch.save(state, path)
+
+
+def _nan_k_best(state: dict[str, Any]) -> None:
+    state["checkpoints"].update(keep_best=1, best=[["best-1.pt", math.nan]])
+
+
+def _pinned_k_best(state: dict[str, Any]) -> None:
+    state["checkpoints"].update(keep_best=1, best=[["last.pt", 0.5]])
+
+
+def _truncate_last(directory: Path) -> None:
+    last = directory / "ckpt" / "last.pt"
+    last.write_bytes(last.read_bytes()[:200])  # the resume falls back to epoch-0002.pt
+
+
+REFUSED_RESUMES = {
+    # name: (EMA decay of the saved run, of the resumed run, edit of last.pt, expected message)
+    "ema-decay": (0.9, 0.5, None, "decay=0.9"),
+    "ema-decay-after-fallback": (0.9, 0.5, "truncate", "decay=0.9"),
+    "ema-shape": (
+        0.9,
+        0.9,
+        lambda s: s["ema"]["module"].update(n_averaged=torch.ones(2)),
+        "n_averaged",
+    ),
+    "stopper-counter": (None, None, lambda s: s["selector"].update(counter="x"), "counter"),
+    "stopper-best": (None, None, lambda s: s["selector"].update(best="2.0"), "best"),
+    "k-best-nan": (None, None, _nan_k_best, "best-1.pt"),
+    "k-best-pinned": (None, None, _pinned_k_best, "last.pt"),
+    "epoch-three": (
+        None,
+        None,
+        lambda s: s.update(epoch="three"),
+        "last.pt: checkpoint key 'epoch'",
+    ),
+    "model-shape": (
+        None,
+        None,
+        lambda s: s["model"].update({"head.bias": torch.zeros(2)}),
+        "head.bias",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_RESUMES))
+def test_a_refused_resume_changes_nothing(tmp_path: Path, build: Any, case: str) -> None:
+    from trainkit import EMA
+
+    saved_decay, resumed_decay, edit, message = REFUSED_RESUMES[case]
+    first = build(tmp_path, epochs=4, on_epoch_end=kill_after(3))
+    if saved_decay is not None:
+        first.ema = EMA(first.model, decay=saved_decay)
+    with pytest.raises(Killed):
+        first.fit()
+    if edit == "truncate":
+        _truncate_last(tmp_path)
+    elif edit is not None:
+        _edit_last(tmp_path, edit)
+
+    torch.manual_seed(7)
+    second = build(tmp_path, epochs=4)
+    if resumed_decay is not None:
+        second.ema = EMA(second.model, decay=resumed_decay)
+    before = _snapshot(second, tmp_path)
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        second.resume()
+    assert "\n" not in str(info.value)
+    after = _snapshot(second, tmp_path)
+    assert after["files"] == before["files"]  # no last.pt written, no log truncated
+    assert_same_tensors(after["model"], before["model"], "model")
+    assert_same_tensors(after["optimizer"], before["optimizer"], "optimizer")
+    assert after["selector"] == before["selector"] and after["best"] == before["best"]
+    assert after["progress"] == before["progress"] == (0, 0)
+    if before["ema"] is not None:
+        assert_same_tensors(after["ema"], before["ema"], "ema")
+
+
+def test_a_resume_past_a_damaged_last_pt_renews_it_once_loaded(tmp_path: Path, build: Any) -> None:
+    first = build(tmp_path, epochs=4, on_epoch_end=kill_after(3))
+    with pytest.raises(Killed):
+        first.fit()
+    _truncate_last(tmp_path)
+    second = build(tmp_path, epochs=4)
+    with pytest.warns(RuntimeWarning, match="last.pt"):
+        chosen = second.resume()
+    assert chosen.name == "epoch-0003.pt"
+    assert torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)["epoch"] == 3
+
+
+def test_a_deleted_metrics_jsonl_is_rewritten_from_the_checkpoint_history(
+    tmp_path: Path, build: Any
+) -> None:
+    full = build(tmp_path / "full", epochs=6)
+    full.fit()
+    expected = [
+        json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    ]
+
+    first = build(tmp_path / "split", epochs=6, on_epoch_end=kill_after(3))
+    with pytest.raises(Killed):
+        first.fit()
+    metrics = tmp_path / "split" / "metrics.jsonl"
+    metrics.unlink()
+    second = build(tmp_path / "split", epochs=6)
+    second.resume()
+    restored = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in restored] == [1, 2, 3]
+    second.fit()
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6]
+    for got, want in zip(records, expected, strict=True):
+        assert {k: v for k, v in got.items() if k not in TIMING_KEYS} == {
+            k: v for k, v in want.items() if k not in TIMING_KEYS
+        }
+
+
+def test_seed_everything_refuses_a_seed_torch_cannot_take_with_one_line() -> None:
+    from trainkit.rng import seed_everything
+
+    before = torch.get_rng_state()
+    with pytest.raises(ValueError, match=r"seed must be below 2\*\*64") as info:
+        seed_everything(2**64)
+    assert "\n" not in str(info.value)
+    assert torch.equal(torch.get_rng_state(), before)  # nothing was seeded
+    with pytest.raises(ValueError, match="seed must be an int >= 0, got -1"):
+        seed_everything(-1)
+    seed_everything(2**64 - 1)  # the largest seed torch takes
+
+
+@pytest.mark.parametrize(
+    ("state", "named"),
+    [
+        ({"weight": [[0.0] * 4] * 2, "bias": torch.zeros(2)}, r"not tensors: weight \(list\)"),
+        ({"weight": torch.zeros(2, 3), "bias": torch.zeros(2)}, r"weight \[2, 3\] vs \[2, 4\]"),
+    ],
+    ids=["non-tensor", "wrong-shape"],
+)
+def test_load_model_state_is_one_line_naming_the_key(state: dict[str, Any], named: str) -> None:
+    model = nn.Linear(4, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=named) as info:
+        load_model_state(model, state)
+    assert "\n" not in str(info.value)
+    assert_same_tensors(model.state_dict(), before, "model")

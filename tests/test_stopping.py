@@ -380,3 +380,55 @@ def test_load_state_dict_names_missing_keys_with_a_value_error(selector) -> None
         type(selector)().load_state_dict(state)
     with pytest.raises(ValueError, match="must be a mapping"):
         type(selector)().load_state_dict([1, 2])  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------- check, then change (issue 22)
+from trainkit.stopping import BestValue  # noqa: E402
+
+
+def _fed(
+    selector: EarlyStopper | RunningAverage | BestValue,
+) -> EarlyStopper | RunningAverage | BestValue:
+    for value in (3.0, 2.0, 2.5):
+        selector.step([value, value - 0.5] if isinstance(selector, RunningAverage) else value)
+    return selector
+
+
+@pytest.mark.parametrize(
+    ("make", "key", "bad"),
+    [
+        (EarlyStopper, "counter", "x"),
+        (EarlyStopper, "best", "2.0"),
+        (EarlyStopper, "best", math.nan),
+        (EarlyStopper, "epoch", -1),
+        (EarlyStopper, "should_stop", "no"),
+        (EarlyStopper, "patience", -2),
+        (EarlyStopper, "min_delta", "x"),
+        (RunningAverage, "avg", "x"),
+        (RunningAverage, "best", None),
+        (RunningAverage, "is_best", 1),
+        (RunningAverage, "count", 2.5),
+        (RunningAverage, "decay", 1.5),
+        (BestValue, "best", "x"),
+        (BestValue, "epoch", "3"),
+        (BestValue, "mode", "avg"),
+    ],
+)
+def test_a_refused_state_changes_nothing_and_names_the_key(make, key, bad) -> None:
+    selector = _fed(make())
+    before = selector.state_dict()
+    state = {**before, key: bad}
+    with pytest.raises(ValueError, match=key) as info:
+        selector.load_state_dict(state)
+    assert "\n" not in str(info.value)
+    assert selector.state_dict() == before
+    with pytest.raises(ValueError, match=key):
+        selector.check_state_dict(state)
+
+
+@pytest.mark.parametrize("make", [EarlyStopper, RunningAverage, BestValue])
+def test_check_state_dict_accepts_a_saved_state(make) -> None:
+    selector = _fed(make())
+    fresh = make()
+    fresh.check_state_dict(selector.state_dict())
+    assert fresh.state_dict() == make().state_dict()  # the check changed nothing

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from trainkit import (
+    AMPStep,
     BestValue,
     CheckpointManager,
     LabelSmoothedNLLLoss,
@@ -388,10 +389,10 @@ def test_a_checkpoint_of_another_optimizer_is_refused_before_anything_changes(
 
 
 # ------------------------------------------------------------- capture (docs/captured.md, "In the Trainer")
-from trainkit import CapturedStep  # noqa: E402
 from trainkit import TensorBatches as _Batches  # noqa: E402
-from trainkit.captured import CaptureError  # noqa: E402
-from trainkit.trainer_capture import TrainerCapture, capture_reason  # noqa: E402
+from trainkit import TrainStep  # noqa: E402
+from trainkit.train_step import CaptureError  # noqa: E402
+from trainkit.trainer import capture_reason  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
@@ -420,7 +421,7 @@ def test_capture_true_without_cuda_raises_the_reason_and_bad_values_are_refused(
 ) -> None:
     with pytest.raises(CaptureError, match="capture=True, but device is cpu"):
         build_trainer(tmp_path, capture=True)
-    with pytest.raises(ValueError, match="capture must be 'auto', True or False, got 'yes'"):
+    with pytest.raises(ValueError, match="capture must be one of 'auto', True, False, got 'yes'"):
         build_trainer(tmp_path, capture="yes")
     with pytest.raises(ValueError, match="capture must be"):
         build_trainer(tmp_path, capture=1)
@@ -432,196 +433,243 @@ def test_capture_decision_names_each_reason(tiny_model) -> None:
     assert "device is cpu" in capture_reason("auto", torch.device("cpu"))
     assert capture_reason("auto", cuda) is None and capture_reason(True, cuda) is None
     model = tiny_model()
-    amp = types.SimpleNamespace(precision="fp16", max_grad_norm=None)
-    progress = types.SimpleNamespace(global_step=0)
-    cases = [
-        (torch.optim.SGD(model.parameters(), lr=0.1), "fp32", "SGD is not captured"),
-        (
-            torch.optim.AdamW(model.parameters(), lr=0.1, foreach=True),
-            "fp16",
-            "fp16 needs fused=True",
-        ),
-    ]
-    for (
-        optimizer,
-        precision,
-        reason,
-    ) in cases:  # the optimizer and precision rules come before the device's
-        decision = TrainerCapture("auto", cuda)
-        amp.precision = precision
-        assert decision.training(model, optimizer, None, None, [], amp, progress, None) is None
-        assert reason in decision.reason and decision.summary()["step"] == "eager"
-    strict = TrainerCapture(True, cuda)
-    with pytest.raises(CaptureError, match="SGD"):
-        strict.training(model, cases[0][0], None, None, [], amp, progress, None)
+    loss = LabelSmoothedNLLLoss(0.03)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert "SGD is not captured" in TrainStep(model, sgd, loss).why_not()
+    foreach = torch.optim.AdamW(model.parameters(), lr=0.1, foreach=True)
+    skipping = TrainStep(model, foreach, loss, nonfinite="skip")
+    assert "nonfinite='skip' needs fused=True" in skipping.why_not()
+    # AdamW is named by itself (on torch 2.6 it does not subclass Adam): only the device is left
+    assert "CUDA" in TrainStep(model, foreach, loss).why_not()
+    adagrad = torch.optim.Adagrad(model.parameters(), lr=0.1)
+    assert "CUDA" in TrainStep(model, adagrad, loss, nonfinite="skip").why_not()
 
 
 def test_ranks_train_eagerly_together_when_a_capture_failed_on_another_rank(
-    monkeypatch, tiny_model
+    monkeypatch, tmp_path: Path, build_trainer
 ) -> None:
     from trainkit import distributed
 
-    model = tiny_model()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-    amp = types.SimpleNamespace(precision="fp32", max_grad_norm=None)
-    monkeypatch.setattr(CapturedStep, "why_not", staticmethod(lambda *args, **kwargs: None))
-    monkeypatch.setattr(
-        CapturedStep, "try_create", staticmethod(lambda *args, **kwargs: (object(), None))
-    )
+    trainer = build_trainer(tmp_path, epochs=1)
+    trainer.capture_reason = None  # as on CUDA
+    monkeypatch.setattr(TrainStep, "why_not", lambda self, **kwargs: None)
+    captured: list[bool] = []
+    monkeypatch.setattr(TrainStep, "capture", lambda self, batch: captured.append(True))
+    dropped: list[bool] = []
+    monkeypatch.setattr(TrainStep, "drop_graphs", lambda self: dropped.append(True))
     gathered: list[bool] = []
     monkeypatch.setattr(
         distributed, "all_gather_object", lambda value: gathered.append(value) or [value, False]
     )
-    decision = TrainerCapture("auto", torch.device("cuda"))
-    assert decision.training(model, optimizer, None, None, [object()], amp, None, None) is None
-    assert gathered == [True] and decision.reason == "the capture failed on another rank"
-    assert decision.summary()["step"] == "eager"
+    trainer._decide_capture()
+    assert captured == [True] and gathered == [True] and dropped == [True]
+    assert trainer.capture_reason == "the capture failed on another rank"
 
 
-def test_captured_evaluation_under_torchrun_reduces_sums_and_agrees_across_ranks(
+def test_evaluation_under_torchrun_reduces_sums_and_gathers_batch_losses(
     monkeypatch, tiny_model
 ) -> None:
-    """The wiring, with two identical simulated ranks (CapturedEval run eagerly on CPU)."""
-    import contextlib
-
+    """The wiring of EvalStep.result with two identical simulated ranks."""
     from conftest import NUM_CLASSES, make_data, to_batch
-    from trainkit import CapturedEval, RankingMetrics, distributed
+    from trainkit import RankingMetrics, distributed
     from trainkit.evaluation import default_forward, evaluate
 
     model = tiny_model()
-    loader = _Batches(
-        make_data(40, 2),
-        16,
-        shuffle=False,
-        transform=to_batch,
-        pad_to_full_batch=True,
-        pad_values={"y": 0},
-    )
+    loader = _Batches(make_data(40, 2), 16, shuffle=False, transform=to_batch)
     loss_fn = LabelSmoothedNLLLoss(0.03)
     metrics = lambda device: RankingMetrics(NUM_CLASSES, device=device)  # noqa: E731
-    options = {
-        "metrics": metrics,
-        "device": torch.device("cpu"),
-        "forward": default_forward,
-        "ignore_index": 0,
-        "autocast": contextlib.nullcontext,
-        "precision": "fp32",
-    }
-    monkeypatch.setattr(CapturedEval, "why_not", staticmethod(lambda *args, **kwargs: None))
+    options = {"metrics": metrics, "device": torch.device("cpu"), "forward": default_forward}
+    alone = evaluate(model, loader, loss_fn, ignore_index=0, **options)
     monkeypatch.setattr(
-        CapturedEval,
-        "try_create",
-        staticmethod(
-            lambda *args, **kwargs: (CapturedEval(*args, **{**kwargs, "capture": False}), None)
-        ),
+        distributed, "context", lambda: types.SimpleNamespace(enabled=True, is_main=True)
     )
-    monkeypatch.setattr(
-        distributed, "all_reduce_sum", lambda tensor: tensor.mul_(2)
-    )  # two identical ranks
+    monkeypatch.setattr(distributed, "all_reduce_sum", lambda tensor: tensor.mul_(2))
     monkeypatch.setattr(
         distributed, "all_gather_interleaved", lambda values: [v for v in values for _ in range(2)]
     )
-    agreed = {"value": True}
-    monkeypatch.setattr(distributed, "all_gather_object", lambda value: [value, agreed["value"]])
-    eager = evaluate(
-        model, loader, loss_fn, metrics=metrics, device=torch.device("cpu"), forward=default_forward
-    )
-
-    captured = TrainerCapture("auto", torch.device("cuda")).evaluate(
-        model, loader, loss_fn, **options
-    )
+    two = evaluate(model, loader, loss_fn, ignore_index=0, **options)
     for key in ("loss", "acc@1", "mrr"):
-        assert captured[key] == pytest.approx(eager[key], rel=1e-6), key
-    assert captured["batch_losses"] == pytest.approx(
-        [v for v in eager["batch_losses"] for _ in range(2)], rel=1e-6
+        assert two[key] == pytest.approx(alone[key], rel=1e-6), key
+    assert two["batch_losses"] == pytest.approx(
+        [v for v in alone["batch_losses"] for _ in range(2)], rel=1e-6
     )
 
-    agreed["value"] = False  # the other rank could not capture: this one evaluates eagerly too
-    decision = TrainerCapture("auto", torch.device("cuda"))
-    fallback = decision.evaluate(model, loader, loss_fn, **options)
-    assert list(decision._evals.values()) == [None]
-    assert fallback["batch_losses"] == pytest.approx(eager["batch_losses"], rel=1e-6)
 
+def test_trainer_defaults_count_every_sample(tiny_model) -> None:
+    """No GeoLife conventions by default: class 0 is a class like any other."""
+    from conftest import NUM_CLASSES, make_data, to_batch
+    from trainkit import RankingMetrics
+    from trainkit.evaluation import evaluate
 
-def _captured_bookkeeping(trainer: Trainer, **step_options: Any) -> None:
-    """Route the Trainer through the captured path's bookkeeping with the CapturedStep run eagerly (CPU)."""
-    batch = next(iter(trainer.train_loader))
-    step = CapturedStep(
-        trainer.model,
-        trainer.optimizer,
-        trainer.loss_fn,
-        trainer.forward,
-        batch,
-        precision="fp32",
-        max_grad_norm=trainer.amp.max_grad_norm,
-        nonfinite=trainer.nonfinite.mode,
-        capture=False,
-        **step_options,
+    model = tiny_model()
+    data = make_data(48, 5)
+    data["y"] = torch.arange(48) % 3  # three classes, class 0 included
+    loader = _Batches(data, 16, shuffle=False, transform=to_batch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    trainer = Trainer(
+        model,
+        optimizer,
+        torch.nn.NLLLoss(),
+        loader,
+        loader,
+        epochs=1,
+        progress=False,
+        metrics=lambda device: RankingMetrics(NUM_CLASSES, device=device),
     )
-    trainer.capture._adopt(step, trainer.amp, trainer.progress, trainer.ema)
-    trainer.capture._decided = True
-
-
-def test_captured_bookkeeping_matches_the_eager_epoch_sums(tmp_path: Path, build_trainer) -> None:
-    eager = build_trainer(tmp_path / "eager", epochs=3, selector="best")
-    eager.fit()
-    routed = build_trainer(tmp_path / "routed", epochs=3, selector="best")
-    _captured_bookkeeping(routed)
-    result = routed.fit()
-    assert result["capture"]["step"] == "captured"
-    for mine, theirs in zip(routed.progress.history, eager.progress.history):
-        assert mine["step"] == theirs["step"]
-        for key in ("train_loss", "grad_norm", "val_loss", "lr"):
-            assert mine[key] == pytest.approx(theirs[key], rel=1e-5), key
-
-
-def _poisoned_data(bad_index: int) -> dict[str, torch.Tensor]:
-    from conftest import make_data
-
-    data = make_data(96, 1)
-    data["scale"][bad_index] = float("nan")
-    return data
-
-
-def test_captured_bookkeeping_raise_names_epoch_and_step(tmp_path: Path, build_trainer) -> None:
-    trainer = build_trainer(tmp_path, epochs=3)
-    trainer.train_loader = _Batches(
-        _poisoned_data(16 * 4 + 3),
-        16,
-        shuffle=False,
-        transform=lambda b: (b["x"], b["y"], {"scale": b["scale"]}),
+    assert trainer.ignore_index is None
+    counted = evaluate(
+        model,
+        loader,
+        torch.nn.NLLLoss(),
+        metrics=lambda device: _CountingMetrics(device),
+        device=torch.device("cpu"),
     )
-    _captured_bookkeeping(trainer)
-    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 5;"):
-        trainer.fit()
+    assert counted["samples"] == 48
 
 
-def test_captured_bookkeeping_skip_counts_and_caps(tmp_path: Path, build_trainer) -> None:
-    loader = _Batches(
-        _poisoned_data(16 * 2),
-        16,
-        shuffle=False,
-        transform=lambda b: (b["x"], b["y"], {"scale": b["scale"]}),
+class _CountingMetrics:
+    """Counts the samples evaluate() marks valid."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.count = torch.zeros(1, dtype=torch.float64, device=device)
+
+    def update(self, scores: Any, targets: torch.Tensor, valid: torch.Tensor) -> None:
+        self.count += valid.sum()
+
+    def reset(self) -> None:
+        self.count.zero_()
+
+    def sums(self) -> torch.Tensor:
+        return self.count
+
+    @staticmethod
+    def compute_from_sums(sums: torch.Tensor) -> dict[str, float]:
+        return {"samples": float(sums[0])}
+
+
+# ------------------------------------------------------- gradient accumulation (docs/trainer.md)
+def test_accumulation_counts_updates_and_flushes_the_epochs_last_window(
+    tmp_path: Path, build_trainer
+) -> None:
+    """k = 4 over 6 batches: updates after batch 4 and (flushed) after batch 6, per epoch."""
+    from trainkit import EMA, JSONLinesLogger
+
+    steps_log = JSONLinesLogger(tmp_path / "steps.jsonl", kind="step")
+    trainer = build_trainer(
+        tmp_path, epochs=2, accumulation_steps=4, log_every=3, loggers=[steps_log]
     )
-    trainer = build_trainer(tmp_path / "a", epochs=2, nonfinite="skip", max_nonfinite_steps=5)
-    trainer.train_loader = loader
-    trainer.optimizer.param_groups[0]["fused"] = (
-        True  # the device-side skip is the fused kernel's found_inf
-    )
-    _captured_bookkeeping(trainer)
+    trainer.ema = EMA(trainer.model, decay=0.9)
+    calls: list[int] = []
+    original = trainer.amp.update
+
+    def counting_update(skip: Any = None) -> Any:
+        calls.append(trainer.progress.step_in_epoch)
+        return original(skip)
+
+    trainer.amp.update = counting_update  # type: ignore[method-assign]
     result = trainer.fit()
-    assert result["nonfinite_steps"] == 2 and [r["nonfinite_steps"] for r in result["history"]] == [
-        1,
-        1,
-    ]
-    assert result["history"][-1]["step"] == 12  # a skipped step still counts under capture
+    assert calls == [3, 5, 3, 5]  # step_in_epoch before the 4th and the 6th batch
+    assert [r["step"] for r in result["history"]] == [2, 4]  # global_step: update steps
+    assert trainer.ema.num_updates == 4  # once per update
+    assert trainer.amp.micro_step == 0
+    # every log_every-th update step, and each epoch's last (a live loss for short epochs)
+    steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps] == [2, 3, 4]
+
+
+def test_accumulation_equals_one_big_batch_step(tmp_path: Path, build_trainer) -> None:
+    """Four micro-batches of 16 with k = 4 make the update one batch of 64 would (fp32, no clip)."""
+    from conftest import TinyModel, make_data, to_batch
+
+    torch.manual_seed(0)
+    model_a = TinyModel(8)
+    model_b = TinyModel(8)
+    model_b.load_state_dict(model_a.state_dict())
+    model_a.eval()  # no dropout: the two runs draw their masks differently
+    model_b.eval()
+    loss = torch.nn.NLLLoss(ignore_index=-100)
+    data = make_data(64, 7)
+    optimizer_a = torch.optim.SGD(model_a.parameters(), lr=0.1)
+    amp_a = AMPStep(optimizer_a, "fp32", accumulation_steps=4)
+    step_a = TrainStep(model_a, optimizer_a, loss, amp=amp_a)
+    for i in range(4):
+        part = {k: v[16 * i : 16 * (i + 1)] for k, v in data.items()}
+        updated = step_a(to_batch(part))
+        assert updated == (i == 3)
+    step_b = TrainStep(model_b, torch.optim.SGD(model_b.parameters(), lr=0.1), loss)
+    assert step_b(to_batch(data))
+    for a, b in zip(model_a.parameters(), model_b.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    counts = step_a.stats.read()
+    assert counts["micro_batches"] == 4 and counts["update_steps"] == 1 and counts["updates"] == 1
+
+
+def test_accumulation_resume_from_a_mid_epoch_checkpoint_is_bit_identical(
+    tmp_path: Path, build_trainer, fake_clock
+) -> None:
+    """Step checkpoints are taken only between update steps: no pending gradient is lost."""
+    full = build_trainer(tmp_path / "full", epochs=2, accumulation_steps=4)
+    full.fit()
+    expected = _weights(full)
+    first = build_trainer(
+        tmp_path / "split",
+        epochs=2,
+        accumulation_steps=4,
+        every_seconds=1.0,
+        clock=fake_clock(),
+        on_epoch_end=kill_after(1),
+    )
+    with pytest.raises(Killed):
+        first.fit()
+    steps = sorted((tmp_path / "split" / "ckpt").glob("step-*.pt"))
+    assert steps
+    mid = torch.load(steps[0], weights_only=True)
+    assert mid["step_in_epoch"] in (4, 6)  # boundaries only
+    assert mid["amp"]["micro_step"] == 0
+    second = build_trainer(tmp_path / "split", epochs=2, accumulation_steps=4)
+    second.resume(steps[0])
+    second.fit()
+    for name, tensor in _weights(second).items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+def test_nonfinite_skip_leaves_the_weights_alone_and_is_counted_per_update_step(
+    tmp_path: Path, build_trainer
+) -> None:
+    """k = 3: a NaN in one micro-batch skips its whole update step (one count, weights kept)."""
+    from conftest import poisoned
+
+    trainer = build_trainer(
+        tmp_path,
+        epochs=1,
+        accumulation_steps=3,
+        loss_fn=poisoned(lambda n: n == 2),
+        nonfinite="skip",
+    )
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    seen: list[bool] = []
+    original = trainer.amp.update
+
+    def watch(skip: Any = None) -> Any:
+        info = original(skip)
+        seen.append(all(torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items()))
+        return info
+
+    trainer.amp.update = watch  # type: ignore[method-assign]
+    result = trainer.fit()
+    assert seen == [True, False]  # the first update step (micro-batches 1-3) was skipped
+    assert result["nonfinite_steps"] == 1 and result["history"][0]["step"] == 2
     assert all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters())
-    capped = build_trainer(tmp_path / "b", epochs=2, nonfinite="skip", max_nonfinite_steps=0)
-    capped.train_loader = loader
-    capped.optimizer.param_groups[0]["fused"] = True
-    _captured_bookkeeping(capped)
-    with pytest.raises(NonFiniteLossError, match="max_nonfinite_steps=0"):
-        capped.fit()
+
+
+def test_state_dict_has_no_side_effects(tmp_path: Path, build_trainer) -> None:
+    trainer = build_trainer(tmp_path, epochs=1)
+    trainer.fit()
+    sums = trainer.step.stats.values.clone()
+    first = trainer.state_dict()
+    second = trainer.state_dict()
+    assert torch.equal(trainer.step.stats.values, sums)
+    assert first["global_step"] == second["global_step"] == 6
 
 
 def test_resume_on_cpu_from_a_captured_runs_optimizer_state(tmp_path: Path, build_trainer) -> None:
@@ -652,28 +700,7 @@ def test_resume_on_cpu_from_a_captured_runs_optimizer_state(tmp_path: Path, buil
 def _cuda_trainer(directory: Path, epochs: int, **kwargs: Any) -> Trainer:
     from conftest import build
 
-    trainer = build(directory, epochs, **kwargs)
-    device = torch.device("cuda")
-    trainer.model.to(device)
-    trainer.device = device
-    trainer.capture = TrainerCapture(kwargs.get("capture", "auto"), device, trainer.nonfinite.mode)
-    trainer.amp.device_type = "cuda"
-    for name in ("train_loader", "val_loader", "test_loader"):
-        old = getattr(trainer, name)
-        setattr(
-            trainer,
-            name,
-            _Batches(
-                {k: v.to(device) for k, v in old.tensors.items()},
-                16,
-                shuffle=old.shuffle,
-                seed=old.seed,
-                transform=old.transform,
-                pad_to_full_batch=True,
-                pad_values={"y": 0},
-            ),
-        )
-    return trainer
+    return build(directory, epochs, device="cuda", **kwargs)
 
 
 @needs_cuda
@@ -683,7 +710,7 @@ def test_cuda_trainer_captures_step_and_evaluation(tmp_path: Path) -> None:
     trainer = _cuda_trainer(tmp_path, 3, selector="running_average")
     result = trainer.fit()
     assert result["capture"]["step"] == "captured" and result["capture"]["seconds"] > 0
-    assert trainer.capture.step is not None and trainer.capture.step.eager_steps == 0
+    assert trainer.step.captured and trainer.step.eager_steps == 0
     assert [r["step"] for r in result["history"]] == [6, 12, 18]
     assert all(
         math.isfinite(r["train_loss"]) and "running_avg_loss" in r for r in result["history"]
@@ -697,6 +724,7 @@ def test_cuda_trainer_captures_step_and_evaluation(tmp_path: Path) -> None:
         metrics=trainer.metrics,
         device=trainer.device,
         forward=trainer.forward,
+        ignore_index=0,
     )
     for key in ("loss", "acc@1", "mrr"):
         assert captured[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-6), key
@@ -734,7 +762,7 @@ def test_cuda_captured_resume_continues_optimizer_state_and_schedule(tmp_path: P
     second = _cuda_trainer(tmp_path / "split", 4)
     second.resume()
     second.fit()
-    assert second.capture.step is not None
+    assert second.step.captured
     for mine, theirs in zip(second.optimizer.state.values(), full.optimizer.state.values()):
         assert mine["step"].item() == theirs["step"].item() == 24
     assert float(second.optimizer.param_groups[0]["lr"]) == pytest.approx(

@@ -6,8 +6,6 @@ Each component is usable on its own; :class:`Trainer` wires them into the refere
 from trainkit import recipes
 from trainkit.amp import AMPStep, StepInfo
 from trainkit.batching import TensorBatches
-from trainkit.captured import CapturedStep
-from trainkit.captured_eval import CapturedEval
 from trainkit.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -15,7 +13,7 @@ from trainkit.checkpoint import (
     load_model_state,
 )
 from trainkit.ema import EMA
-from trainkit.evaluation import default_forward, evaluate
+from trainkit.evaluation import EvalStep, default_forward, evaluate
 from trainkit.export import load_safetensors, save_safetensors
 from trainkit.interrupt import TrainingInterrupted
 from trainkit.loggers import (
@@ -34,6 +32,7 @@ from trainkit.progress import TrainingProgress
 from trainkit.rng import get_rng_state, seed_everything, set_rng_state
 from trainkit.schedule import WarmupCosineSchedule
 from trainkit.stopping import BestValue, EarlyStopper, RunningAverage
+from trainkit.train_step import CaptureError, StepStats, TrainStep
 from trainkit.trainer import Trainer
 
 __version__ = "0.2.0"  # the one place the version is set (pyproject reads it)
@@ -43,11 +42,11 @@ __all__ = [
     "AMPStep",
     "BestValue",
     "CSVLogger",
-    "CapturedEval",
-    "CapturedStep",
+    "CaptureError",
     "CheckpointError",
     "CheckpointManager",
     "EarlyStopper",
+    "EvalStep",
     "JSONLinesLogger",
     "LabelSmoothedNLLLoss",
     "Logger",
@@ -57,8 +56,10 @@ __all__ = [
     "RankingMetrics",
     "RunningAverage",
     "StepInfo",
+    "StepStats",
     "TensorBatches",
     "TensorBoardLogger",
+    "TrainStep",
     "Trainer",
     "TrainingInterrupted",
     "TrainingProgress",

@@ -20,12 +20,15 @@ from typing import Any
 
 import torch
 
+from trainkit._validate import check_choice, check_float, check_int
+from trainkit.capturable_adagrad import adagrad_step
 from trainkit.state import require_keys
 
-__all__ = ["AMPStep", "StepInfo"]
+__all__ = ["PRECISIONS", "AMPStep", "StepInfo", "resolve_precision"]
 
-_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DEVICE_TYPES = ("cpu", "cuda")
 
 
 @dataclass
@@ -61,12 +64,17 @@ _BACKWARD_TWICE = (
 )
 
 
-def _resolve_precision(precision: str, device_type: str) -> str:
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``"auto"`` -> ``"bf16"`` on a CUDA device that supports it, else ``"fp32"``; others as given."""
     if precision != "auto":
         return precision
     if device_type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16"
     return "fp32"
+
+
+def _is_fused(optimizer: torch.optim.Optimizer) -> bool:
+    return all(bool(group.get("fused")) for group in optimizer.param_groups)
 
 
 class AMPStep:
@@ -104,26 +112,18 @@ class AMPStep:
         *,
         accumulation_steps: int = 1,
     ) -> None:
-        if precision not in _PRECISIONS:
-            raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
-        if max_grad_norm is not None and not (
-            float(max_grad_norm) > 0 and float(max_grad_norm) < float("inf")
-        ):
-            raise ValueError(
-                f"max_grad_norm must be a finite number > 0 or None, got {max_grad_norm!r}"
-            )
-        if (
-            isinstance(accumulation_steps, bool)
-            or not isinstance(accumulation_steps, int)
-            or accumulation_steps < 1
-        ):
-            raise ValueError(f"accumulation_steps must be an int >= 1, got {accumulation_steps!r}")
+        check_choice("precision", precision, PRECISIONS)
+        if max_grad_norm is not None:
+            check_float("max_grad_norm", max_grad_norm, above=0)
+        check_int("accumulation_steps", accumulation_steps, minimum=1)
+        if device_type is not None:
+            check_choice("device_type", device_type, _DEVICE_TYPES)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         if not self.params:
             raise ValueError("optimizer has no parameters")
         self.optimizer = optimizer
         self.device_type = device_type or self.params[0].device.type
-        self.precision = _resolve_precision(precision, self.device_type)
+        self.precision = resolve_precision(precision, self.device_type)
         if (
             self.precision != "fp32"
             and self.device_type == "cuda"
@@ -134,9 +134,10 @@ class AMPStep:
                 "here; use device_type='cpu' or precision='fp32'"
             )
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self._foreach = True if self.device_type == "cuda" else None  # foreach kernels: CUDA
         self.accumulation_steps = accumulation_steps
         self.micro_step = 0  # backward passes since the last optimizer step
-        self.dtype = _DTYPES.get(self.precision, torch.float32)
+        self.dtype = _AUTOCAST_DTYPES[self.precision]
         self.scaler: torch.amp.GradScaler | None = None
         if self.precision == "fp16":
             try:
@@ -153,9 +154,19 @@ class AMPStep:
                 )
 
     @contextlib.contextmanager
-    def autocast(self) -> Iterator[None]:
-        """Autocast to the step's precision (a no-op for fp32)."""
-        with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.precision != "fp32"):
+    def autocast(self, cache_enabled: bool = True) -> Iterator[None]:
+        """Autocast to the step's precision (a no-op for fp32).
+
+        Args:
+            cache_enabled: torch's autocast weight-cast cache; a CUDA graph capture needs
+                it off (the cache is unsafe under capture).
+        """
+        with torch.autocast(
+            self.device_type,
+            dtype=self.dtype,
+            enabled=self.precision != "fp32",
+            cache_enabled=cache_enabled,
+        ):
             yield
 
     def step(self, loss: torch.Tensor) -> StepInfo:
@@ -193,6 +204,18 @@ class AMPStep:
             raise ValueError(
                 f"loss must be a scalar tensor, got {type(loss).__name__} {getattr(loss, 'shape', '')}"
             )
+        self.scaled_backward(loss)
+        self.micro_step += 1
+
+    def scaled_backward(self, loss: torch.Tensor) -> None:
+        """Backward on ``loss / accumulation_steps`` (scaled for fp16); no counter, no check.
+
+        The device work of :meth:`backward`, which a CUDA graph can record
+        (:class:`~trainkit.train_step.TrainStep` keeps the accumulation position itself).
+
+        Raises:
+            RuntimeError: the loss's graph was already used by a backward (explained).
+        """
         if self.accumulation_steps > 1:
             loss = loss / self.accumulation_steps
         if self.scaler is not None:
@@ -203,35 +226,72 @@ class AMPStep:
             if "backward through the graph a second time" in str(exc):
                 raise RuntimeError(_BACKWARD_TWICE) from exc
             raise
-        self.micro_step += 1
 
-    def optimizer_step(self) -> StepInfo:
+    def optimizer_step(self, skip: torch.Tensor | None = None) -> StepInfo:
         """Unscale (fp16), clip, step the optimizer, update the scaler and zero the gradients.
 
         The second half of :meth:`step`; resets the accumulation position. With fp16 the
         gradients must come from :meth:`backward` (they are scaled).
 
+        Args:
+            skip: See :meth:`update`.
+
         Returns:
             A :class:`StepInfo` with ``stepped`` True.
         """
-        scaler = self.scaler
-        if scaler is not None:
-            scaler.unscale_(self.optimizer)
-        grad_norm = self._clip_or_measure()
-        found_inf: torch.Tensor | None = None
-        if scaler is None:
-            self.optimizer.step()
-        else:
-            found = scaler._found_inf_per_device(self.optimizer)  # recorded by unscale_
-            found_inf = (
-                sum(v.to(grad_norm.device) for v in found.values())
-                if found
-                else grad_norm.new_zeros(())
-            )
-            scaler.step(self.optimizer)
-            scaler.update()
+        info = self.update(skip)
         self.optimizer.zero_grad(set_to_none=True)
         self.micro_step = 0
+        return info
+
+    def update(self, skip: torch.Tensor | None = None) -> StepInfo:
+        """Unscale (fp16), clip, step the optimizer and update the scaler; gradients stay.
+
+        The device work of :meth:`optimizer_step`. It forces no host sync where the
+        optimizer is fused (the skip is the kernel's ``found_inf``), an Adagrad
+        (:func:`~trainkit.capturable_adagrad.adagrad_step` once its LR is a tensor, or
+        whenever ``skip`` is given), or ``skip`` is None without fp16, so a CUDA graph can
+        record it there.
+
+        Args:
+            skip: A 0-d bool tensor: where True (or where the gradient norm is not
+                finite) the optimizer does not update: a non-finite step. fp16 ignores it: the GradScaler skips every step whose
+                gradients are not finite. Other optimizers read it on the host (one sync).
+
+        Returns:
+            A :class:`StepInfo` with ``stepped`` True.
+        """
+        optimizer, scaler = self.optimizer, self.scaler
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        grad_norm = self._clip_or_measure()
+        if skip is not None and scaler is None:  # a non-finite gradient norm is skipped too
+            skip = skip | ~torch.isfinite(grad_norm)
+        found_inf: torch.Tensor | None = None
+        if scaler is not None:
+            found = scaler._found_inf_per_device(optimizer)  # recorded by unscale_
+            if found:
+                found_inf = sum(v.to(grad_norm.device) for v in found.values())
+            else:
+                found_inf = grad_norm.new_zeros(())
+            scaler.step(optimizer)  # fused: found_inf handed to the kernel, no host sync
+            scaler.update()
+        elif _is_fused(optimizer):
+            if skip is None:
+                optimizer.step()
+            else:  # the fused kernel skips the update where found_inf is 1
+                optimizer.found_inf = skip.float()  # type: ignore[attr-defined]
+                try:
+                    optimizer.step()
+                finally:
+                    del optimizer.found_inf  # type: ignore[attr-defined]
+        elif isinstance(optimizer, torch.optim.Adagrad) and (
+            skip is not None or isinstance(optimizer.param_groups[0]["lr"], torch.Tensor)
+        ):
+            # torch's foreach Adagrad reads its step counter on the host
+            adagrad_step(optimizer, skip)
+        elif skip is None or not bool(skip):  # the host reads skip: one sync
+            optimizer.step()
         return StepInfo(grad_norm=grad_norm, found_inf=found_inf)
 
     def _clip_or_measure(self) -> torch.Tensor:
@@ -239,11 +299,13 @@ class AMPStep:
         if not grads:
             return torch.zeros((), device=self.params[0].device)
         if self.max_grad_norm is not None:
-            clipped: torch.Tensor = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+            clipped: torch.Tensor = torch.nn.utils.clip_grad_norm_(
+                self.params, self.max_grad_norm, foreach=self._foreach
+            )
             return clipped
         get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
         if get_total_norm is not None:
-            total: torch.Tensor = get_total_norm(grads)
+            total: torch.Tensor = get_total_norm(grads, foreach=self._foreach)
             return total
         norm: torch.Tensor = torch.linalg.vector_norm(
             torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
@@ -264,8 +326,8 @@ class AMPStep:
             "micro_step": self.micro_step,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the GradScaler's state and the accumulation position saved by :meth:`state_dict`.
+    def check_state_dict(self, state: Any) -> None:
+        """Raise unless ``state`` fits this step; changes nothing (a resume checks first).
 
         Raises:
             ValueError: a key is missing, or the saved precision or ``accumulation_steps``
@@ -281,18 +343,19 @@ class AMPStep:
             raise ValueError(
                 f"saved accumulation_steps={saved_k!r} differs from this AMPStep's {self.accumulation_steps!r}"
             )
-        micro = state.get("micro_step", 0)
-        if (
-            isinstance(micro, bool)
-            or not isinstance(micro, int)
-            or not 0 <= micro < self.accumulation_steps
-        ):
-            raise ValueError(
-                f"micro_step must be an int in [0, {self.accumulation_steps}), got {micro!r}"
-            )
+        # k: after k backward() calls and before optimizer_step() (the manual loop)
+        check_int("micro_step", state.get("micro_step", 0), minimum=0, maximum=saved_k)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the GradScaler's state and the accumulation position saved by :meth:`state_dict`.
+
+        Raises:
+            ValueError: as :meth:`check_state_dict`, before anything changes.
+        """
+        self.check_state_dict(state)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.micro_step = micro
+        self.micro_step = int(state.get("micro_step", 0))
 
     def __repr__(self) -> str:
         return (

@@ -4,7 +4,7 @@ torch's foreach Adagrad computes each step's learning rate on the host,
 ``-lr / (1 + (step.item() - 1) * lr_decay)``, and its fused kernel runs on CUDA only from
 torch 2.13 on (2.11 refuses ``fused=True`` for CUDA parameters). :func:`adagrad_step` is the
 same update as torch's foreach ``_multi_tensor_adagrad``, op for op, with the step counters
-and the learning rate as device tensors: ``CapturedStep`` runs it instead of
+and the learning rate as device tensors: ``AMPStep.update`` runs it instead of
 ``optimizer.step()`` for a ``torch.optim.Adagrad`` that is not fused, so the original
 recipe's step (Adagrad 0.15, accumulator 0.1) is captured like AdamW's. The optimizer keeps
 torch's state layout (``sum``, ``step``), so its ``state_dict`` loads into a plain
@@ -19,7 +19,7 @@ __all__ = ["adagrad_step"]
 
 
 @torch.no_grad()
-def adagrad_step(optimizer: torch.optim.Adagrad) -> None:
+def adagrad_step(optimizer: torch.optim.Adagrad, skip: torch.Tensor | None = None) -> None:
     """Apply one Adagrad update to every parameter with a gradient, without a host sync.
 
     Per group: ``step += 1``; ``g = -grad`` if ``maximize``; ``g += weight_decay * p``;
@@ -32,6 +32,9 @@ def adagrad_step(optimizer: torch.optim.Adagrad) -> None:
 
     Args:
         optimizer: A ``torch.optim.Adagrad``.
+        skip: A 0-d bool tensor on the parameters' device; where True, parameters, sums
+            and step counters keep their values (the device-side skip of a non-finite
+            step, as a fused optimizer's ``found_inf``). None: always update.
 
     Raises:
         ValueError: ``optimizer`` is not an Adagrad, or a gradient is sparse.
@@ -57,6 +60,8 @@ def adagrad_step(optimizer: torch.optim.Adagrad) -> None:
         )
         if group.get("maximize", False):
             grads = list(torch._foreach_neg(grads))
+        if skip is not None:  # keep the old values, restored below where ``skip`` holds
+            kept = [t.clone() for t in params + sums + steps]
         torch._foreach_add_(steps, 1)
         if weight_decay != 0:
             grads = list(torch._foreach_add(grads, params, alpha=weight_decay))
@@ -69,3 +74,6 @@ def adagrad_step(optimizer: torch.optim.Adagrad) -> None:
         else:
             numerator = [g * (-lr / (1 + (step - 1) * lr_decay)) for g, step in zip(grads, steps)]
         torch._foreach_addcdiv_(params, numerator, std)
+        if skip is not None:
+            for tensor, old in zip(params + sums + steps, kept):
+                tensor.copy_(torch.where(skip, old, tensor))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import math
+import numbers
 import os
 import re
 import shutil
@@ -31,10 +32,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainkit._validate import check_choice, shown
 from trainkit.atomic import TMP_PREFIX, atomic_write
 from trainkit.state import require_keys
 
-__all__ = ["CheckpointError", "CheckpointManager", "load_checkpoint", "load_model_state"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointManager",
+    "check_model_state",
+    "load_checkpoint",
+    "load_model_state",
+]
 
 _PINNED = ("best.pt", "last.pt")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: no trailing newline
@@ -102,6 +110,29 @@ def _check_every_seconds(value: Any) -> None:
         or not (0 < float(value) < math.inf)
     ):
         raise ValueError(f"every_seconds must be a finite number > 0 or None, got {value!r}")
+
+
+def _metric_value(value: Any) -> float:
+    """``value`` as a float: a real number or a one-element tensor (NaN and inf pass through).
+
+    Raises:
+        ValueError: anything else (``None``, a string such as ``"0.3"``, a bool, a tensor of
+            several elements), or an int too large for a float; the message shows the value.
+    """
+    what = f"value must be a real number or a one-element tensor, got {shown(value)}"
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+            raise ValueError(what)
+        return float(value.item())
+    is_bool = isinstance(value, bool) or type(value).__name__ == "bool_"  # NumPy's bool too
+    if is_bool or not isinstance(value, numbers.Real):
+        raise ValueError(what)
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(
+            f"value must fit a float, got an int of {int(value).bit_length()} bits"
+        ) from None
 
 
 def _type_name(kind: type) -> str:
@@ -335,7 +366,8 @@ class CheckpointManager:
 
         When a better value pushes the worst kept file out, that file is deleted (after the
         new one is written). A NaN/inf value is never kept; a tie with the worst kept
-        value keeps the earlier file. Call it next to saving ``best.pt``, e.g. with
+        value keeps the earlier file. A name already kept is overwritten only by a better
+        value (one file holds one state: the better one stays). Call it next to saving ``best.pt``, e.g. with
         ``name=f"best-epoch-{epoch:04d}.pt"`` and the validation loss.
 
         Args:
@@ -347,7 +379,8 @@ class CheckpointManager:
             The path written, or None when ``value`` did not make the top ``keep_best``.
 
         Raises:
-            ValueError: ``keep_best`` is 0, ``name`` is a pinned or rotating name, or the
+            ValueError: ``keep_best`` is 0, ``name`` is a pinned or rotating name, ``value``
+                is not a real number or one-element tensor (``None``, ``"0.3"``), or the
                 state holds an object that a safe load would refuse.
             CheckpointError: writing failed.
         """
@@ -360,9 +393,12 @@ class CheckpointManager:
             raise ValueError(
                 f"name {name!r} is a pinned or rotating checkpoint name; pick another for save_best"
             )
-        number = float(value)
+        number = _metric_value(value)
         if not math.isfinite(number):
             return None
+        previous = dict(self._best).get(name)
+        if previous is not None and not self._better(number, previous):
+            return None  # the file already holds a better (or equal) state under this name
         kept = [(n, v) for n, v in self._best if n != name]
         if len(kept) >= self.keep_best and not self._better(number, kept[-1][1]):
             return None
@@ -499,15 +535,13 @@ class CheckpointManager:
             "best": [[name, value] for name, value in self._best],
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore settings, the save timer and the k-best record from :meth:`state_dict`.
-
-        Everything is checked before anything changes. ``saved``, ``keep_best``,
-        ``best_mode`` and ``best`` are optional (states written before they existed).
+    def check_state_dict(self, state: Any) -> None:
+        """Raise unless :meth:`load_state_dict` would accept ``state``; changes nothing.
 
         Raises:
             ValueError: a required key is missing or a value has the wrong type or range
-                (``keep_last < 1``, a bad name, a k-best record longer than ``keep_best``...).
+                (``keep_last < 1``, a bad name, a k-best record longer than ``keep_best``, a
+                k-best entry with a NaN value, a pinned or rotating name, or a name twice).
         """
         require_keys(
             state, ("keep_last", "every_seconds", "seconds_since_save"), "CheckpointManager"
@@ -528,30 +562,58 @@ class CheckpointManager:
             _check_name("saved", name)
         keep_best = state.get("keep_best", self.keep_best)
         _check_keep("keep_best", keep_best, minimum=0)
-        best_mode = state.get("best_mode", self.best_mode)
-        if best_mode not in _BEST_MODES:
-            raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
+        check_choice("best_mode", state.get("best_mode", self.best_mode), _BEST_MODES)
         best = state.get("best", [[n, v] for n, v in self._best])
         if not isinstance(best, list) or len(best) > keep_best:
             raise ValueError(
-                f"best must be a list of at most keep_best={keep_best} [name, value] pairs, got {best!r}"
+                f"best must be a list of at most keep_best={keep_best} [name, value] pairs, "
+                f"got {shown(best)}"
             )
+        seen: set[str] = set()
         for entry in best:
-            if not (
-                isinstance(entry, (list, tuple))
-                and len(entry) == 2
-                and isinstance(entry[1], (int, float))
-            ):
-                raise ValueError(f"best entries must be [name, value] pairs, got {entry!r}")
-            _check_name("best", entry[0])
+            self._check_best_entry(entry, saved, seen)
+
+    def _check_best_entry(self, entry: Any, saved: list[str], seen: set[str]) -> None:
+        """Raise unless ``entry`` is a ``[name, value]`` pair a k-best record may hold."""
+        is_pair = isinstance(entry, (list, tuple)) and len(entry) == 2
+        if not is_pair or isinstance(entry[1], bool) or not isinstance(entry[1], (int, float)):
+            raise ValueError(f"best entries must be [name, value] pairs, got {shown(entry)}")
+        name, value = entry
+        _check_name("best", name)
+        if not math.isfinite(value):
+            raise ValueError(f"best entry {name!r} has the value {value!r}, which is never kept")
+        if name in self.pinned or name in saved or self._rotating_re.fullmatch(name):
+            raise ValueError(
+                f"best entry {name!r} is a pinned or rotating checkpoint name, not a k-best file"
+            )
+        if name in seen:
+            raise ValueError(f"best entry {name!r} appears twice")
+        seen.add(name)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore settings, the save timer and the k-best record from :meth:`state_dict`.
+
+        :meth:`check_state_dict` runs first, so a refused state changes nothing. ``saved``,
+        ``keep_best``, ``best_mode`` and ``best`` are optional (states written before they
+        existed).
+
+        Raises:
+            ValueError: as :meth:`check_state_dict`.
+        """
+        self.check_state_dict(state)
+        saved = state.get("saved", self._saved)
+        best = state.get("best", [[n, v] for n, v in self._best])
         self.keep_last = state["keep_last"]
         self.every_seconds = (
             None if state["every_seconds"] is None else float(state["every_seconds"])
         )
-        self._last_rotating_save = self._clock() - float(since)
+        self._last_rotating_save = self._clock() - float(state["seconds_since_save"])
         self._saved = [name for name in saved if name not in self.pinned]
-        self.keep_best, self.best_mode = keep_best, best_mode
-        self._best = [(str(name), float(value)) for name, value in best]
+        self.keep_best = state.get("keep_best", self.keep_best)
+        self.best_mode = state.get("best_mode", self.best_mode)
+        entries = [(str(name), float(value)) for name, value in best]
+        entries.sort(key=lambda entry: entry[1], reverse=self.best_mode == "max")  # best first
+        self._best = entries
 
 
 def _reason(exc: Exception, path: Path) -> str:
@@ -611,42 +673,65 @@ def _names(keys: list[str], limit: int = 4) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_model_state(model: nn.Module, state: Mapping[str, Any]) -> None:
-    """Load ``state`` into ``model`` strictly, after checking that it fits.
-
-    torch's own mismatch error is a long multi-line message; this one is a single line
-    listing the missing, unexpected and mis-shaped keys (the first few of each).
+def check_model_state(model: nn.Module, state: Any, what: str = "checkpoint") -> None:
+    """Raise unless ``model.load_state_dict(state)`` would load ``state`` whole; changes nothing.
 
     Args:
-        model: The module to load into.
+        model: The module that would receive ``state``.
         state: A ``state_dict`` (e.g. a checkpoint's ``"model"`` entry).
+        what: Where ``state`` comes from, for the message (``"checkpoint"``, ``"EMA state"``).
 
     Raises:
-        ValueError: ``state`` is not a mapping, or its keys or shapes differ from the model's.
+        ValueError: ``state`` is not a mapping, or lists keys the model lacks, lacks keys it
+            has, holds a non-tensor where the model has a tensor, or a tensor of another
+            shape (one line naming the first few keys of each kind).
     """
     if not isinstance(state, Mapping):
         raise ValueError(
-            f"state must be a model state_dict (a mapping), got {type(state).__name__}"
+            f"{what}: a model state_dict must be a mapping, got {type(state).__name__}"
         )
     expected = model.state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
+    present = [key for key in expected if key in state]
+    not_tensors = [
+        f"{key} ({type(state[key]).__name__})"
+        for key in present
+        if isinstance(expected[key], torch.Tensor) and not isinstance(state[key], torch.Tensor)
+    ]
     misshaped = [
-        f"{key} {list(state[key].shape)} vs {list(value.shape)}"
-        for key, value in expected.items()
-        if key in state and isinstance(state[key], torch.Tensor) and state[key].shape != value.shape
+        f"{key} {list(state[key].shape)} vs {list(expected[key].shape)}"
+        for key in present
+        if isinstance(state[key], torch.Tensor) and state[key].shape != expected[key].shape
     ]
     problems = [
         f"{label} {_names(keys)}"
         for label, keys in (
             ("missing keys:", missing),
             ("unexpected keys:", unexpected),
+            ("not tensors:", not_tensors),
             ("mis-shaped (checkpoint vs model):", misshaped),
         )
         if keys
     ]
     if problems:
         raise ValueError(
-            f"checkpoint does not match the model ({type(model).__name__}): {'; '.join(problems)}"
+            f"{what} does not match the model ({type(model).__name__}): {'; '.join(problems)}"
         )
+
+
+def load_model_state(model: nn.Module, state: Mapping[str, Any]) -> None:
+    """Load ``state`` into ``model`` strictly, after checking that it fits.
+
+    torch's own mismatch error is a long multi-line message; this one is a single line
+    listing the missing, unexpected, non-tensor and mis-shaped keys (the first few of each).
+
+    Args:
+        model: The module to load into.
+        state: A ``state_dict`` (e.g. a checkpoint's ``"model"`` entry).
+
+    Raises:
+        ValueError: as :func:`check_model_state`; nothing is loaded then.
+    """
+    check_model_state(model, state)
     model.load_state_dict(state)

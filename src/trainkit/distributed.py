@@ -255,7 +255,7 @@ def release_at_shutdown(graph: torch.cuda.CUDAGraph) -> None:
 
     NCCL's communicator waits, when it is destroyed, until every CUDA graph that holds one
     of its collectives is gone: with such a graph alive, ``destroy_process_group`` never
-    returns. :class:`~trainkit.captured.CapturedStep` registers its graph for a DDP model.
+    returns. :class:`~trainkit.train_step.TrainStep` registers its graphs for a DDP model.
     """
     _GRAPHS_WITH_COLLECTIVES.add(graph)
 

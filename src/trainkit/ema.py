@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from trainkit._validate import check_float
+from trainkit.checkpoint import check_model_state
 from trainkit.state import require_keys
 
 __all__ = ["EMA"]
@@ -83,6 +85,25 @@ class EMA:
         """
         return {"decay": self.decay, "module": self.module.state_dict()}
 
+    def check_state_dict(self, state: Any) -> None:
+        """Raise unless :meth:`load_state_dict` would accept ``state``; changes nothing.
+
+        Args:
+            state: What :meth:`state_dict` returned.
+
+        Raises:
+            ValueError: ``state`` is not an EMA state, was saved with another ``decay``, or its
+                averaged weights do not fit this model (a key missing or extra, a non-tensor,
+                another shape: one line naming the keys).
+        """
+        require_keys(state, ("decay", "module"), "EMA")
+        decay = check_float("EMA state 'decay'", state["decay"], minimum=0.0, maximum=1.0)
+        if decay != self.decay:
+            raise ValueError(
+                f"state was saved with decay={state['decay']!r}, this EMA has decay={self.decay!r}"
+            )
+        check_model_state(self.module, state["module"], "EMA state 'module'")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore an average saved by :meth:`state_dict`; later updates continue exactly.
 
@@ -90,11 +111,7 @@ class EMA:
             state: What :meth:`state_dict` returned.
 
         Raises:
-            ValueError: ``state`` is not an EMA state, or was saved with another ``decay``.
+            ValueError: as :meth:`check_state_dict` (nothing is changed then).
         """
-        require_keys(state, ("decay", "module"), "EMA")
-        if float(state["decay"]) != self.decay:
-            raise ValueError(
-                f"state was saved with decay={state['decay']!r}, this EMA has decay={self.decay!r}"
-            )
+        self.check_state_dict(state)
         self.module.load_state_dict(state["module"])

@@ -3,8 +3,10 @@
 A logger receives every record with the global step it belongs to. Epoch records and step
 records both reach every logger; a record is a step record when it has the key
 ``"step_train_loss"``, and each file logger keeps one kind (``kind="epoch"`` or
-``"step"``). After a resume the Trainer calls ``truncate(step)`` so that the logs end where
-the checkpoint does: records logged after ``step`` (and a line torn by a crash) are dropped.
+``"step"``). After a resume the Trainer calls :func:`restore_log` on each logger: the file
+loggers drop the records logged after ``step`` (and a line torn by a crash, and lines that are
+not UTF-8) and add back the checkpoint's epoch records the file lacks (a deleted
+``metrics.jsonl`` is rewritten from the history); the others only ``truncate(step)``.
 Only rank 0 of a torchrun job logs.
 """
 
@@ -17,10 +19,11 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from trainkit._validate import shown
 from trainkit.atomic import atomic_write
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "epoch_record",
     "is_step_record",
     "metric_name",
+    "restore_log",
 ]
 
 log = logging.getLogger("trainkit.loggers")
@@ -52,6 +56,62 @@ class Logger(Protocol):
 
     def close(self) -> None:
         """Flush and release files."""
+
+
+def restore_log(sink: Logger, step: int, history: Sequence[Mapping[str, Any]]) -> None:
+    """After a resume to global step ``step``: make ``sink``'s log agree with the checkpoint.
+
+    Calls ``sink.restore(step, history)`` when the logger has that optional method (the file
+    loggers: records after ``step`` dropped, the epoch records of ``history`` the file lacks
+    added back), else ``sink.truncate(step)``.
+
+    Args:
+        sink: A logger.
+        step: The checkpoint's global step.
+        history: The checkpoint's epoch records (``TrainingProgress.history``).
+    """
+    restore = getattr(sink, "restore", None)
+    if restore is not None:
+        restore(step, history)
+    else:
+        sink.truncate(step)
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The complete UTF-8 lines of ``path``, without their newline.
+
+    A last line without a newline (torn by a kill mid-write) is dropped; so is a line that
+    is not UTF-8, with one warning naming the file and the lines.
+    """
+    raw_lines = path.read_bytes().split(b"\n")
+    raw_lines.pop()  # b"" after a final newline, else a line torn by a kill
+    lines: list[str] = []
+    undecodable: list[int] = []
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            undecodable.append(number)
+    if undecodable:
+        log.warning(
+            "%s: dropped %d line(s) that are not UTF-8 (line %s)",
+            path,
+            len(undecodable),
+            ", ".join(str(number) for number in undecodable[:5]),
+        )
+    return lines
+
+
+def _history_at(
+    step: int, history: Sequence[Mapping[str, Any]], present: set[str]
+) -> list[dict[str, Any]]:
+    """The records of ``history`` up to ``step`` whose epoch (as text) is not in ``present``."""
+    missing = []
+    for record in history:
+        at = record.get("step")
+        if isinstance(at, int) and at <= step and str(record.get("epoch")) not in present:
+            missing.append({"step": at, **record})  # as log() writes it: "step" first
+    return missing
 
 
 def is_step_record(record: Mapping[str, Any]) -> bool:
@@ -155,22 +215,42 @@ class JSONLinesLogger:
             handle.write(json.dumps({"step": step, **record}, allow_nan=True) + "\n")
 
     def truncate(self, step: int) -> None:
-        """Rewrite the file (atomically) without records after ``step`` or unreadable lines."""
-        if not self.path.is_file():
-            return
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        """Rewrite the file (atomically) without records after ``step`` or unreadable lines
+        (a line torn by a kill, one that is not JSON or not UTF-8: the last is warned about)."""
+        self.restore(step, ())
+
+    def restore(self, step: int, history: Sequence[Mapping[str, Any]]) -> None:
+        """:meth:`truncate` to ``step``, then add the epoch records of ``history`` the file lacks.
+
+        Lines already in the file stay as they were written; a record of ``history`` (up to
+        ``step``) whose epoch has no line is written in its place, ordered by step. A step
+        logger only truncates (the history holds epoch records).
+
+        Args:
+            step: The checkpoint's global step.
+            history: The checkpoint's epoch records.
+        """
+        _check_step(step)
+        if not self.path.is_file() and (self.kind == "step" or not history):
+            return  # nothing to cut and nothing to add back
+        kept: list[tuple[int, str]] = []
+        present: set[str] = set()
+        lines = _read_lines(self.path) if self.path.is_file() else []
+        for line in lines:
             try:
                 record = json.loads(line)
             except ValueError:
                 continue
-            if (
-                isinstance(record, dict)
-                and isinstance(record.get("step"), int)
-                and record["step"] <= step
-            ):
-                kept.append(line + "\n")
-        atomic_write(self.path, "".join(kept))
+            at = record.get("step") if isinstance(record, dict) else None
+            if isinstance(at, int) and at <= step:
+                kept.append((at, line))
+                present.add(str(record.get("epoch")))
+        if self.kind == "epoch":
+            for record in _history_at(step, history, present):
+                kept.append((record["step"], json.dumps(record, allow_nan=True)))
+            kept.sort(key=lambda entry: entry[0])  # stable: lines of one step keep their order
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, "".join(line + "\n" for _, line in kept))
 
     def close(self) -> None:
         """Nothing to release: each record is appended and the file closed."""
@@ -192,13 +272,28 @@ class CSVLogger:
         self.path = Path(path)
         self.kind = kind
 
+    def _header(self) -> list[str]:
+        """The columns of the file (its first line only: appending stays linear in the rows)."""
+        if not self.path.is_file():
+            return []
+        with open(self.path, newline="", encoding="utf-8", errors="replace") as handle:
+            return next(csv.reader(handle), [])
+
     def _read(self) -> tuple[list[str], list[dict[str, str]]]:
+        """The columns and the complete rows (a row torn by a kill, or not UTF-8, is dropped).
+
+        Raises:
+            ValueError: the file is not a CSV that this logger can read (names the file).
+        """
         if not self.path.is_file():
             return [], []
-        with open(self.path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            rows = [row for row in reader if None not in row]  # a torn last row has missing cells
-            return list(reader.fieldnames or []), rows
+        text = "".join(line + "\n" for line in _read_lines(self.path))
+        try:
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            rows = [row for row in reader if _complete(row)]
+        except csv.Error as exc:
+            raise ValueError(f"{self.path}: cannot read the CSV log: {exc}") from None
+        return list(reader.fieldnames or []), rows
 
     def _write(self, columns: list[str], rows: list[Mapping[str, Any]]) -> None:
         buffer = io.StringIO()
@@ -213,24 +308,46 @@ class CSVLogger:
         if is_step_record(record) != (self.kind == "step"):
             return
         row = {"step": step, **record}
-        columns, rows = self._read()
+        columns = self._header()
         if columns and set(row) <= set(columns):
             with open(self.path, "a", newline="", encoding="utf-8") as handle:
                 csv.DictWriter(handle, fieldnames=columns, lineterminator="\n").writerow(row)
             return
+        columns, rows = self._read()  # a new key: rewrite the file with a wider header
         self._write(columns + [key for key in row if key not in columns], [*rows, row])
 
     def truncate(self, step: int) -> None:
-        """Rewrite the file without rows after ``step``."""
+        """Rewrite the file without rows after ``step``, torn rows or lines that are not UTF-8."""
+        self.restore(step, ())
+
+    def restore(self, step: int, history: Sequence[Mapping[str, Any]]) -> None:
+        """:meth:`truncate` to ``step``, then add the epoch records of ``history`` the file lacks.
+
+        Args:
+            step: The checkpoint's global step.
+            history: The checkpoint's epoch records (a step logger ignores them).
+        """
+        _check_step(step)
         columns, rows = self._read()
+        kept: list[Mapping[str, Any]] = [
+            row for row in rows if row["step"].isdigit() and int(row["step"]) <= step
+        ]
+        if self.kind == "epoch":
+            present = {row.get("epoch", "") for row in kept}
+            for record in _history_at(step, history, present):
+                columns += [key for key in record if key not in columns]
+                kept.append(record)
+            kept = sorted(kept, key=lambda row: int(row["step"]))  # stable
         if columns:
-            self._write(
-                columns,
-                [row for row in rows if row.get("step", "").isdigit() and int(row["step"]) <= step],
-            )
+            self._write(columns, kept)
 
     def close(self) -> None:
         """Nothing to release: each row is appended and the file closed."""
+
+
+def _complete(row: Mapping[Any, Any]) -> bool:
+    """Whether a ``csv.DictReader`` row has every cell and no extra one (not torn)."""
+    return None not in row and None not in row.values() and isinstance(row.get("step"), str)
 
 
 class TensorBoardLogger:
@@ -252,7 +369,7 @@ class TensorBoardLogger:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             log.info(
-                "tensorboard is not installed (pip install 'trainkit[tensorboard]'): %s not written",
+                "tensorboard is not installed (pip install 'trainkit-pt[tensorboard]'): %s not written",
                 self.directory,
             )
             self._writer_class: Any = None
@@ -260,16 +377,21 @@ class TensorBoardLogger:
             self._writer_class = SummaryWriter
 
     def log(self, record: Mapping[str, Any], step: int) -> None:
-        """Add each int/float value of ``record`` (except ``epoch`` and ``step``) at ``step``."""
+        """Add each int/float value of ``record`` (except ``epoch`` and ``step``) at ``step``.
+
+        Raises:
+            ValueError: a value is an int too large for a float (``10**400``; the key is
+                named); nothing of the record is written then.
+        """
         if self._writer_class is None:
             return
+        values = _float_metrics(record, "TensorBoardLogger")
         if self.writer is None:
             self.writer = self._writer_class(
                 log_dir=str(self.directory), purge_step=self._purge_step
             )
-        for key, value in record.items():
-            if key not in ("epoch", "step") and isinstance(value, (int, float)):
-                self.writer.add_scalar(key, float(value), step)
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, step)
         if not is_step_record(record):
             self.writer.flush()
 
@@ -288,6 +410,7 @@ class TensorBoardLogger:
 # ---------------------------------------------------------------- MLflow (docs/loggers.md)
 _MLFLOW_MISSING = "MLflowLogger needs the mlflow package: pip install 'trainkit-pt[mlflow]'"
 _MLFLOW_INVALID = re.compile(r"[^\w\-. :/]")  # what MLflow refuses in a metric name
+_MLFLOW_MAX_NAME = 250  # MLflow's longest metric name
 
 
 _X_AXES = ("epoch", "step")  # record keys that are positions, not metrics
@@ -301,6 +424,24 @@ def _metric_values(record: Mapping[str, Any]) -> dict[str, int | float]:
         for key, value in record.items()
         if key not in _X_AXES and isinstance(value, (int, float)) and not isinstance(value, bool)
     }
+
+
+def _float_metrics(record: Mapping[str, Any], owner: str) -> dict[str, float]:
+    """:func:`_metric_values` as floats.
+
+    Raises:
+        ValueError: an int too large for a float (``10**400``), naming ``owner`` and the key.
+    """
+    values = {}
+    for key, value in _metric_values(record).items():
+        try:
+            values[key] = float(value)
+        except OverflowError:
+            raise ValueError(
+                f"{owner}: record[{key!r}] is an int of {int(value).bit_length()} bits, "
+                "too large for a float"
+            ) from None
+    return values
 
 
 def metric_name(key: str) -> str:
@@ -371,6 +512,35 @@ class MLflowLogger:
                 self.run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()]
             )
         self._closed = False
+        self._keys: dict[str, str] = {}  # MLflow name -> the record key logged under it
+
+    def _names(self, keys: list[str]) -> dict[str, str]:
+        """``{record key: MLflow name}``; the names are remembered once all are accepted.
+
+        Raises:
+            ValueError: a key whose name is empty or longer than 250 characters, or two keys
+                (in this record or over the run) that become the same name (``a@b``, ``a#b``).
+        """
+        names: dict[str, str] = {}
+        taken = dict(self._keys)
+        for key in keys:
+            name = metric_name(key) if isinstance(key, str) else ""
+            if not name.strip():
+                raise ValueError(f"MLflowLogger: record key {key!r} is no MLflow metric name")
+            if len(name) > _MLFLOW_MAX_NAME:
+                raise ValueError(
+                    f"MLflowLogger: record key {shown(key)} has {len(name)} characters; "
+                    f"MLflow takes at most {_MLFLOW_MAX_NAME}"
+                )
+            first = taken.setdefault(name, key)
+            if first != key:
+                raise ValueError(
+                    f"MLflowLogger: record keys {first!r} and {key!r} both become the MLflow "
+                    f"metric {name!r}; rename one"
+                )
+            names[key] = name
+        self._keys = taken
+        return names
 
     def log(self, record: Mapping[str, Any], step: int) -> None:
         """Log each int/float value of ``record`` (bools, strings and ``epoch``/``step`` skipped) at ``step``.
@@ -380,14 +550,18 @@ class MLflowLogger:
             step: The global step (the x-axis).
 
         Raises:
-            ValueError: the logger is closed.
+            ValueError: the logger is closed; a value is an int too large for a float; a key
+                is empty or longer than 250 characters once MLflow's refused characters are
+                replaced; two keys become the same MLflow name (``a@b`` and ``a#b`` are both
+                ``a_b``): one line naming them, and nothing of the record is logged.
         """
         if self._closed:
             raise ValueError("MLflowLogger.log called after close()")
+        values = _float_metrics(record, "MLflowLogger")
+        names = self._names(list(values))
         stamp = int(time.time() * 1000)
         metrics = [
-            self._Metric(metric_name(key), float(value), stamp, int(step))
-            for key, value in _metric_values(record).items()
+            self._Metric(names[key], value, stamp, int(step)) for key, value in values.items()
         ]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)

@@ -1,19 +1,19 @@
-"""The non-finite loss policy: stop the run, or drop the step up to a cap (see docs/trainer.md).
+"""The non-finite step policy: stop the run, or skip the step up to a cap (see docs/trainer.md).
 
-``"raise"`` is the original pipeline's rule ("Loss is not finite. Stopping."). It costs no
-host sync per step: each step's finite flag stays on the device and :meth:`check` reads
-them all at once (the Trainer calls it every ``log_every`` steps and at the end of an
-epoch). ``"skip"`` must decide before the optimizer step, so it reads the flag every step;
-under ``torchrun`` every rank drops the step when the loss is non-finite on any rank.
+Which update steps are non-finite is decided on the device by
+:class:`~trainkit.train_step.TrainStep` (its loss or, in fp32/bf16, its gradient norm), the
+same way eagerly and captured; under ``"skip"`` such a step never changes the weights.
+:meth:`NonFinitePolicy.check` reads the epoch's count at the loop's sync points (every
+``log_every`` update steps, the end of an epoch, a signal): ``"raise"`` is the original
+pipeline's rule ("Loss is not finite. Stopping."), ``"skip"`` raises once more steps than
+``max_nonfinite_steps`` were skipped in the run. No host sync per step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
-
-from trainkit import distributed
+from trainkit._validate import check_choice, check_int
 
 __all__ = ["NonFiniteLossError", "NonFinitePolicy"]
 
@@ -28,8 +28,9 @@ class NonFinitePolicy:
     """What a training loop does with a NaN or infinite loss.
 
     Args:
-        mode: ``"raise"`` (stop at the next :meth:`check`) or ``"skip"`` (drop the step).
-        max_nonfinite_steps: With ``"skip"``, raise once more steps than this were dropped
+        mode: ``"raise"`` (stop at the next :meth:`check`) or ``"skip"`` (the step is
+            skipped on the device and counted).
+        max_nonfinite_steps: With ``"skip"``, raise once more steps than this were skipped
             in the run.
 
     Raises:
@@ -37,81 +38,43 @@ class NonFinitePolicy:
     """
 
     def __init__(self, mode: str = "raise", max_nonfinite_steps: int = 100) -> None:
-        if mode not in _MODES:
-            raise ValueError(f"nonfinite must be 'raise' or 'skip', got {mode!r}")
-        if (
-            isinstance(max_nonfinite_steps, bool)
-            or not isinstance(max_nonfinite_steps, int)
-            or max_nonfinite_steps < 0
-        ):
-            raise ValueError(
-                f"max_nonfinite_steps must be an int >= 0, got {max_nonfinite_steps!r}"
-            )
-        self.mode = mode
-        self.max_nonfinite_steps = max_nonfinite_steps
-        self._flags: list[torch.Tensor] = []  # "raise": per-step finite flags not yet read
-        self._steps: list[int] = []
-
-    def skip(self, finite: torch.Tensor, step: int) -> bool:
-        """Whether to drop this step.
-
-        Args:
-            finite: 0-d bool tensor, this rank's loss is finite.
-            step: 1-based step of the epoch (for the error message).
-
-        Returns:
-            ``"skip"``: True when the loss is non-finite on any rank (one host sync, plus a
-            collective under torchrun). ``"raise"``: always False; the flag is kept for
-            :meth:`check`.
-        """
-        if self.mode == "raise":
-            self._flags.append(finite)
-            self._steps.append(step)
-            return False
-        bad = (~finite).float().reshape(1)
-        return bool(distributed.all_reduce_sum(bad).item())
-
-    def count_skipped(self, total: int, epoch: int, step: int) -> None:
-        """Raise when ``total`` dropped steps exceed the cap.
-
-        Raises:
-            NonFiniteLossError: ``total > max_nonfinite_steps``.
-        """
-        if total > self.max_nonfinite_steps:
-            raise NonFiniteLossError(
-                f"Loss is not finite at epoch {epoch}, step {step}: {total} steps skipped, "
-                f"more than max_nonfinite_steps={self.max_nonfinite_steps}"
-            )
+        self.mode = check_choice("nonfinite", mode, _MODES)
+        self.max_nonfinite_steps = check_int("max_nonfinite_steps", max_nonfinite_steps, minimum=0)
 
     def check(
-        self, epoch: int, last_good: Callable[[], object], device: torch.device | None = None
+        self,
+        epoch_count: int,
+        first_step: int | None,
+        *,
+        epoch: int,
+        run_total: int,
+        last_good: Callable[[], object],
     ) -> None:
-        """Under ``"raise"``, read the kept flags (one host sync) and stop on a bad one.
-
-        Under torchrun every rank must call this at the same points; all of them raise
-        when any rank saw a non-finite loss.
+        """Apply the policy to what the device counted so far (the caller synced once).
 
         Args:
-            epoch: 1-based epoch (for the message).
+            epoch_count: Non-finite update steps so far in this epoch (on any rank).
+            first_step: 1-based update step of the epoch of the first one (None: unknown,
+                e.g. it was on another rank).
+            epoch: 1-based epoch, for the message.
+            run_total: Non-finite update steps in the whole run, this epoch's included.
             last_good: Returns the last good checkpoint (or None), for the message.
-            device: Where the collective runs under torchrun (the training device).
 
         Raises:
-            NonFiniteLossError: a kept flag, on this rank or another, was False.
+            NonFiniteLossError: ``"raise"`` and ``epoch_count > 0``; ``"skip"`` and
+                ``run_total > max_nonfinite_steps``.
         """
-        if self.mode != "raise":
+        if not epoch_count:
             return
-        flags, steps = self._flags, self._steps
-        self._flags, self._steps = [], []
-        bad = (~torch.stack(flags)).nonzero() if flags else None
-        if distributed.context().enabled:  # every rank takes the same decision
-            count = torch.tensor([0.0 if bad is None else float(bad.numel())], device=device)
-            if distributed.all_reduce_sum(count).item() and (bad is None or not bad.numel()):
-                raise NonFiniteLossError(
-                    f"Loss is not finite. Stopping. (epoch {epoch}, on another rank)"
-                )
-        if bad is not None and bad.numel():
+        where = (
+            f"epoch {epoch}, step {first_step}" if first_step else f"epoch {epoch}, on another rank"
+        )
+        if self.mode == "raise":
             raise NonFiniteLossError(
-                f"Loss is not finite. Stopping. (epoch {epoch}, step {steps[int(bad[0, 0])]}; "
-                f"last good checkpoint: {last_good() or 'none'})"
+                f"Loss is not finite. Stopping. ({where}; last good checkpoint: {last_good() or 'none'})"
+            )
+        if run_total > self.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"Loss is not finite: {run_total} steps skipped, more than "
+                f"max_nonfinite_steps={self.max_nonfinite_steps} (the first of {where})"
             )

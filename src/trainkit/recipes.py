@@ -25,11 +25,33 @@ if TYPE_CHECKING:
     from trainkit.schedule import WarmupCosineSchedule
     from trainkit.stopping import EarlyStopper, RunningAverage
 
-__all__ = ["NAMES", "Recipe", "by_name", "from_dict", "original", "proposed", "replace_checked"]
+__all__ = [
+    "ABLATION_GROUPS",
+    "NAMES",
+    "Recipe",
+    "by_name",
+    "from_dict",
+    "original",
+    "proposed",
+    "replace_checked",
+]
 
 NAMES = ("original", "proposed")
 _INT_BOUND = 2**63  # ints must fit int64 (torch, numpy)
 T = TypeVar("T")
+# The groups of fields in which the two pipelines differ, one ablation row each (docs/compare.md):
+# a row takes the whole group from the other recipe, so that it stays a recipe that trains
+# (the add-one row "schedule" needs the warmup and lengths along with the schedule's name).
+# The fields left out only describe or log (name, framework, lr_range, loop, best_name), or
+# are not used by the pointer model (coverage) or by training (checkpoint timing).
+ABLATION_GROUPS: dict[str, tuple[str, ...]] = {
+    "optimizer": ("optimizer", "lr", "initial_accumulator_value", "betas", "eps", "weight_decay"),
+    "schedule": ("schedule", "warmup", "schedule_epochs", "min_lr"),
+    "clip": ("max_grad_norm",),
+    "loss": ("loss", "label_smoothing", "ignore_index"),
+    "selection": ("selection", "running_avg_decay", "running_avg_clip", "patience", "min_epochs"),
+    "precision": ("precision", "amp"),
+}
 # Fields renamed in 0.2 to the parameter they feed: suggested when the old name is used.
 RENAMED = {
     "grad_clip": "max_grad_norm",

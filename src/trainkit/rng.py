@@ -12,20 +12,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainkit._validate import check_int
+
 __all__ = ["get_rng_state", "seed_everything", "set_rng_state"]
+
+_MAX_SEED = 2**64 - 1  # torch.manual_seed refuses more
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, NumPy's global RNG and torch (CPU and every CUDA device).
 
     Args:
-        seed: A non-negative integer.
+        seed: An integer in ``[0, 2**64 - 1]`` (what ``torch.manual_seed`` takes).
 
     Raises:
-        ValueError: ``seed`` is negative or not an int.
+        ValueError: ``seed`` is not an int, negative, or 2**64 or more (nothing is seeded then).
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    seed = check_int("seed", seed, minimum=0)
+    if seed > _MAX_SEED:
+        raise ValueError(f"seed must be below 2**64 (torch.manual_seed's range), got {seed}")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -490,3 +490,106 @@ def paired_difference(
     if boot.excludes_zero() != t.excludes_zero():
         statement += f" (the paired bootstrap {boot.text()} {'excludes' if boot.excludes_zero() else 'contains'} 0)"
     return PairedDifference(n, mean, sd, t, boot, verdict, statement)
+
+
+# ------------------------------------------------------------------ families of comparisons
+# Added for trainkit.sweep's reports: a p-value per comparison, Holm's adjustment over the
+# family a report tests, and the smallest effect its seeds could detect.
+__all__ += ["detectable_effect", "holm", "paired_t_p_value"]
+
+
+def paired_t_p_value(differences: Sequence[float]) -> float:
+    """The two-sided p-value of the paired t-test that the mean difference is 0.
+
+    Args:
+        differences: Paired differences, one per seed, at least :data:`MIN_SEEDS`.
+
+    Returns:
+        ``P(|T| >= |t|)`` for ``t = mean / (sd / sqrt(n))`` on ``n - 1`` degrees of freedom,
+        from the upper tail directly (accurate also far below 1e-16); NaN when every
+        difference is the same up to rounding (no spread, as in :func:`t_interval`: the test
+        is undefined).
+
+    Raises:
+        ValueError: fewer than :data:`MIN_SEEDS` values or a non-finite value.
+    """
+    array = _values(differences, "differences")
+    _check_enough(array, "differences")
+    if not _has_spread(array):
+        return math.nan
+    mean, sd = _mean_and_sd(array, "differences")
+    assert sd is not None
+    t = abs(mean) / (sd / math.sqrt(array.size))
+    log_tail, _ = _t_tail_and_centre(t, int(array.size) - 1)
+    return min(1.0, 2.0 * math.exp(log_tail))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (controls the family-wise error).
+
+    With the ``m`` p-values sorted ascending, the ``i``-th (from 1) is multiplied by
+    ``m - i + 1``, capped at 1, and made non-decreasing along the order. A comparison
+    "differs" at level ``alpha`` when its adjusted p-value is below ``alpha``.
+
+    Args:
+        p_values: One p-value per comparison of the family, each in [0, 1]; NaN for a
+            comparison that was asked but has no p-value (it still counts in ``m``, which
+            is the conservative choice, and stays NaN).
+
+    Returns:
+        The adjusted p-values, in the order given.
+
+    Raises:
+        ValueError: ``p_values`` is empty or holds a value outside [0, 1].
+    """
+    values = [float(p) for p in p_values]
+    if not values:
+        raise ValueError("p_values must hold at least one p-value, got an empty sequence")
+    for p in values:
+        if not math.isnan(p) and not 0.0 <= p <= 1.0:
+            raise ValueError(f"p_values must be in [0, 1] (or NaN), got {p!r}")
+    m = len(values)
+    order = sorted((i for i in range(m) if not math.isnan(values[i])), key=lambda i: values[i])
+    adjusted = [math.nan] * m
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def detectable_effect(
+    sd: float, n: int, level: float = 0.95, power: float = 0.8, comparisons: int = 1
+) -> float:
+    """The smallest true mean difference a paired t-test would detect with probability ``power``.
+
+    ``(t_{1 - alpha/(2 m), n-1} + t_{power, n-1}) * sd / sqrt(n)`` with ``alpha = 1 - level``
+    and ``m = comparisons`` (Bonferroni's threshold, the strictest step of Holm's): the usual
+    approximation, taking the observed ``sd`` of the paired differences as the true one.
+
+    Args:
+        sd: Standard deviation of the paired differences (>= 0).
+        n: Number of pairs (>= 2).
+        level: Confidence level in (0, 1).
+        power: Probability of detecting an effect of the returned size, in (0, 1).
+        comparisons: How many comparisons the family tests (>= 1).
+
+    Returns:
+        The effect size, in the units of the differences.
+
+    Raises:
+        ValueError: a bad ``sd``, ``n``, ``level``, ``power`` or ``comparisons``.
+    """
+    if isinstance(sd, bool) or not isinstance(sd, (int, float)) or not math.isfinite(sd) or sd < 0:
+        raise ValueError(f"sd must be a finite number >= 0, got {sd!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    _check_level(level)
+    if not (isinstance(power, (int, float)) and 0 < power < 1):
+        raise ValueError(f"power must be in (0, 1), got {power!r}")
+    if isinstance(comparisons, bool) or not isinstance(comparisons, int) or comparisons < 1:
+        raise ValueError(f"comparisons must be an integer >= 1, got {comparisons!r}")
+    alpha = (1 - level) / comparisons
+    df = int(n) - 1
+    factor = t_quantile(1 - alpha / 2, df) + t_quantile(power, df)
+    return factor * float(sd) / math.sqrt(int(n))

@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal, Protocol, SupportsFloat
 
+from trainkit._validate import check_int, shown
 from trainkit.state import require_keys
 
 __all__ = ["BestValue", "EarlyStopper", "RunningAverage", "Selector", "feed"]
@@ -57,6 +58,27 @@ def feed(selector: Selector, epoch_mean: float, batch_losses: Sequence[float]) -
     """
     feeds = getattr(selector, "feeds", "epoch_mean")
     return bool(selector.step(batch_losses if feeds == "batch_losses" else epoch_mean))
+
+
+def _check_saved_number(owner: str, key: str, value: Any, *, none_ok: bool = False) -> None:
+    """Raise unless a saved ``value`` is an int/float that is not NaN (+/-inf allowed)."""
+    if value is None and none_ok:
+        return
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or math.isnan(value):
+        raise ValueError(f"{owner} state {key!r} must be a number (not NaN), got {shown(value)}")
+
+
+def _check_saved_count(owner: str, state: Any, key: str) -> None:
+    """Raise unless ``state[key]`` (when present) is an int >= 0."""
+    if key in state:
+        check_int(f"{owner} state {key!r}", state[key], minimum=0)
+
+
+def _check_saved_flag(owner: str, state: Any, key: str) -> None:
+    """Raise unless ``state[key]`` is a bool."""
+    if not isinstance(state[key], bool):
+        raise ValueError(f"{owner} state {key!r} must be a bool, got {shown(state[key])}")
 
 
 def _as_float(name: str, value: Any) -> float:
@@ -168,11 +190,15 @@ class EarlyStopper:
             "should_stop": self.should_stop,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict`; later decisions are identical.
+    def check_state_dict(self, state: Any) -> None:
+        """Raise unless :meth:`load_state_dict` would accept ``state``; changes nothing.
+
+        The saved settings are adopted on load (a restored stopper decides as the saved one
+        did), so they are checked as the constructor checks them.
 
         Raises:
-            ValueError: a key is missing, or the saved settings are invalid.
+            ValueError: a key is missing, a saved setting is invalid, or a counter is not an
+                int >= 0, ``best`` not a number or ``should_stop`` not a bool (the key named).
         """
         require_keys(
             state,
@@ -189,6 +215,22 @@ class EarlyStopper:
             ),
             "EarlyStopper",
         )
+        try:
+            EarlyStopper(state["patience"], state["min_epochs"], state["mode"], state["min_delta"])
+        except TypeError as exc:  # a min_delta that is no number
+            raise ValueError(f"EarlyStopper state: {exc}") from None
+        _check_saved_number("EarlyStopper", "best", state["best"])
+        for key in ("best_epoch", "counter", "epoch"):
+            _check_saved_count("EarlyStopper", state, key)
+        _check_saved_flag("EarlyStopper", state, "should_stop")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict`; later decisions are identical.
+
+        Raises:
+            ValueError: as :meth:`check_state_dict` (nothing is changed then).
+        """
+        self.check_state_dict(state)
         self.__init__(state["patience"], state["min_epochs"], state["mode"], state["min_delta"])  # type: ignore[misc]
         self.best = float(state["best"])
         self.best_epoch = int(state["best_epoch"])
@@ -306,13 +348,31 @@ class RunningAverage:
             "best_epoch": self.best_epoch,
         }
 
+    def check_state_dict(self, state: Any) -> None:
+        """Raise unless :meth:`load_state_dict` would accept ``state``; changes nothing.
+
+        Raises:
+            ValueError: a key is missing, ``decay``/``clip`` are invalid, ``avg``/``best`` are
+                not numbers, ``is_best`` is not a bool or a count is not an int >= 0.
+        """
+        require_keys(state, ("decay", "clip", "avg", "best", "is_best", "count"), "RunningAverage")
+        try:
+            RunningAverage(state["decay"], state["clip"])
+        except TypeError as exc:  # a setting that is no number
+            raise ValueError(f"RunningAverage state: {exc}") from None
+        _check_saved_number("RunningAverage", "avg", state["avg"], none_ok=True)
+        _check_saved_number("RunningAverage", "best", state["best"])
+        _check_saved_flag("RunningAverage", state, "is_best")
+        for key in ("count", "nonfinite", "epoch", "best_epoch"):
+            _check_saved_count("RunningAverage", state, key)
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state from :meth:`state_dict`.
 
         Raises:
-            ValueError: a key is missing, or the saved settings are invalid.
+            ValueError: as :meth:`check_state_dict` (nothing is changed then).
         """
-        require_keys(state, ("decay", "clip", "avg", "best", "is_best", "count"), "RunningAverage")
+        self.check_state_dict(state)
         self.__init__(state["decay"], state["clip"])  # type: ignore[misc]
         self.avg = None if state["avg"] is None else float(state["avg"])
         self.best = float(state["best"])
@@ -375,13 +435,26 @@ class BestValue:
             "epoch": self.epoch,
         }
 
+    def check_state_dict(self, state: Any) -> None:
+        """Raise unless :meth:`load_state_dict` would accept ``state``; changes nothing.
+
+        Raises:
+            ValueError: a key is missing, the saved mode is unknown, ``best`` is not a number
+                or a count is not an int >= 0.
+        """
+        require_keys(state, ("mode", "best", "best_epoch", "epoch"), "BestValue")
+        BestValue(state["mode"])
+        _check_saved_number("BestValue", "best", state["best"])
+        for key in ("best_epoch", "epoch"):
+            _check_saved_count("BestValue", state, key)
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state from :meth:`state_dict`.
 
         Raises:
-            ValueError: a key is missing or the saved mode is unknown.
+            ValueError: as :meth:`check_state_dict` (nothing is changed then).
         """
-        require_keys(state, ("mode", "best", "best_epoch", "epoch"), "BestValue")
+        self.check_state_dict(state)
         self.__init__(state["mode"])  # type: ignore[misc]
         self.best = float(state["best"])
         self.best_epoch = int(state["best_epoch"])

@@ -1,14 +1,17 @@
 """A thin reference Trainer: the reference's proposed loop, built from trainkit's components.
 
-``fit`` reads like the reference's ``train()``; side jobs live in their own modules (loggers, nonfinite,
-stopping, progress, evaluation, training_state, distributed, interrupt, trainer_capture). See docs/trainer.md.
+``fit`` reads like the reference's ``train()``; the step is :class:`~trainkit.train_step.TrainStep`
+(eager, or captured in CUDA graphs on CUDA), evaluation :class:`~trainkit.evaluation.EvalStep`;
+side jobs live in their own modules (loggers, nonfinite, stopping, progress, training_state,
+distributed, interrupt). See docs/trainer.md.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +20,67 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from trainkit import distributed
+from trainkit._validate import check_choice, check_int
 from trainkit.amp import AMPStep
 from trainkit.batching import set_loader_epoch
 from trainkit.checkpoint import CheckpointError, CheckpointManager, load_model_state
-from trainkit.evaluation import ForwardFn, default_forward
+from trainkit.evaluation import EvalStep, ForwardFn, default_forward
 from trainkit.interrupt import InterruptHandler, TrainingInterrupted
-from trainkit.loggers import Logger, describe_epoch, epoch_record
+from trainkit.loggers import Logger, describe_epoch, epoch_record, restore_log
 from trainkit.metrics import RankingMetrics
 from trainkit.nonfinite import NonFiniteLossError, NonFinitePolicy
 from trainkit.progress import TrainingProgress
 from trainkit.schedule import WarmupCosineSchedule
 from trainkit.stopping import BestValue, RunningAverage, Selector, feed
-from trainkit.trainer_capture import TrainerCapture, eager_optimizer
+from trainkit.train_step import CaptureError, TrainStep, use_eager_optimizer
 from trainkit.training_state import (
     load_best,
     load_resume_state,
     load_training_state,
+    renew_last,
     training_state,
 )
 
-__all__ = ["NonFiniteLossError", "Trainer", "TrainingInterrupted", "default_forward"]
+__all__ = [
+    "NonFiniteLossError",
+    "Trainer",
+    "TrainingInterrupted",
+    "capture_reason",
+    "default_forward",
+]
 
 logger = logging.getLogger("trainkit.trainer")
+
+_CAPTURE_MODES = ("auto", True, False)
+
+
+def capture_reason(capture: bool | str, device: torch.device) -> str | None:
+    """Why the Trainer does not try capture at all (before model and optimizer); None: it may.
+
+    Args:
+        capture: ``"auto"``, True or False.
+        device: The training device.
+    """
+    if capture is False:
+        return "capture=False"
+    if device.type != "cuda":
+        return f"device is {device.type}: a CUDA graph needs CUDA"
+    return None
+
+
+def _with_last(items: Iterable[Any]) -> Iterator[tuple[int, Any, bool]]:
+    """``(index, item, is_last)`` for each item, looking one item ahead (any iterable)."""
+    iterator = iter(items)
+    try:
+        current = next(iterator)
+    except StopIteration:
+        return
+    index = 0
+    for following in iterator:
+        yield index, current, False
+        current = following
+        index += 1
+    yield index, current, True
 
 
 class Trainer:
@@ -50,23 +92,28 @@ class Trainer:
         train_loader, val_loader, test_loader: Iterables of batches; ``set_epoch(e)`` is called when they have it.
         epochs: Maximum number of epochs.
         schedule, per_step_schedule: LR as a function of the epoch (or, per step, ``epoch + step/steps``).
-        amp: The eager step (default ``AMPStep(optimizer, "fp32")``); its precision and clipping hold when captured.
-        capture: ``"auto"``: on CUDA, capture step and evaluation (docs/captured.md) where possible, else eager with
-            one log line saying why; True: capture or raise ``CaptureError``; False: eager. ``step``: reserved (None).
+        amp: Precision, clipping and gradient accumulation (default ``AMPStep(optimizer, "fp32")``);
+            they hold on the eager and the captured step alike.
+        capture: ``"auto"``: on CUDA, capture step and evaluation in CUDA graphs (docs/captured.md)
+            where possible, else eager with one log line saying why; True: capture or raise
+            ``CaptureError``; False: eager.
         selector: Model selection (``EarlyStopper``, ``RunningAverage``, default ``BestValue()``).
         checkpoints, best_name, epoch_checkpoints: Where ``best_name``/``last.pt`` go (None: nowhere);
             ``best_name`` must be pinned in the manager; also rotating ``epoch-NNNN.pt`` files.
         forward, metrics: ``forward(model, batch, device) -> (scores, targets)`` (``scores`` may be any
             object ``loss_fn`` and the metrics take); ``metrics(device=...)`` builds the evaluation metrics.
-        device, ignore_index: Where the model runs; the padding target id (None: none).
-        nonfinite, max_nonfinite_steps: ``"raise"`` or ``"skip"`` a non-finite loss, and the skip cap.
-        log_every, loggers, progress: Steps between step records; where records go; a tqdm bar.
+        device, ignore_index: Where the model runs; a padding target id left out of the evaluation's
+            loss weights and metrics (default None: every target counts).
+        nonfinite, max_nonfinite_steps: ``"raise"`` or ``"skip"`` a non-finite update step, and the skip cap.
+        log_every, loggers, progress: Update steps between step records (and an epoch's last);
+            where records go; a tqdm bar.
         config, on_epoch_end: Plain data saved in checkpoints; called with each epoch's record.
-        ema: An EMA (``update()``, ``module``, ``state_dict``): its weights are evaluated and saved.
+        ema: An EMA (``update()``, ``module``, ``state_dict``): updated once per update step; its
+            weights are evaluated and saved.
 
     Raises:
         ValueError: bad ``epochs``, ``log_every``, ``nonfinite``, ``max_nonfinite_steps``, a
-            ``best_name`` that ``checkpoints`` would rotate away, a ``step``, or a bad ``capture``.
+            ``best_name`` that ``checkpoints`` would rotate away, or a bad ``capture``.
         CaptureError: ``capture=True`` where capture is impossible (here or at the first epoch).
     """
 
@@ -90,7 +137,7 @@ class Trainer:
         forward: ForwardFn = default_forward,
         metrics: Callable[..., Any] = RankingMetrics,
         device: str | torch.device = "cpu",
-        ignore_index: int | None = 0,
+        ignore_index: int | None = None,
         nonfinite: str = "raise",
         max_nonfinite_steps: int = 100,
         log_every: int = 50,
@@ -99,55 +146,61 @@ class Trainer:
         config: dict[str, Any] | None = None,
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
         ema: Any = None,
-        step: Any = None,
         capture: bool | str = "auto",
     ) -> None:
-        for name, value in (("epochs", epochs), ("log_every", log_every)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        self.epochs = check_int("epochs", epochs, minimum=1)
+        self.log_every = check_int("log_every", log_every, minimum=1)
         if checkpoints is not None and best_name not in checkpoints.pinned:
             raise ValueError(
                 f"best_name {best_name!r} would be rotated away: pin it, "
                 f"CheckpointManager(..., pinned=({best_name!r},))"
             )
-        if step is not None:
-            raise ValueError(f"step must be None (the eager AMPStep path), got {step!r}")
-        self.nonfinite, self.device = (
-            NonFinitePolicy(nonfinite, max_nonfinite_steps),
-            torch.device(device),
-        )
+        self.capture = check_choice("capture", capture, _CAPTURE_MODES)
+        self.nonfinite = NonFinitePolicy(nonfinite, max_nonfinite_steps)
+        self.device = torch.device(device)
+        self.capture_reason = capture_reason(capture, self.device)
+        if capture is True and self.capture_reason is not None:
+            raise CaptureError(f"capture=True, but {self.capture_reason}")
         self.model, self.dist = distributed.prepare(
             model, self.device, train_loader, val_loader, test_loader
         )
-        self.capture = TrainerCapture(capture, self.device, self.nonfinite.mode)
-        self.optimizer, self.loss_fn, self.forward, self.metrics = (
-            optimizer,
-            loss_fn,
-            forward,
-            metrics,
-        )
-        self.train_loader, self.val_loader, self.test_loader = train_loader, val_loader, test_loader
-        self.epochs, self.schedule, self.per_step_schedule = epochs, schedule, per_step_schedule
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.forward = forward
+        self.metrics = metrics
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.test_loader = test_loader
+        self.schedule = schedule
+        self.per_step_schedule = per_step_schedule
         self.amp = amp if amp is not None else AMPStep(optimizer, precision="fp32")
         self.selector: Selector = selector if selector is not None else BestValue()
-        self.checkpoints, self.best_name, self.epoch_checkpoints = (
-            checkpoints,
-            best_name,
-            bool(epoch_checkpoints),
-        )
-        self.ignore_index, self.log_every, self.ema, self.on_epoch_end = (
-            ignore_index,
-            log_every,
-            ema,
-            on_epoch_end,
-        )
+        self.checkpoints = checkpoints
+        self.best_name = best_name
+        self.epoch_checkpoints = bool(epoch_checkpoints)
+        self.ignore_index = ignore_index
+        self.on_epoch_end = on_epoch_end
         main = self.dist.is_main  # only rank 0 logs and writes files
-        self.loggers, self.show_progress, self.config = (
-            list(loggers) if main else [],
-            progress and main,
-            dict(config or {}),
+        self.loggers = list(loggers) if main else []
+        self.show_progress = progress and main
+        self.config = dict(config or {})
+        self.progress = TrainingProgress()
+        self.interrupts = InterruptHandler()
+        self.step = TrainStep(
+            self.model, optimizer, loss_fn, forward, self.amp, ema=ema, nonfinite=nonfinite
         )
-        self.progress, self.interrupts = TrainingProgress(), InterruptHandler()
+        self._step_decided = False
+        self._eval_steps: dict[tuple[int, int], EvalStep] = {}
+        self.capture_seconds = 0.0
+
+    @property
+    def ema(self) -> Any:
+        """The EMA the step updates once per update step (None: none); settable."""
+        return self.step.ema
+
+    @ema.setter
+    def ema(self, value: Any) -> None:
+        self.step.ema = value
 
     # ------------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -156,23 +209,25 @@ class Trainer:
         Returns:
             ``{"validation", "test", "best_epoch", "epochs_run", "stopped_early", "fp16_overflow_steps",
             "nonfinite_steps", "train_seconds", "history", "evaluated", "capture"}`` (what weights were
-            evaluated; ``TrainerCapture.summary()``: which step ran, why, capture seconds).
+            evaluated; ``capture``: which step ran, why, capture seconds).
 
         Raises:
-            NonFiniteLossError: a non-finite loss (see ``nonfinite``).
+            NonFiniteLossError: a non-finite update step (see ``nonfinite``).
             TrainingInterrupted: SIGINT/SIGTERM, once ``last.pt`` is written.
         """
-        start, p = time.perf_counter(), self.progress
+        start = time.perf_counter()
+        p = self.progress
         with self.interrupts:  # a signal: finish the step, save last.pt, raise TrainingInterrupted
             while p.epoch < self.epochs and not p.stopped_early:
-                epoch_start, lr = time.perf_counter(), float(self.optimizer.param_groups[0]["lr"])
-                lr = lr if self.schedule is None else self.schedule.apply(self.optimizer, p.epoch)
+                epoch_start = time.perf_counter()
+                lr = float(self.optimizer.param_groups[0]["lr"])
+                if self.schedule is not None:
+                    lr = self.schedule.apply(self.optimizer, p.epoch)
                 train = self.train_epoch()
                 val = self.evaluate(self.val_loader)
                 p.epoch += 1
-                improved = distributed.broadcast_object(
-                    feed(self.selector, val["loss"], val["batch_losses"])
-                )  # on rank 0
+                improved = feed(self.selector, val["loss"], val["batch_losses"])
+                improved = distributed.broadcast_object(improved)  # rank 0 decides
                 p.stopped_early = distributed.broadcast_object(bool(self.selector.should_stop))
                 average = self.selector.avg if isinstance(self.selector, RunningAverage) else None
                 record = epoch_record(
@@ -186,132 +241,213 @@ class Trainer:
                     average,
                 )
                 logger.info("%s", describe_epoch(record, self.epochs))
-                p.history.append(
-                    record
-                )  # before saving: the checkpoint's history includes this epoch
-                self._log(
-                    record
-                )  # before saving too: a resume from this epoch's checkpoint keeps it once
+                # before saving: the checkpoint's history includes this epoch, and a resume
+                # from this epoch's checkpoint logs it once
+                p.history.append(record)
+                self._log(record)
                 record["checkpoint_seconds"] = self._save_epoch_checkpoints(improved)
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(record)
+                if p.stopped_early:
+                    self._log_early_stop()
                 self._stop_if_interrupted(saved=True)
             return self.final_evaluation(time.perf_counter() - start)
+
+    def _log_early_stop(self) -> None:
+        selector = self.selector
+        patience = getattr(selector, "patience", None)
+        rule = f" (patience {patience})" if patience is not None else ""
+        logger.info(
+            "Stopping early after epoch %d of %d: no improvement for %s epochs%s; best epoch %s",
+            self.progress.epoch,
+            self.epochs,
+            getattr(selector, "counter", "?"),
+            rule,
+            selector.best_epoch,
+        )
 
     def train_epoch(self) -> dict[str, float]:
         """Train epoch ``progress.epoch`` (0-based), from ``progress.step_in_epoch`` after a resume.
 
-        Returns: ``{"loss", "grad_norm", "fp16_overflow_steps", "nonfinite_steps"}`` of the whole epoch.
+        Returns: ``{"loss", "grad_norm", "fp16_overflow_steps", "nonfinite_steps"}`` of the whole
+        epoch: the mean finite micro-batch loss, the mean finite gradient norm over update
+        steps, and the update steps the GradScaler or the non-finite rule skipped.
         """
         p = self.progress
         self.model.train()
         set_loader_epoch(self.train_loader, p.epoch)
         steps = len(self.train_loader) if isinstance(self.train_loader, Sized) else None
-        # [loss, grad norm, finite steps, fp16 overflows, non-finite steps] on the device; restored mid-epoch
-        sums = p.epoch_sums = (
-            torch.zeros(5, device=self.device) if p.epoch_sums is None else p.epoch_sums
-        )
-        first, train_step = (
-            p.step_in_epoch,
-            self.capture.training(  # None: eager (logged once with the reason)
-                self.model,
-                self.optimizer,
-                self.loss_fn,
-                self.forward,
-                self.train_loader,
-                self.amp,
-                p,
-                self.ema,
-            )
-            or self._train_step,
-        )
+        stats = self.step.stats
+        if p.epoch_sums is None:
+            stats.reset()
+        else:  # resumed mid-epoch
+            stats.load(p.epoch_sums)
+        p.epoch_sums = stats.values  # the same tensor: a checkpoint saves the live counters
+        self._decide_capture()
+        first = p.step_in_epoch
         bar = tqdm(
             total=steps,
             initial=first,
-            desc=f"Epoch {p.epoch + 1}",
+            desc=f"Epoch {p.epoch + 1}/{self.epochs}",
             disable=not self.show_progress,
-            leave=False,
+            leave=True,
             mininterval=1.0,
         )
-        for index, batch in enumerate(self.train_loader):
+        for index, batch, is_last in _with_last(self.train_loader):
             if index < first:  # resuming mid-epoch: trained on already
                 continue
             if self.schedule is not None and self.per_step_schedule and steps:
                 self.schedule.apply(self.optimizer, p.epoch + index / steps)
-            stepped = train_step(batch, sums, index + 1)
+            updated = self.step(batch, ends_epoch=is_last)
             p.step_in_epoch = index + 1
-            if not stepped:
-                continue
             bar.update(1)
-            at_log_step = (index + 1) % self.log_every == 0
+            if not updated:  # mid-accumulation: no checkpoint, no signal handling yet
+                continue
+            p.global_step += 1
+            at_log_step = p.global_step % self.log_every == 0 or is_last
             if at_log_step:
-                self._check_nonfinite()
-                running = (sums[0] / sums[2].clamp(min=1)).item()
-                bar.set_postfix(loss=f"{running:.4f}")
-                self._log(
-                    {
-                        "step": p.global_step,
-                        "epoch": p.epoch + 1,
-                        "step_train_loss": running,
-                        "step_lr": float(self.optimizer.param_groups[0]["lr"]),
-                    }
-                )
+                self._log_step(bar)
             if self.checkpoints is not None and self.dist.is_main and self.checkpoints.due():
                 self.checkpoints.save(f"step-{p.global_step:08d}.pt", self.state_dict())
-            if (
-                at_log_step or not self.dist.enabled
-            ):  # under torchrun the ranks agree on signals at log steps
+            # under torchrun the ranks agree on signals at log steps
+            if at_log_step or not self.dist.enabled:
                 self._stop_if_interrupted(saved=False)
         bar.close()
-        self._check_nonfinite()
-        loss, grad_norm, count = distributed.all_reduce_sum(sums[:3].clone()).tolist()
-        overflow, nonfinite = (int(v) for v in sums[3:].tolist())  # the same on every rank
-        p.step_in_epoch, p.epoch_sums = 0, None
+        counts = self._check_nonfinite()
+        reduced = torch.tensor(
+            [
+                counts["loss_sum"],
+                counts["finite_micro_batches"],
+                counts["grad_norm_sum"],
+                counts["finite_norm_updates"],
+            ],
+            dtype=torch.float64,
+            device=self.device,
+        )
+        loss_sum, finite_batches, norm_sum, finite_norms = distributed.all_reduce_sum(
+            reduced
+        ).tolist()
+        overflow = int(counts["fp16_overflows"])  # the same on every rank
+        nonfinite = int(counts["nonfinite_steps"])
+        p.step_in_epoch = 0
+        p.epoch_sums = None
         p.fp16_overflow_steps += overflow
+        p.nonfinite_steps += nonfinite
         return {
-            "loss": loss / count if count else float("nan"),
-            "grad_norm": grad_norm / count if count else float("nan"),
+            "loss": loss_sum / finite_batches if finite_batches else float("nan"),
+            "grad_norm": norm_sum / finite_norms if finite_norms else float("nan"),
             "fp16_overflow_steps": overflow,
             "nonfinite_steps": nonfinite,
         }
 
-    def _train_step(self, batch: Any, sums: torch.Tensor, step: int) -> bool:
-        """One optimizer step (sums updated on the device); False when dropped for a non-finite loss."""
+    def _log_step(self, bar: Any) -> None:
+        """At a log step: apply the non-finite rule, show and log the running loss (one sync)."""
         p = self.progress
-        with self.amp.autocast():
-            scores, targets = self.forward(self.model, batch, self.device)
-            loss = self.loss_fn(scores, targets)
-        detached = loss.detach().float()
-        finite = torch.isfinite(detached)
-        if self.nonfinite.skip(finite, step):  # "skip": a host sync per step, by the user's choice
-            self.optimizer.zero_grad(set_to_none=True)
-            sums[4] += 1
-            p.nonfinite_steps += 1
-            self.nonfinite.count_skipped(p.nonfinite_steps, p.epoch + 1, step)
-            return False
-        info = self.amp.step(loss)
-        if self.ema is not None:
-            self.ema.update()
-        grad_norm = torch.where(torch.isfinite(info.grad_norm), info.grad_norm.float(), 0.0)
-        sums[:3] += torch.stack([torch.where(finite, detached, 0.0), grad_norm, finite.float()])
-        if info.found_inf is not None:  # fp16: the GradScaler skipped this update
-            sums[3] += (info.found_inf > 0).float()
-        p.global_step += 1
-        return True
+        counts = self._check_nonfinite()
+        finite = counts["finite_micro_batches"]
+        running = counts["loss_sum"] / finite if finite else float("nan")
+        bar.set_postfix(loss=f"{running:.4f}")
+        self._log(
+            {
+                "step": p.global_step,
+                "epoch": p.epoch + 1,
+                "step_train_loss": running,
+                "step_lr": float(self.optimizer.param_groups[0]["lr"]),
+            }
+        )
+
+    def _decide_capture(self) -> None:
+        """Once, at the first epoch: capture the step where possible, log which step trains."""
+        if self._step_decided:
+            return
+        self._step_decided = True
+        reason = self.capture_reason
+        if reason is None:
+            reason = self.step.why_not(loader=self.train_loader)
+        example = next(iter(self.train_loader), None) if reason is None else None
+        if reason is None and example is None:
+            reason = "the training loader is empty"
+        if reason is None:
+            try:
+                self.step.capture(example)
+            except CaptureError as exc:
+                reason = str(exc)
+            # under torchrun every rank runs the same step, or their collectives would not match
+            if not all(distributed.all_gather_object(reason is None)):
+                reason = reason or "the capture failed on another rank"
+                self.step.drop_graphs()
+        if reason is not None:
+            self.capture_reason = reason
+            if self.capture is True:
+                raise CaptureError(f"capture=True, but {reason}")
+            logger.info("training step: eager (%s)", reason)
+            return
+        self.capture_seconds += self.step.capture_seconds
+        logger.info(
+            "training step: captured in CUDA graphs (%s, accumulation %d, capture %.2f s)",
+            self.amp.precision,
+            self.amp.accumulation_steps,
+            self.step.capture_seconds,
+        )
 
     def evaluate(self, loader: Iterable[Any]) -> dict[str, Any]:
-        """:func:`trainkit.evaluation.evaluate` of the current weights (the EMA's when ``ema`` is set), captured on CUDA."""
-        return self.capture.evaluate(
-            self.ema.module if self.ema is not None else self.model,
-            loader,
+        """Loss, metrics and batch losses of the current weights (the EMA's when ``ema`` is set).
+
+        Runs :class:`~trainkit.evaluation.EvalStep`, captured on CUDA where the training step
+        may be (one graph per model and loader, built on first use; else eager, with the
+        reason logged once unless it is the training step's).
+        """
+        model = self.ema.module if self.ema is not None else self.model
+        step = self._eval_step(model, loader)
+        step.reset()
+        for batch in loader:
+            step.run(batch)
+        return step.result()
+
+    def _eval_step(self, model: nn.Module, loader: Iterable[Any]) -> EvalStep:
+        key = (id(model), id(loader))
+        if key in self._eval_steps:
+            return self._eval_steps[key]
+        step = EvalStep(
+            model,
             self.loss_fn,
-            metrics=self.metrics,
+            metrics=self.metrics(device=self.device),
             device=self.device,
             forward=self.forward,
             ignore_index=self.ignore_index,
-            autocast=self.amp.autocast,
-            precision=self.amp.precision,
+            autocast=functools.partial(self.amp.autocast, cache_enabled=False),
         )
+        if not hasattr(step.metrics, "reset"):  # a fresh metrics object each pass, eager
+            return step
+        self._eval_steps[key] = step
+        ruled_out = capture_reason(self.capture, self.device)
+        reason = ruled_out or step.why_not(loader=loader)
+        example = next(iter(loader), None) if reason is None else None
+        if reason is None and example is None:
+            reason = "the loader is empty"
+        if reason is None:
+            try:
+                step.capture(example)
+            except CaptureError as exc:
+                reason = str(exc)
+        if ruled_out is None and not all(distributed.all_gather_object(reason is None)):
+            # under torchrun every rank takes the same path, or the reductions would not match
+            reason = reason or "the capture failed on another rank"
+            step = EvalStep(
+                model,
+                self.loss_fn,
+                metrics=self.metrics(device=self.device),
+                device=self.device,
+                forward=self.forward,
+                ignore_index=self.ignore_index,
+                autocast=functools.partial(self.amp.autocast, cache_enabled=False),
+            )
+            self._eval_steps[key] = step
+        if step.captured:
+            self.capture_seconds += step.capture_seconds
+        elif reason != self.capture_reason:  # the training step's reason is logged already
+            logger.info("evaluation: eager (%s)", reason)
+        return step
 
     def final_evaluation(self, train_seconds: float = 0.0) -> dict[str, Any]:
         """Load the best model (its epoch checkpoint if it is damaged) and evaluate it on validation and test."""
@@ -347,7 +483,11 @@ class Trainer:
             "train_seconds": train_seconds,
             "history": p.history,
             "evaluated": evaluated,
-            "capture": self.capture.summary(),
+            "capture": {
+                "step": "captured" if self.step.captured else "eager",
+                "reason": self.capture_reason,
+                "seconds": self.capture_seconds,
+            },
         }
 
     def _load_weights(self, state: dict[str, Any]) -> None:
@@ -357,7 +497,9 @@ class Trainer:
 
     # ------------------------------------------------------------ selection and saving
     def _save_epoch_checkpoints(self, improved: bool) -> float:
-        names = [f"epoch-{self.progress.epoch:04d}.pt"] * self.epoch_checkpoints + ["last.pt"]
+        names = ["last.pt"]
+        if self.epoch_checkpoints:
+            names.insert(0, f"epoch-{self.progress.epoch:04d}.pt")
         weights = self.ema.module if self.ema is not None else self.model
         if improved and all(bool(torch.isfinite(t).all()) for t in weights.parameters()):
             names.insert(0, self.best_name)
@@ -373,12 +515,13 @@ class Trainer:
         """Rank 0 writes the state under ``names``; under torchrun a failure raises on every rank."""
         start, manager = time.perf_counter(), self.checkpoints
         if manager is not None:
-            distributed.on_main(
-                lambda: [
-                    manager.save(name, state) for state in [self.state_dict()] for name in names
-                ],
-                CheckpointError,
-            )
+
+            def save_all() -> None:
+                state = self.state_dict()
+                for name in names:
+                    manager.save(name, state)
+
+            distributed.on_main(save_all, CheckpointError)
         return time.perf_counter() - start
 
     def _stop_if_interrupted(self, saved: bool) -> None:
@@ -398,11 +541,29 @@ class Trainer:
             f"step {self.progress.global_step}: {where}; resume to continue"
         )
 
-    def _check_nonfinite(self) -> None:  # at a sync point: log steps, epoch end, a signal
-        self.nonfinite.check(self.progress.epoch + 1, self._last_good, self.device)
-        self.capture.check_nonfinite(
-            self.nonfinite, self.progress, self.progress.epoch_sums, self._last_good
+    def _check_nonfinite(self) -> dict[str, float]:
+        """At a sync point (log steps, epoch end, a signal): read the step's counters once and
+        apply the non-finite rule. Under torchrun every rank reaches the same decision.
+
+        Returns:
+            The counters (:meth:`~trainkit.train_step.StepStats.read`).
+        """
+        p = self.progress
+        counts = self.step.stats.read()
+        epoch_count = int(counts["nonfinite_steps"])
+        first = int(counts["first_nonfinite"])
+        first_step = first + 1 if first >= 0 else None
+        if self.dist.enabled:
+            bad = torch.tensor([float(epoch_count)], device=self.device)
+            epoch_count = max(epoch_count, int(distributed.all_reduce_sum(bad).item() > 0))
+        self.nonfinite.check(
+            epoch_count,
+            first_step,
+            epoch=p.epoch + 1,
+            run_total=p.nonfinite_steps + epoch_count,
+            last_good=self._last_good,
         )
+        return counts
 
     def _last_good(self) -> Path | None:
         return None if self.checkpoints is None else self.checkpoints.latest()
@@ -425,17 +586,18 @@ class Trainer:
         return {name: part for name, part in parts.items() if part is not None}
 
     def state_dict(self) -> dict[str, Any]:
-        """``{name: component.state_dict()}``, the progress counters, the RNG states and ``config``."""
-        self.capture.fold(self.progress.epoch_sums)  # mid-epoch: the captured step's sums too
+        """``{name: component.state_dict()}``, the progress counters, the RNG states and ``config``.
+
+        No side effects: taken between update steps, it holds everything an exact resume needs
+        (no gradient is pending there).
+        """
         return training_state(self._parts(), self.progress, self.config)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (schedule excluded); :func:`~trainkit.training_state.load_training_state`
         checks every block first and raises ``ValueError`` (one line) for a missing or unfitting one."""
         load_training_state(self._parts(), self.progress, state, self.device)
-        eager_optimizer(
-            self.optimizer
-        )  # a captured run's state on CPU: capturable off (docs/captured.md)
+        use_eager_optimizer(self.optimizer)  # a captured run's state on CPU (docs/captured.md)
 
     def resume(self, path: str | Path | None = None) -> Path:
         """Continue from ``path``, or the newest loadable checkpoint (falling back past damaged ones).
@@ -444,9 +606,11 @@ class Trainer:
         ``FileNotFoundError`` (none loads), ``CheckpointError`` or ``ValueError`` (docs/reliability.md).
         """
         chosen, state = load_resume_state(self.checkpoints, path, self.device)
-        self.load_state_dict(state)
+        self.load_state_dict(state)  # checks every block first: a refused resume changes nothing
+        if path is None:
+            renew_last(self.checkpoints, chosen, state)
         for sink in self.loggers:
-            sink.truncate(self.progress.global_step)
+            restore_log(sink, self.progress.global_step, self.progress.history)
         logger.info(
             "Resumed from %s (epoch %d, step %d)",
             chosen,

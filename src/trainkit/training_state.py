@@ -2,8 +2,10 @@
 
 The Trainer keeps its components in a name -> object mapping (Ignite's ``Checkpoint`` maps
 ``state_dict`` over such a dict the same way). :func:`load_training_state` checks every
-block before it changes anything, so a checkpoint of another model, optimizer or recipe is
-refused with one line and leaves the run as it was (docs/reliability.md).
+block before it changes anything: the keys, the counters' types, the model's keys and
+shapes, the optimizer, and each part's own ``check_state_dict(state)`` (EMA decay, stopper
+settings, k-best record...). A checkpoint of another model, optimizer or recipe is refused
+with one line and leaves the run as it was, files included (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from typing import Any
 import torch
 
 from trainkit import distributed
+from trainkit._validate import check_int, shown
 from trainkit.checkpoint import (
     CheckpointError,
     CheckpointManager,
+    check_model_state,
     load_checkpoint,
     load_model_state,
 )
@@ -27,7 +31,15 @@ from trainkit.progress import TrainingProgress
 from trainkit.rng import get_rng_state, set_rng_state
 from trainkit.state import require_keys
 
-__all__ = ["load_best", "load_resume_state", "load_training_state", "training_state"]
+__all__ = [
+    "check_counters",
+    "check_training_state",
+    "load_best",
+    "load_resume_state",
+    "load_training_state",
+    "renew_last",
+    "training_state",
+]
 
 log = logging.getLogger("trainkit.trainer")
 
@@ -36,6 +48,8 @@ _OPTIONAL = ("checkpoints",)
 # Blocks saved but never restored: the schedule is a pure function of the epoch, built from the
 # (possibly extended) run's settings; its saved state records what the run used.
 _RECORD_ONLY = ("schedule",)
+# The counters of TrainingProgress that are ints >= 0.
+_COUNTERS = ("epoch", "global_step", "step_in_epoch", "fp16_overflow_steps", "nonfinite_steps")
 
 
 def training_state(
@@ -55,6 +69,74 @@ def training_state(
     return {**blocks, **progress.state_dict(), "rng": get_rng_state(), "config": config}
 
 
+def check_counters(state: Any) -> None:
+    """Raise unless the counters of a Trainer checkpoint have their types (changes nothing).
+
+    Raises:
+        ValueError: a counter is missing, not an int >= 0 (``epoch: "three"``), ``stopped_early``
+            is not a bool, ``history`` not a list or ``epoch_sums`` neither None nor a tensor;
+            the message names the key.
+    """
+    TrainingProgress.check_state(state)
+    for key in _COUNTERS:
+        check_int(f"checkpoint key {key!r}", state[key], minimum=0)
+    if not isinstance(state["stopped_early"], bool):
+        raise ValueError(
+            f"checkpoint key 'stopped_early' must be a bool, got {shown(state['stopped_early'])}"
+        )
+    history = state["history"]
+    if not isinstance(history, list) or not all(isinstance(r, Mapping) for r in history):
+        raise ValueError(
+            f"checkpoint key 'history' must be a list of records, got {shown(history)}"
+        )
+    sums = state["epoch_sums"]
+    if sums is not None and not isinstance(sums, torch.Tensor):
+        raise ValueError(f"checkpoint key 'epoch_sums' must be a tensor or None, got {shown(sums)}")
+
+
+def check_training_state(parts: Mapping[str, Any], state: Any) -> None:
+    """Check every block of ``state`` against ``parts``; changes nothing (not even a file).
+
+    Args:
+        parts: As for :func:`training_state`; needs ``"model"`` and ``"optimizer"``.
+        state: What :func:`training_state` returned.
+
+    Raises:
+        ValueError: a block is missing, a counter mistyped, the model's keys/shapes differ,
+            the optimizer is another one, the precision differs, or a part's own
+            ``check_state_dict`` refuses its block (one line naming it).
+    """
+    restored = {name: part for name, part in parts.items() if name not in _RECORD_ONLY}
+    require_keys(
+        state, [*(name for name in restored if name not in _OPTIONAL), "rng"], "Trainer checkpoint"
+    )
+    check_counters(state)
+    check_model_state(parts["model"], state["model"])
+    check_optimizer_state(
+        parts["optimizer"], state["optimizer"]
+    )  # another recipe's checkpoint fails here
+    for name, part in _loaded_parts(parts, state).items():
+        require_keys(state[name], part.state_dict().keys(), f"{type(part).__name__} ({name!r})")
+        check = getattr(part, "check_state_dict", None)  # a user's object may not have one
+        if check is not None:
+            check(state[name])  # the part's own settings: EMA decay, k-best record, ...
+    require_keys(state["rng"], ("python", "numpy", "torch"), "RNG state ('rng')")
+    amp = parts.get("amp")
+    if amp is not None and state["amp"]["precision"] != amp.precision:
+        raise ValueError(
+            f"checkpoint precision {state['amp']['precision']!r} differs from this run's {amp.precision!r}"
+        )
+
+
+def _loaded_parts(parts: Mapping[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts other than the model whose block ``state`` holds and that are restored."""
+    return {
+        name: part
+        for name, part in parts.items()
+        if name not in _RECORD_ONLY and name != "model" and name in state
+    }
+
+
 def load_training_state(
     parts: Mapping[str, Any],
     progress: TrainingProgress,
@@ -70,46 +152,14 @@ def load_training_state(
         device: Where the mid-epoch sums go.
 
     Raises:
-        ValueError: a block is missing, another optimizer's, of another precision, or the
-            model's keys/shapes differ (one line naming it); nothing was changed then.
+        ValueError: as :func:`check_training_state`, which runs first: nothing was changed then.
     """
-    restored = {name: part for name, part in parts.items() if name not in _RECORD_ONLY}
-    require_keys(
-        state, [*(name for name in restored if name not in _OPTIONAL), "rng"], "Trainer checkpoint"
-    )
-    TrainingProgress.check_state(state)
-    if not _fits(parts["model"], state["model"]):
-        load_model_state(
-            parts["model"], state["model"]
-        )  # raises its one-line message, loads nothing
-    check_optimizer_state(
-        parts["optimizer"], state["optimizer"]
-    )  # another recipe's checkpoint fails here
-    loaded = {name: part for name, part in restored.items() if name != "model" and name in state}
-    for name, part in loaded.items():
-        require_keys(state[name], part.state_dict().keys(), f"{type(part).__name__} ({name!r})")
-    require_keys(state["rng"], ("python", "numpy", "torch"), "RNG state ('rng')")
-    amp = parts.get("amp")
-    if amp is not None and state["amp"]["precision"] != amp.precision:
-        raise ValueError(
-            f"checkpoint precision {state['amp']['precision']!r} differs from this run's {amp.precision!r}"
-        )
+    check_training_state(parts, state)
     load_model_state(parts["model"], state["model"])
-    for name, part in loaded.items():
+    for name, part in _loaded_parts(parts, state).items():
         part.load_state_dict(state[name])
     progress.load_state_dict(state, device)
     set_rng_state(state["rng"])
-
-
-def _fits(model: torch.nn.Module, state: Any) -> bool:
-    """Whether ``state`` has exactly ``model``'s keys and shapes (what ``load_model_state`` checks)."""
-    if not isinstance(state, Mapping):
-        return False
-    expected = model.state_dict()
-    return set(state) == set(expected) and all(
-        not isinstance(state[key], torch.Tensor) or state[key].shape == value.shape
-        for key, value in expected.items()
-    )
 
 
 def load_resume_state(
@@ -118,8 +168,8 @@ def load_resume_state(
     """The checkpoint to resume from: ``path``, or the newest loadable one of ``manager``.
 
     Under torchrun rank 0 picks the file and every rank loads that same file. A damaged
-    newest checkpoint is reported (one warning naming it) and the previous one used; when
-    that is not ``last.pt``, ``last.pt`` is rewritten from it so that it names the newest state.
+    newest checkpoint is reported (one warning naming it) and the previous one used. Nothing
+    is written: once the state is loaded, :func:`renew_last` rewrites ``last.pt`` from it.
 
     Returns:
         ``(path, state)``.
@@ -127,9 +177,23 @@ def load_resume_state(
     Raises:
         FileNotFoundError: no loadable checkpoint.
         CheckpointError: ``path`` cannot be loaded safely.
+        ValueError: the chosen file's counters are mistyped (one line naming the file and key).
     """
     if path is not None:
-        return Path(path), load_checkpoint(path, map_location=device)
+        chosen, state = Path(path), load_checkpoint(path, map_location=device)
+    else:
+        chosen, state = _latest(manager, device)
+    try:
+        check_counters(state)
+    except ValueError as exc:
+        raise ValueError(f"cannot resume from {chosen}: {exc}") from None
+    return chosen, state
+
+
+def _latest(
+    manager: CheckpointManager | None, device: torch.device | None
+) -> tuple[Path, dict[str, Any]]:
+    """The newest loadable checkpoint of ``manager``, the same file on every rank."""
     found = (
         manager.load_latest(map_location=device)
         if manager is not None and distributed.context().is_main
@@ -141,9 +205,25 @@ def load_resume_state(
         raise FileNotFoundError(f"no loadable checkpoint to resume from{where}")
     if found is None:  # another rank than 0
         return Path(chosen), load_checkpoint(chosen, map_location=device)
-    if found[0].name != "last.pt":  # last.pt is damaged or older: renew it
-        manager.save("last.pt", found[1])  # type: ignore[union-attr]
     return found
+
+
+def renew_last(manager: CheckpointManager | None, chosen: Path, state: Mapping[str, Any]) -> None:
+    """After a resume from ``chosen`` has loaded ``state``: rewrite ``last.pt`` from it.
+
+    When the newest loadable checkpoint was not ``last.pt`` (damaged, or older after a kill
+    between the epoch copy and ``last.pt``), ``last.pt`` then holds the state resumed from.
+    Call it only once the state is loaded, and only for a resume that picked the file itself
+    (``resume()`` without a path): a refused resume writes nothing. Only rank 0 writes.
+
+    Args:
+        manager: The run's checkpoints (None: nothing to renew).
+        chosen: The file the state came from.
+        state: The loaded state.
+    """
+    if manager is None or chosen.name == "last.pt" or not distributed.context().is_main:
+        return
+    manager.save("last.pt", state)
 
 
 def load_best(
