@@ -283,3 +283,13 @@ def test_captured_eval_matches_eager_eval() -> None:
     for key in ("loss", "acc@1", "mrr"):
         assert results[0][key] == pytest.approx(results[1][key], rel=1e-5), key
     assert results[0]["batch_losses"] == pytest.approx(results[1]["batch_losses"], rel=1e-5)
+
+
+def test_an_empty_loader_is_named_not_blamed_on_the_metrics() -> None:
+    from trainkit import evaluate
+
+    model = Tiny()
+    with pytest.raises(ValueError, match="evaluation ran no batch: the loader is empty"):
+        evaluate(
+            model, [], LOSS, metrics=RankingMetrics, device=torch.device("cpu"), forward=forward
+        )
