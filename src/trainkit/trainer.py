@@ -404,11 +404,8 @@ class Trainer:
             step.run(batch)
         return step.result()
 
-    def _eval_step(self, model: nn.Module, loader: Iterable[Any]) -> EvalStep:
-        key = (id(model), id(loader))
-        if key in self._eval_steps:
-            return self._eval_steps[key]
-        step = EvalStep(
+    def _new_eval_step(self, model: nn.Module) -> EvalStep:
+        return EvalStep(
             model,
             self.loss_fn,
             metrics=self.metrics(device=self.device),
@@ -417,6 +414,12 @@ class Trainer:
             ignore_index=self.ignore_index,
             autocast=functools.partial(self.amp.autocast, cache_enabled=False),
         )
+
+    def _eval_step(self, model: nn.Module, loader: Iterable[Any]) -> EvalStep:
+        key = (id(model), id(loader))
+        if key in self._eval_steps:
+            return self._eval_steps[key]
+        step = self._new_eval_step(model)
         if not hasattr(step.metrics, "reset"):  # a fresh metrics object each pass, eager
             return step
         self._eval_steps[key] = step
@@ -433,15 +436,7 @@ class Trainer:
         if ruled_out is None and not all(distributed.all_gather_object(reason is None)):
             # under torchrun every rank takes the same path, or the reductions would not match
             reason = reason or "the capture failed on another rank"
-            step = EvalStep(
-                model,
-                self.loss_fn,
-                metrics=self.metrics(device=self.device),
-                device=self.device,
-                forward=self.forward,
-                ignore_index=self.ignore_index,
-                autocast=functools.partial(self.amp.autocast, cache_enabled=False),
-            )
+            step = self._new_eval_step(model)
             self._eval_steps[key] = step
         if step.captured:
             self.capture_seconds += step.capture_seconds
