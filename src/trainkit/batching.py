@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from trainkit._validate import check_int
+
 __all__ = ["TensorBatches", "set_loader_epoch"]
 
 
@@ -59,8 +61,7 @@ class TensorBatches:
         lengths = {name: int(t.shape[0]) for name, t in tensors.items()}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"tensors must share their first dimension, got lengths {lengths}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        check_int("batch_size", batch_size, minimum=1)
         if drop_last and pad_to_full_batch:
             raise ValueError("drop_last and pad_to_full_batch cannot both be True")
         self.tensors = {

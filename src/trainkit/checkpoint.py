@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainkit._validate import check_choice, shown
+from trainkit._validate import check_choice, check_int, shown
 from trainkit.atomic import TMP_PREFIX, atomic_write
 from trainkit.state import require_keys
 
@@ -97,8 +97,7 @@ def _check_name(argument: str, name: Any) -> str:
 
 
 def _check_keep(argument: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{argument} must be an int >= {minimum}, got {value!r}")
+    check_int(argument, value, minimum=minimum)
 
 
 def _check_every_seconds(value: Any) -> None:

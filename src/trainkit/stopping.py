@@ -120,10 +120,8 @@ class EarlyStopper:
     def __init__(
         self, patience: int = 5, min_epochs: int = 0, mode: str = "min", min_delta: float = 0.0
     ) -> None:
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"patience must be an int >= 0, got {patience!r}")
-        if isinstance(min_epochs, bool) or not isinstance(min_epochs, int) or min_epochs < 0:
-            raise ValueError(f"min_epochs must be an int >= 0, got {min_epochs!r}")
+        check_int("patience", patience, minimum=0)
+        check_int("min_epochs", min_epochs, minimum=0)
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         min_delta = _as_float("min_delta", min_delta)
