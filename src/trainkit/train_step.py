@@ -405,11 +405,8 @@ class TrainStep:
                 pool = graph.pool()
                 self._graphs[(first, update)] = graph
             converted.restore(self.amp.scaler)
-            self.optimizer.zero_grad(set_to_none=self.amp.accumulation_steps == 1)
-            if self.amp.accumulation_steps > 1:
-                for p in self.params:
-                    if p.grad is not None:
-                        p.grad.zero_()
+            # zeroed in place: p.grad keeps referring to the buffers the graphs write
+            self.optimizer.zero_grad(set_to_none=False)
         except Exception as exc:
             self.drop_graphs()
             original.restore(keep_optimizer_objects=False)
