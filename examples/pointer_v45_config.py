@@ -112,7 +112,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         import yaml
     except ImportError:
         raise rd.UsageError(
-            "reading --config needs PyYAML: pip install 'trainkit[examples]'"
+            "reading --config needs PyYAML: pip install 'trainkit-pt[examples]'"
         ) from None
     try:
         loaded = yaml.safe_load(path.read_text())
