@@ -339,7 +339,8 @@ def _locate(key: str, fields: dict[str, dict[str, Any]], item: str) -> tuple[str
         candidates = [where for where in ("training", "model", "data") if name in fields[where]]
         known = [field for where in ("training", "model", "data") for field in fields[where]]
     if not candidates:
-        close = difflib.get_close_matches(name, known, n=1)
+        renamed = recipes.RENAMED.get(name)  # a field renamed in 0.2: its new name
+        close = [renamed] if renamed in known else difflib.get_close_matches(name, known, n=1)
         hint = (
             f" (did you mean {close[0]!r}?)"
             if close
