@@ -8,7 +8,8 @@
 Reads top to bottom: configuration (a ``trainkit.recipes`` recipe plus the settings of
 pointer_v45_config.py, changed by YAML and flags) -> data (staypoint CSV -> cached splits ->
 batches) -> model -> the recipe's components -> Trainer -> ``results.json``. Beside it:
-geolife_data.py, geolife_cache.py, synthetic_data.py, run_dir.py, compare.py (sweeps).
+geolife_data.py, geolife_cache.py, synthetic_data.py, run_dir.py, run_curves.py (curves.png),
+compare.py (sweeps).
 """
 
 from __future__ import annotations
