@@ -231,9 +231,9 @@ def configure_new_run(args: argparse.Namespace) -> tuple[Settings, dict[str, Rec
     }
     base = {name: change_recipe(recipe, flags, "--") for name, recipe in base.items()}
     for name, recipe in base.items():
-        check_int(
-            "--seed" if args.seed is not None else "seed", recipe.seed, minimum=0, maximum=SEED_MAX
-        )
+        seed_name = "--seed" if args.seed is not None else "seed"
+        check_int(seed_name, recipe.seed, minimum=0)  # a negative seed: seed_everything's message
+        check_int(seed_name, recipe.seed, minimum=0, maximum=SEED_MAX)
         if "epochs" in flags or _is_set(sections, name, "epochs"):
             if not _is_set(sections, name, "warmup"):
                 base[name] = fit_warmup(recipe)
