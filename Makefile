@@ -2,20 +2,53 @@
 # `make test`, then `make docs` in the test venv.
 #
 # Virtual environments: $(VENV) for the demo, development and docs (an editable install),
-# $(TEST_VENV) for `make test`, rebuilt on each run. PyTorch: a torch that the base Python
-# already imports is reused (the venv then sees system site-packages); otherwise
-# $(TORCH_SPEC) is installed first, from $(TORCH_INDEX) when given. Where pip has a CPU
-# build of that version at hand (as on our CI machines), that is what it takes; elsewhere,
-# for a CPU-only build instead of PyPI's CUDA one, run e.g.
-#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# $(TEST_VENV) for `make test`, rebuilt on each run.
+#
+# PyTorch is installed once per checkout and Python version, into $(TORCH_DIR), and every
+# venv sees it through a .pth file: `make demo` and `make test` share one copy (before, each
+# venv downloaded and unpacked its own, 4.8 GB with CUDA). A torch that the base Python
+# already imports is reused instead (the venv then sees system site-packages). Which build:
+#   - a machine with an NVIDIA GPU (nvidia-smi lists one): $(TORCH_SPEC) from the package
+#     index, PyPI's CUDA build;
+#   - without one: a CPU build, from a wheel pip has at hand (its find-links, as on our CI
+#     machines) or else from PyTorch's CPU index ($(TORCH_CPU_INDEX), about 200 MB);
+#   - TORCH_INDEX=URL picks the index yourself, e.g. the CPU one on a GPU machine.
 PYTHON ?= python3
 VENV ?= .venv
 TEST_VENV ?= .venv-test
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+PY_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+TORCH_DIR ?= .venv-torch-py$(PY_VERSION)
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+# `make test` runs the suite on 2 processes (pytest-xdist, a test file per process at a time:
+# module fixtures are built once); PYTEST_WORKERS=0 runs it in one.
+PYTEST_WORKERS ?= 2
 PY := $(VENV)/bin/python
 TPY := $(TEST_VENV)/bin/python
 SDIST_TREE := build/sdist-tree
+TORCH_WHEELS := build/torch-wheel
+
+# $(TORCH_DIR): torch and what it needs, installed once (see above); .done marks it complete.
+$(TORCH_DIR)/.done:
+	rm -rf $(TORCH_DIR) $(TORCH_WHEELS)
+	@test -x $(TORCH_DIR).pip/bin/python || $(PYTHON) -m venv $(TORCH_DIR).pip
+	@if [ -n "$(TORCH_INDEX)" ]; then \
+	  echo "torch: $(TORCH_SPEC) from $(TORCH_INDEX)"; \
+	  $(TORCH_DIR).pip/bin/python -m pip install -q --target $(TORCH_DIR) --index-url $(TORCH_INDEX) "$(TORCH_SPEC)"; \
+	elif [ -n "$(HAS_GPU)" ]; then \
+	  echo "torch: a GPU is here: $(TORCH_SPEC) from the package index (CUDA build)"; \
+	  $(TORCH_DIR).pip/bin/python -m pip install -q --target $(TORCH_DIR) "$(TORCH_SPEC)"; \
+	elif $(TORCH_DIR).pip/bin/python -m pip download -q --no-index --no-deps -d $(TORCH_WHEELS) "$(TORCH_SPEC)" 2>/dev/null; then \
+	  echo "torch: no GPU here: $$(ls $(TORCH_WHEELS)), a wheel pip has at hand"; \
+	  $(TORCH_DIR).pip/bin/python -m pip install -q --target $(TORCH_DIR) $(TORCH_WHEELS)/*.whl; \
+	else \
+	  echo "torch: no GPU here: the CPU build of $(TORCH_SPEC) from $(TORCH_CPU_INDEX)"; \
+	  $(TORCH_DIR).pip/bin/python -m pip install -q --target $(TORCH_DIR) --index-url $(TORCH_CPU_INDEX) "$(TORCH_SPEC)"; \
+	fi
+	rm -rf $(TORCH_DIR).pip $(TORCH_WHEELS)
+	touch $@
 
 # $(call make-venv,DIR): a venv at DIR with torch importable (see above).
 define make-venv
@@ -23,8 +56,10 @@ define make-venv
 	  if $(PYTHON) -c "import torch" 2>/dev/null; then \
 	    echo "reusing the torch of $(PYTHON)"; $(PYTHON) -m venv --system-site-packages $(1); \
 	  else $(PYTHON) -m venv $(1); fi; }
-	@$(1)/bin/python -c "import torch" 2>/dev/null || \
-	  $(1)/bin/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	@$(1)/bin/python -c "import torch" 2>/dev/null || { \
+	  $(MAKE) --no-print-directory $(TORCH_DIR)/.done && \
+	  echo "$(abspath $(TORCH_DIR))" > "$$($(1)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/_trainkit_torch.pth"; }
+	@$(1)/bin/python -c "import torch" || { echo "torch does not import in $(1)"; exit 1; }
 endef
 
 .PHONY: venv install install-dev demo test test-src test-gpu lint dist docs bench clean
@@ -52,7 +87,7 @@ test:
 	$(TPY) -m pip install -q "$$(ls dist/*.whl)[dev]"
 	mkdir -p $(SDIST_TREE) && tar -xzf dist/*.tar.gz -C $(SDIST_TREE) --strip-components=1
 	rm -rf $(SDIST_TREE)/src
-	cd $(SDIST_TREE) && TRAINKIT_TEST_INSTALLED=1 $(abspath $(TPY)) -m pytest -q -p no:cacheprovider
+	cd $(SDIST_TREE) && TRAINKIT_TEST_INSTALLED=1 $(abspath $(TPY)) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile --durations=15
 
 # On a machine with a GPU: the whole suite, CUDA tests included, against src/ with the
 # python that has a CUDA torch; writes benchmarks/results/test-gpu-<date>.txt to commit.
@@ -84,4 +119,4 @@ bench: install
 	$(PY) benchmarks/throughput.py --device cpu --quick
 
 clean:
-	rm -rf $(VENV) $(TEST_VENV) runs dist build .pytest_cache .hypothesis src/*.egg-info
+	rm -rf $(VENV) $(TEST_VENV) runs dist build .pytest_cache .hypothesis src/*.egg-info .venv-torch-py*

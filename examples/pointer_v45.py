@@ -8,7 +8,8 @@
 Reads top to bottom: configuration (a ``trainkit.recipes`` recipe plus the settings of
 pointer_v45_config.py, changed by YAML and flags) -> data (staypoint CSV -> cached splits ->
 batches) -> model -> the recipe's components -> Trainer -> ``results.json``. Beside it:
-geolife_data.py, geolife_cache.py, synthetic_data.py, run_dir.py, compare.py (sweeps).
+geolife_data.py, geolife_cache.py, synthetic_data.py, run_dir.py, run_curves.py (curves.png),
+compare.py (sweeps).
 """
 
 from __future__ import annotations
@@ -25,44 +26,51 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
+try:  # Ctrl-C while the slow imports run: one line and exit status 130, as anywhere else
+    import torch
 
-import compare
-import geolife_cache
-import geolife_data
-import run_dir as rd
-import synthetic_data
-from pointer_v45_config import (
-    DataConfig,
-    RunConfig,
-    Settings,
-    check_same_run,
-    config_sections,
-    configure_new_run,
-    resume_settings,
-)
-from pointer_v45_model import PointerV45
-from trainkit import (
-    AMPStep,
-    CheckpointError,
-    CheckpointManager,
-    EarlyStopper,
-    JSONLinesLogger,
-    LabelSmoothedNLLLoss,
-    NonFiniteLossError,
-    RankingMetrics,
-    RunningAverage,
-    TensorBoardLogger,
-    Trainer,
-    TrainingInterrupted,
-    WarmupCosineSchedule,
-    build_optimizer,
-    distributed,
-    masked_nll,
-)
-from trainkit.batching import TensorBatches
-from trainkit.recipes import Recipe
-from trainkit.rng import seed_everything
+    import compare
+    import geolife_cache
+    import geolife_data
+    import run_curves
+    import run_dir as rd
+    import synthetic_data
+    import trainkit
+    from pointer_v45_config import (
+        DataConfig,
+        RunConfig,
+        Settings,
+        check_same_run,
+        config_sections,
+        configure_new_run,
+        resume_settings,
+    )
+    from pointer_v45_model import PointerV45
+    from trainkit import (
+        AMPStep,
+        CheckpointError,
+        CheckpointManager,
+        EarlyStopper,
+        JSONLinesLogger,
+        LabelSmoothedNLLLoss,
+        NonFiniteLossError,
+        RankingMetrics,
+        RunningAverage,
+        TensorBoardLogger,
+        Trainer,
+        TrainingInterrupted,
+        WarmupCosineSchedule,
+        build_optimizer,
+        distributed,
+        masked_nll,
+    )
+    from trainkit._validate import check_float, check_int
+    from trainkit.batching import TensorBatches
+    from trainkit.recipes import Recipe
+    from trainkit.rng import seed_everything
+except KeyboardInterrupt:
+    print("interrupted (Ctrl-C) while starting: nothing was written", file=sys.stderr)
+    sys.exit(130)
 
 IMPORT_SECONDS = rd.process_seconds()  # interpreter start-up and the imports above
 log = logging.getLogger("pointer_v45")
@@ -78,7 +86,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--config", type=Path, help="YAML file (sections data, model, training, original, proposed)"
     )
     parser.add_argument("--data", type=Path, help="staypoint CSV (default: synthetic data)")
-    parser.add_argument("--epochs", type=int, help="maximum epochs (default: the recipe's 50)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help="maximum epochs (default: the recipe's 50); a warmup that does not fit and that no "
+        "config sets is reduced to EPOCHS // 10 (logged): --epochs 3 trains without warmup",
+    )
+    parser.add_argument("--lr", type=float, help="base learning rate (= --set lr=LR)")
+    parser.add_argument(
+        "--batch-size", type=int, help="samples per batch (= --set batch_size=N; default 128)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="change any config field, typed by the field (repeatable; after --config, before "
+        "the flags): --set lr=3e-4 --set model.d_model=128 --set proposed.patience=10 "
+        "(KEY: a field of training, model or data, or SECTION.FIELD)",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto")
     parser.add_argument(
         "--precision", choices=("auto", "fp32", "bf16", "fp16"), help="default: the recipe's"
@@ -115,6 +140,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--design", choices=compare.DESIGNS, help="ablate: revert (default) or add-one ladder"
     )
     parser.add_argument("--jobs", type=int, help="compare/ablate: runs at once (default: all GPUs)")
+    parser.add_argument(
+        "--limit-batches",
+        type=int,
+        metavar="N",
+        help="at most N batches per split and epoch (the first N * batch size samples)",
+    )
+    parser.add_argument(
+        "--fast-dev-run",
+        action="store_true",
+        help="check a setup in seconds: one epoch of 2 batches per split, written to a run "
+        "directory as usual (= --epochs 1 --limit-batches 2)",
+    )
+    parser.add_argument("--version", action="version", version=f"trainkit {trainkit.__version__}")
     return parser.parse_args(argv)
 
 
@@ -147,8 +185,10 @@ def make_batches(
     seed: int,
     device: torch.device,
     static: bool = False,
+    limit_batches: int | None = None,
 ) -> TensorBatches:
-    """``(x, y, x_dict)`` batches by indexing (GPU-resident on CUDA); ``static``: one shape (last padded)."""
+    """``(x, y, x_dict)`` batches by indexing (GPU-resident on CUDA); ``static``: one shape (last
+    padded); ``limit_batches``: only the first ``limit_batches * batch_size`` samples."""
     trim = (
         device.type == "cpu" and not static
     )  # on CPU, drop columns that are padding in the whole batch
@@ -161,8 +201,12 @@ def make_batches(
             batch = {k: (v[:, :length] if v.dim() == 2 else v) for k, v in batch.items()}
         return batch["x"], batch["y"], {key: batch[key] for key in X_DICT_KEYS}
 
+    tensors = geolife_data.splits_to_tensors(split)
+    if limit_batches is not None:
+        rows = limit_batches * batch_size
+        tensors = {name: tensor[:rows] for name, tensor in tensors.items()}
     return TensorBatches(
-        geolife_data.splits_to_tensors(split),
+        tensors,
         batch_size,
         shuffle=shuffle,
         seed=seed,
@@ -326,10 +370,21 @@ def _run(
     )  # padded: one batch shape
     loaders: list[Any] = [
         make_batches(
-            splits.split(name), recipe.batch_size, name == "train", recipe.seed, device, static
+            splits.split(name),
+            recipe.batch_size,
+            name == "train",
+            recipe.seed,
+            device,
+            static,
+            settings.run.limit_batches,
         )
         for name in geolife_data.SPLITS
     ]
+    if settings.run.limit_batches is not None:
+        log.info(
+            "limit_batches: at most %d batches per split and epoch (a dry run)",
+            settings.run.limit_batches,
+        )
     loaders[1] = val_timer = rd.TimedLoader(loaders[1])
     eval_seconds = [
         0.0,
@@ -408,6 +463,7 @@ def _run(
     }
     if dist.is_main:
         rd.write_json(run_dir / "results.json", results)
+        run_curves.write_curves(outcome["history"], run_dir / "curves.png", outcome["best_epoch"])
     log.info(
         "test: Acc@1 %.2f%% (seen targets %.2f%%) | Acc@5 %.2f%% | Acc@10 %.2f%% | MRR %.2f%% | NDCG %.2f%% | baseline "
         "Acc@1 %.2f%%",
@@ -420,11 +476,11 @@ def _run(
 
 # ----------------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2: bad input, 130: interrupted)."""
     args = parse_args(argv)
     rd.setup_logging(int(os.environ.get("RANK", "0")) == 0)
     try:
-        if args.epochs is not None and args.epochs < 1:
-            raise rd.UsageError(f"--epochs must be an integer >= 1, got {args.epochs}")
+        check_flags(args)
         if args.resume is not None:
             if (args.resume / "sweep.json").is_file():  # a sweep: trainkit.sweep resumes it
                 compare.resume(args, parse_args([]))
@@ -439,18 +495,41 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_one(base[kind], run_dir, False, settings)
         return 0
+    except TrainingInterrupted as exc:  # inside fit(): SIGINT/SIGTERM, last.pt written
+        print(exc, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # outside fit(): loading data, writing results, drawing a report
+        print(
+            "interrupted (Ctrl-C) outside training: what was written stays; a run with "
+            "checkpoints continues with --resume RUN_DIR",
+            file=sys.stderr,
+        )
+        return 130
     except (
         rd.UsageError,
         ValueError,
         OSError,
         CheckpointError,
         NonFiniteLossError,
-        TrainingInterrupted,
     ) as exc:
-        print(exc if isinstance(exc, TrainingInterrupted) else f"error: {exc}", file=sys.stderr)
-        return (
-            130 if isinstance(exc, TrainingInterrupted) else 2
-        )  # 130: SIGINT/SIGTERM, last.pt written
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse flag values that no config could make right, before anything is read or created.
+
+    Raises:
+        UsageError, ValueError: naming the flag.
+    """
+    if args.epochs is not None and args.epochs < 1:
+        raise rd.UsageError(f"--epochs must be an integer >= 1, got {args.epochs}")
+    if args.batch_size is not None:
+        check_int("--batch-size", args.batch_size, minimum=1)
+    if args.lr is not None:
+        check_float("--lr", args.lr, above=0.0)
+    if args.limit_batches is not None:
+        check_int("--limit-batches", args.limit_batches, minimum=1)
 
 
 def resume_main(args: argparse.Namespace) -> int:

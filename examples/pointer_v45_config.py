@@ -19,13 +19,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import json
 import logging
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import run_dir as rd
 from trainkit import recipes
+from trainkit._validate import check_int
 from trainkit.recipes import Recipe, replace_checked
 
 log = logging.getLogger("pointer_v45")
@@ -39,11 +43,15 @@ __all__ = [
     "config_sections",
     "configure",
     "configure_new_run",
+    "parse_set",
     "read_run_config",
     "read_yaml",
     "resume_settings",
     "seeds_of",
 ]
+
+# Seeds must fit every RNG they feed: NumPy's legacy seed takes 0 <= seed < 2**32.
+SEED_MAX = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,13 @@ class DataConfig:
     synthetic_days: int = 100
     synthetic_seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.max_len is not None:
+            check_int("data.max_len", self.max_len, minimum=1)
+        check_int("data.synthetic_users", self.synthetic_users, minimum=1)
+        check_int("data.synthetic_days", self.synthetic_days, minimum=1)
+        check_int("data.synthetic_seed", self.synthetic_seed, minimum=0, maximum=SEED_MAX)
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -95,6 +110,12 @@ class RunConfig:
     )
     capture: bool = True  # the captured whole step and evaluation on CUDA (--no-capture: eager)
     progress: bool = True
+    limit_batches: int | None = None  # at most this many batches per split and epoch (a dry run)
+
+    def __post_init__(self) -> None:
+        check_int("training.log_every", self.log_every, minimum=1)
+        if self.limit_batches is not None:
+            check_int("training.limit_batches", self.limit_batches, minimum=1)
 
 
 @dataclass(frozen=True)
@@ -112,7 +133,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         import yaml
     except ImportError:
         raise rd.UsageError(
-            "reading --config needs PyYAML: pip install 'trainkit[examples]'"
+            "reading --config needs PyYAML: pip install 'trainkit-pt[examples]'"
         ) from None
     try:
         loaded = yaml.safe_load(path.read_text())
@@ -177,41 +198,207 @@ def configure(
 
 
 def configure_new_run(args: argparse.Namespace) -> tuple[Settings, dict[str, Recipe]]:
-    """The recipe(s) and settings of a new run: defaults, then --config, then flags."""
-    flags = {
-        k: v
-        for k, v in (("epochs", args.epochs), ("seed", args.seed), ("precision", args.precision))
-        if v is not None
-    }
+    """The recipe(s) and settings of a new run: defaults, then --config, then --set, then flags.
+
+    When the number of epochs is set (anywhere) and the warmup, set nowhere, does not fit it,
+    the warmup becomes ``epochs // 10`` (logged). ``--fast-dev-run`` is one epoch of two
+    batches per split.
+
+    Raises:
+        UsageError: a bad ``--set`` item, section or key.
+        ValueError: a bad value, naming the key or flag (a seed outside ``[0, SEED_MAX]`` too).
+    """
+    sections = read_yaml(args.config) if args.config else {}
+    for section, values in parse_set(args.set).items():
+        existing = sections.get(section) or {}
+        if isinstance(existing, dict):  # anything else is refused by configure()
+            sections[section] = {**existing, **values}
     kind = args.recipe or "proposed"
     base = {
         name: recipes.by_name(name) for name in recipes.NAMES if kind in (name, "compare", "ablate")
     }
-    settings, base = configure(read_yaml(args.config) if args.config else {}, base)
+    settings, base = configure(sections, base)
+    flags = {
+        name: value
+        for name, value in (
+            ("epochs", 1 if args.fast_dev_run and args.epochs is None else args.epochs),
+            ("seed", args.seed),
+            ("precision", args.precision),
+            ("lr", args.lr),
+            ("batch_size", args.batch_size),
+        )
+        if value is not None
+    }
     base = {name: change_recipe(recipe, flags, "--") for name, recipe in base.items()}
     for name, recipe in base.items():
-        if args.epochs is not None and recipe.warmup is not None and recipe.warmup >= args.epochs:
-            base[name] = recipe.replace(warmup=args.epochs // 10)
-            log.info(
-                "warmup of %d epochs does not fit %d epochs: reduced to %d",
-                recipe.warmup,
-                args.epochs,
-                args.epochs // 10,
-            )
-    data = (
-        dataclasses.replace(settings.data, path=str(args.data.resolve()))
-        if args.data
-        else settings.data
-    )
-    run = dataclasses.replace(
+        seed_name = "--seed" if args.seed is not None else "seed"
+        check_int(seed_name, recipe.seed, minimum=0)  # a negative seed: seed_everything's message
+        check_int(seed_name, recipe.seed, minimum=0, maximum=SEED_MAX)
+        if "epochs" in flags or _is_set(sections, name, "epochs"):
+            if not _is_set(sections, name, "warmup"):
+                base[name] = fit_warmup(recipe)
+    data = settings.data
+    if args.data:
+        data = dataclasses.replace(data, path=str(args.data.resolve()))
+    limit_batches = settings.run.limit_batches
+    if args.limit_batches is not None:
+        limit_batches = args.limit_batches
+    elif args.fast_dev_run:
+        limit_batches = 2
+    run = replace_checked(
         settings.run,
-        device=args.device or settings.run.device,
-        compile=args.compile or settings.run.compile,
-        capture=settings.run.capture and not args.no_capture,
-        progress=not args.no_progress,
+        {
+            "device": args.device or settings.run.device,
+            "compile": args.compile or settings.run.compile,
+            "capture": settings.run.capture and not args.no_capture,
+            "progress": not args.no_progress,
+            "limit_batches": limit_batches,
+        },
+        "--",
     )
-    settings = Settings(settings.model, data, run)
-    return settings, base
+    return Settings(settings.model, data, run), base
+
+
+def _is_set(sections: dict[str, Any], recipe_name: str, key: str) -> bool:
+    """Whether ``key`` is given for the recipe ``recipe_name`` (in training or its own section)."""
+    return key in sections.get("training", {}) or key in sections.get(recipe_name, {})
+
+
+def fit_warmup(recipe: Recipe) -> Recipe:
+    """``recipe`` with a warmup that does not fit its epochs reduced to ``epochs // 10`` (logged)."""
+    if recipe.warmup is None or recipe.warmup < recipe.epochs:
+        return recipe
+    log.info(
+        "warmup of %d epochs does not fit %d epochs: reduced to %d",
+        recipe.warmup,
+        recipe.epochs,
+        recipe.epochs // 10,
+    )
+    return recipe.replace(warmup=recipe.epochs // 10)
+
+
+# --set KEY=VALUE: a value is read as its field's type; true/false words as YAML spells them.
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+_NULL = ("null", "none", "~")
+
+
+def _set_fields() -> dict[str, dict[str, Any]]:
+    """Section -> field name -> type, for every key ``--set`` can change."""
+    recipe_fields = typing.get_type_hints(Recipe)
+    recipe_fields.pop("name")
+    return {
+        "training": typing.get_type_hints(RunConfig) | recipe_fields,
+        "model": typing.get_type_hints(ModelConfig),
+        "data": typing.get_type_hints(DataConfig),
+        **{name: recipe_fields for name in recipes.NAMES},
+    }
+
+
+def parse_set(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``--set KEY=VALUE`` items as config sections, each value typed by its field.
+
+    ``KEY`` is ``field`` (looked up in training, model and data) or ``section.field``
+    (``proposed.lr`` changes only that recipe). ``null`` is None where a field allows it;
+    tuples are comma-separated (``betas=0.9,0.99``).
+
+    Returns:
+        Section -> {field: value}, to apply like a YAML file's sections.
+
+    Raises:
+        UsageError: no ``=``, an unknown section or key, or a value that is not of the
+            field's type, in one line naming the key.
+    """
+    fields = _set_fields()
+    sections: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        key, equals, text = item.partition("=")
+        key = key.strip()
+        if not equals or not key:
+            raise rd.UsageError(f"--set expects KEY=VALUE (e.g. --set lr=0.001), got {item!r}")
+        section, name = _locate(key, fields, item)
+        try:
+            value = _parse_value(text, fields[section][name])
+        except ValueError as exc:
+            raise rd.UsageError(f"--set {item}: {key} must be {exc}, got {text!r}") from None
+        sections.setdefault(section, {})[name] = value
+    return sections
+
+
+def _locate(key: str, fields: dict[str, dict[str, Any]], item: str) -> tuple[str, str]:
+    """The section and field that ``key`` (``field`` or ``section.field``) names."""
+    section, dot, name = key.rpartition(".")
+    if dot:
+        if section not in fields:
+            close = difflib.get_close_matches(section, list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(fields)})"
+            raise rd.UsageError(f"--set {item}: unknown section {section!r}{hint}")
+        candidates = [section] if name in fields[section] else []
+        known = list(fields[section])
+    else:
+        candidates = [where for where in ("training", "model", "data") if name in fields[where]]
+        known = [field for where in ("training", "model", "data") for field in fields[where]]
+    if not candidates:
+        renamed = recipes.RENAMED.get(name)  # a field renamed in 0.2: its new name
+        close = [renamed] if renamed in known else difflib.get_close_matches(name, known, n=1)
+        hint = (
+            f" (did you mean {close[0]!r}?)"
+            if close
+            else " (keys are those of a run's config.json: its training, model and data sections)"
+        )
+        raise rd.UsageError(f"--set {item}: unknown key {key!r}{hint}")
+    if len(candidates) > 1:
+        raise rd.UsageError(
+            f"--set {item}: {name!r} is a key of {' and '.join(candidates)}: name the section "
+            f"({candidates[0]}.{name}=...)"
+        )
+    return candidates[0], name
+
+
+def _parse_value(text: str, hint: Any) -> Any:
+    """``text`` read as a value of type ``hint``; ``str`` and ``Literal`` values stay text.
+
+    Raises:
+        ValueError: ``text`` is no such value; the message says what was expected.
+    """
+    stripped = text.strip()
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if stripped.lower() in _NULL:
+            return None
+        (inner,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        try:
+            return _parse_value(text, inner)
+        except ValueError as exc:
+            raise ValueError(f"null or {exc}") from None
+    if hint is bool:
+        if stripped.lower() in _TRUE:
+            return True
+        if stripped.lower() in _FALSE:
+            return False
+        raise ValueError("true or false")
+    if hint is int:
+        try:
+            return int(stripped)
+        except ValueError:
+            raise ValueError("an integer") from None
+    if hint is float:
+        try:
+            return float(stripped)
+        except ValueError:
+            raise ValueError("a number") from None
+    if typing.get_origin(hint) is tuple:
+        parts = stripped.strip("[]()").split(",")
+        kinds = typing.get_args(hint)
+        if len(kinds) != len(parts):
+            raise ValueError(f"{len(kinds)} comma-separated values")
+        values = []
+        for part, kind in zip(parts, kinds):
+            try:
+                values.append(_parse_value(part, kind))
+            except ValueError as exc:
+                raise ValueError(f"{len(kinds)} comma-separated values, each {exc}") from None
+        return tuple(values)
+    return text
 
 
 def config_sections(recipe: Recipe, settings: Settings) -> dict[str, Any]:
@@ -264,6 +451,8 @@ def seeds_of(text: str | None, first: int, many: bool) -> list[int]:
         ) from None
     if not seeds or min(seeds) < 0:
         raise rd.UsageError(f"--seeds must name at least one seed >= 0, got {text!r}")
+    if max(seeds) > SEED_MAX:
+        raise rd.UsageError(f"--seeds: seed {max(seeds)} is above {SEED_MAX} (NumPy's limit)")
     return seeds
 
 
@@ -284,7 +473,8 @@ def resume_settings(args: argparse.Namespace) -> tuple[Recipe, Settings, list[Pa
     run's), the config.json files of a comparison's runs (empty for one run).
 
     Raises:
-        UsageError: no config.json, or a flag that conflicts with the saved settings.
+        UsageError: no config.json, a flag that conflicts with the saved settings, or
+            ``--epochs`` fewer than the epochs trained already or than the warmup.
     """
     path: Path = args.resume
     found = (
@@ -293,7 +483,13 @@ def resume_settings(args: argparse.Namespace) -> tuple[Recipe, Settings, list[Pa
         else sorted(path.glob("*/config.json")) + sorted(path.glob("*/*/config.json"))
     )
     if not found and not (path / "config.json").is_file():
-        raise rd.missing_config(path)
+        raise missing_config(path)
+    for flag, given in (("--set", args.set), ("--fast-dev-run", args.fast_dev_run)):
+        if given:
+            raise rd.UsageError(
+                f"--resume {path}: {flag} cannot change a run that exists (its config.json "
+                "holds its settings); leave it out"
+            )
     recipe, settings = read_run_config(found[0] if found else path / "config.json")
     sweep = bool(found) and args.recipe in ("compare", "ablate")
     rd.check_resume_flags(
@@ -304,17 +500,71 @@ def resume_settings(args: argparse.Namespace) -> tuple[Recipe, Settings, list[Pa
             "--seed": args.seed,
             "--precision": args.precision,
             "--data": args.data and str(args.data.resolve()),
+            "--lr": args.lr,
+            "--batch-size": args.batch_size,
+            "--limit-batches": args.limit_batches,
         },
         {
             "--recipe": recipe.name,
             "--seed": recipe.seed,
             "--precision": recipe.precision,
             "--data": settings.data.path,
+            "--lr": recipe.lr,
+            "--batch-size": recipe.batch_size,
+            "--limit-batches": settings.run.limit_batches,
         },
     )
     run = dataclasses.replace(
         settings.run, device=args.device or settings.run.device, progress=not args.no_progress
     )
     if args.epochs is not None:  # a longer (or shorter) run
+        if not found:
+            check_resume_epochs(path, recipe, args.epochs)
         recipe = change_recipe(recipe, {"epochs": args.epochs}, "--")
     return recipe, dataclasses.replace(settings, run=run), found
+
+
+def missing_config(run_dir: Path) -> rd.UsageError:
+    """The error for ``--resume`` of a directory without ``config.json``: a deleted one beside
+    checkpoints is named as such."""
+    checkpoints = run_dir / "checkpoints"
+    saved = sorted(checkpoints.glob("*.pt")) if checkpoints.is_dir() else []
+    if saved:
+        return rd.UsageError(
+            f"--resume {run_dir}: its config.json is missing (deleted?) beside {len(saved)} "
+            "checkpoint file(s): the run's settings are in config.json; restore it to resume"
+        )
+    return rd.missing_config(run_dir)
+
+
+def epochs_trained(run_dir: Path) -> int:
+    """The epochs a run has finished, from its ``metrics.jsonl`` (0 without one)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    done = 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+            done = max(done, record["epoch"])
+    return done
+
+
+def check_resume_epochs(run_dir: Path, recipe: Recipe, epochs: int) -> None:
+    """Refuse ``--resume RUN --epochs N`` when the run has trained more than N epochs, or when N
+    is shorter than the run's warmup (the schedule of the epochs trained would change)."""
+    done = epochs_trained(run_dir)
+    if epochs < done:
+        finish = f" (or leave it out to finish its {recipe.epochs})" if recipe.epochs > done else ""
+        raise rd.UsageError(
+            f"--resume {run_dir} --epochs {epochs}: the run has trained {done} epochs already; "
+            f"give --epochs {done} or more{finish}"
+        )
+    if recipe.schedule != "fixed" and recipe.warmup is not None and recipe.warmup > epochs:
+        raise rd.UsageError(
+            f"--resume {run_dir} --epochs {epochs}: shorter than the run's warmup of "
+            f"{recipe.warmup} epochs; give --epochs {recipe.warmup} or more"
+        )

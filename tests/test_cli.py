@@ -22,7 +22,9 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import pointer_v45  # noqa: E402
 import pointer_v45_config  # noqa: E402
+import run_curves  # noqa: E402
 import run_dir  # noqa: E402
+import trainkit  # noqa: E402
 from trainkit import recipes  # noqa: E402
 
 RESULT_KEYS = ("acc@1", "acc@5", "acc@10", "mrr", "ndcg", "f1", "loss", "acc@1_seen")
@@ -119,6 +121,35 @@ def one_line_error(code: int, err: str) -> str:
             ["--recipe", "compare", "--seeds", "two"],
             "--seeds must be a count or a comma-separated list",
         ),
+        (["--seed", str(2**63 - 1)], f"--seed must be an int in [0, {2**32 - 1}], got {2**63 - 1}"),
+        (["--seed", "-1"], "--seed must be an int >= 0, got -1"),
+        (
+            ["--recipe", "compare", "--seed", str(2**32 - 1), "--seeds", "2"],
+            f"--seeds: seed {2**32} is above {2**32 - 1}",
+        ),
+        (["--batch-size", "0"], "--batch-size must be an int >= 1, got 0"),
+        (["--lr", "-1"], "--lr must be a finite number > 0.0, got -1.0"),
+        (["--lr", "nan"], "--lr must be a finite number > 0.0, got nan"),
+        (["--limit-batches", "0"], "--limit-batches must be an int >= 1, got 0"),
+        (["--set", "lr"], "--set expects KEY=VALUE (e.g. --set lr=0.001), got 'lr'"),
+        (["--set", "=1"], "--set expects KEY=VALUE"),
+        (["--set", "lr=abc"], "--set lr=abc: lr must be a number, got 'abc'"),
+        (["--set", "lr=nan"], "training.lr must be a finite number, got nan"),
+        (["--set", "learning_rate=0.1"], "--set learning_rate=0.1: unknown key 'learning_rate'"),
+        (["--set", "warmup_epochs=1"], "unknown key 'warmup_epochs' (did you mean 'warmup'?)"),
+        (["--set", "modl.d_model=3"], "unknown section 'modl' (did you mean 'model'?)"),
+        (["--set", "model.lr=0.1"], "--set model.lr=0.1: unknown key 'model.lr'"),
+        (["--set", "compile=maybe"], "--set compile=maybe: compile must be true or false"),
+        (["--set", "model.num_layers=1.5"], "model.num_layers must be an integer, got '1.5'"),
+        (["--set", "data.max_len=ten"], "data.max_len must be null or an integer, got 'ten'"),
+        (["--set", "betas=0.9,x"], "betas must be null or 2 comma-separated values, each a number"),
+        (["--set", "betas=0.9"], "betas must be null or 2 comma-separated values, got '0.9'"),
+        (["--set", "optimizer=sgd"], "training.optimizer must be one of 'adagrad', 'adamw'"),
+        (
+            ["--set", "data.synthetic_seed=-1"],
+            "data.synthetic_seed must be an int in [0, 4294967295]",
+        ),
+        (["--set", "seed=4294967296"], f"seed must be an int in [0, {2**32 - 1}], got {2**32}"),
     ],
 )
 def test_bad_input_gives_one_line_error(
@@ -151,6 +182,13 @@ def test_bad_input_gives_one_line_error(
         ),
         ("data:\n  max_len: ten\n", "data.max_len must be a 64-bit integer or null, got 'ten'"),
         ("data:\n  path: 5\n", "data.path must be a string or null, got 5"),
+        (
+            "data:\n  synthetic_seed: -1\n",
+            "data.synthetic_seed must be an int in [0, 4294967295], got -1",
+        ),
+        ("data:\n  synthetic_users: 0\n", "data.synthetic_users must be an int >= 1, got 0"),
+        ("training:\n  seed: -3\n", "seed must be an int >= 0, got -3"),
+        ("training:\n  limit_batches: 0\n", "training.limit_batches must be an int >= 1, got 0"),
         (
             "data:\n  path: [a.csv, b.csv]\n",
             "data.path must be a string or null, got ['a.csv', 'b.csv']",
@@ -408,3 +446,246 @@ def test_run_dir_lock_names_the_holder(tmp_path: Path) -> None:
                 pass
     with run_dir.locked(tmp_path):  # released
         pass
+
+
+# ------------------------------------------------------------- flags, dry runs, interrupts
+
+
+def test_version_prints_trainkit_version(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        pointer_v45.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"trainkit {trainkit.__version__}"
+
+
+def test_help_says_that_a_warmup_that_does_not_fit_is_reduced(capsys) -> None:
+    with pytest.raises(SystemExit):
+        pointer_v45.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "reduced to EPOCHS // 10 (logged)" in help_text
+    for flag in ("--set KEY=VALUE", "--lr", "--batch-size", "--fast-dev-run", "--limit-batches"):
+        assert flag in help_text, flag
+
+
+def test_set_values_are_typed_by_their_fields() -> None:
+    sections = pointer_v45_config.parse_set(
+        [
+            "lr=3e-4",
+            "batch_size=32",
+            "model.d_model=32",
+            "dropout=0.1",
+            "proposed.patience=10",
+            "betas=0.9,0.99",
+            "max_len=null",
+            "data.path=5",
+            "compile=yes",
+            "precision=bf16",
+        ]
+    )
+    assert sections == {
+        "training": {
+            "lr": 3e-4,
+            "batch_size": 32,
+            "betas": (0.9, 0.99),
+            "compile": True,
+            "precision": "bf16",
+        },
+        "model": {"d_model": 32, "dropout": 0.1},
+        "proposed": {"patience": 10},
+        "data": {"max_len": None, "path": "5"},
+    }
+
+
+def test_set_and_flags_reach_the_recipe_in_order_config_set_flags(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("training: {lr: 0.1, batch_size: 16}\nmodel: {d_model: 8}\n")
+    args = pointer_v45.parse_args(
+        [
+            *("--config", str(config), "--recipe", "compare"),
+            *("--set", "lr=0.2", "--set", "batch_size=24", "--set", "proposed.patience=9"),
+            *("--set", "model.nhead=2", "--lr", "0.3"),
+        ]
+    )
+    settings, chosen = pointer_v45_config.configure_new_run(args)
+    assert {recipe.lr for recipe in chosen.values()} == {0.3}  # the flag wins over --set
+    assert {recipe.batch_size for recipe in chosen.values()} == {24}  # --set wins over --config
+    assert chosen["proposed"].patience == 9 and chosen["original"].patience is None
+    assert (settings.model.d_model, settings.model.nhead) == (8, 2)
+
+
+@pytest.mark.parametrize(
+    "argv, warmup",
+    [
+        (["--epochs", "3"], 0),
+        (["--set", "epochs=20"], 5),  # fits
+        (["--set", "epochs=4"], 0),
+        (["--set", "epochs=30", "--set", "warmup=2"], 2),
+        (["--fast-dev-run"], 0),
+    ],
+)
+def test_a_warmup_that_does_not_fit_the_epochs_is_reduced_and_logged(
+    argv: list[str], warmup: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pointer_v45")
+    _, chosen = pointer_v45_config.configure_new_run(pointer_v45.parse_args(argv))
+    assert chosen["proposed"].warmup == warmup
+    assert ("reduced to 0" in caplog.text) == (warmup == 0)
+
+
+def test_an_explicit_warmup_that_does_not_fit_is_refused(tmp_path: Path, capsys) -> None:
+    code = pointer_v45.main(
+        [*("--set", "epochs=3", "--set", "warmup=5"), "--out", str(tmp_path), "--device", "cpu"]
+    )
+    assert "warmup must be <= total (3), got 5" in one_line_error(code, capsys.readouterr().err)
+
+
+def test_fast_dev_run_trains_two_batches_of_one_epoch_into_a_run_directory(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.replace("epochs: 1", "epochs: 30"))
+    out = tmp_path / "runs"
+    args = ["--config", str(config), "--fast-dev-run", "--out", str(out), "--device", "cpu"]
+    assert pointer_v45.main([*args, "--no-progress"]) == 0
+    (run,) = out.iterdir()
+    results = json.loads((run / "results.json").read_text())
+    assert results["epochs_run"] == 1
+    config_json = json.loads((run / "config.json").read_text())
+    assert config_json["training"]["limit_batches"] == 2
+    assert config_json["training"]["epochs"] == 1
+    (record,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert record["step"] == 2  # two batches, where the split holds three
+    assert record["val_count"] <= 2 * 64
+    assert (run / "curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_finished_run_has_curves_beside_its_results(tiny_runs: dict[str, Path]) -> None:
+    for run in tiny_runs.values():
+        assert (run / "results.json").is_file()
+        assert (run / "curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_curves_are_skipped_with_one_line_without_matplotlib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pointer_v45")
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import raises ImportError
+    history = [{"epoch": 1, "train_loss": 2.0, "val_loss": 1.5, "val_acc@1": 30.0}]
+    assert run_curves.write_curves(history, tmp_path / "curves.png") is None
+    assert not (tmp_path / "curves.png").exists()
+    (line,) = [r.getMessage() for r in caplog.records if "curves" in r.getMessage()]
+    assert "matplotlib is not installed" in line
+
+
+def test_curves_draw_every_epoch_of_the_history(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    history = [
+        {"epoch": epoch, "train_loss": 3.0 / epoch, "val_loss": float("nan"), "val_acc@1": 10.0}
+        for epoch in (1, 2, 3)
+    ]
+    path = run_curves.write_curves(history, tmp_path / "curves.png", best_epoch=2)
+    assert path == tmp_path / "curves.png" and path.read_bytes().startswith(b"\x89PNG")
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # no temporary file left
+    assert run_curves.write_curves([], tmp_path / "none.png") is None
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stage", ["load_data", "results.json", "curves"])
+def test_ctrl_c_outside_fit_is_one_line_and_exit_130(
+    stage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    if stage == "load_data":
+        monkeypatch.setattr(pointer_v45, "load_data", _interrupt)
+    elif stage == "results.json":
+        write_json = run_dir.write_json
+
+        def interrupted_results(path: Path, value) -> None:
+            if path.name == "results.json":
+                raise KeyboardInterrupt
+            write_json(path, value)
+
+        monkeypatch.setattr(run_dir, "write_json", interrupted_results)
+    else:
+        monkeypatch.setattr(run_curves, "write_curves", _interrupt)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    argv = ["--config", str(config), "--out", str(tmp_path / "runs"), "--no-progress"]
+    try:
+        code = pointer_v45.main([*argv, "--device", "cpu"])
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main()")
+    err = capsys.readouterr().err
+    assert code == 130
+    assert err.startswith("interrupted (Ctrl-C)") and len(err.strip().splitlines()) == 1, err
+
+
+def test_ctrl_c_while_importing_is_one_line_and_exit_130() -> None:
+    """A KeyboardInterrupt raised by the import of one of the example's modules (as Ctrl-C
+    during the slow imports does)."""
+    code = (
+        "import runpy, sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'geolife_cache':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        f"sys.path.insert(0, {str(ROOT / 'examples')!r})\n"
+        f"sys.argv = [{str(SCRIPT)!r}, '--no-progress']\n"
+        f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip() == "interrupted (Ctrl-C) while starting: nothing was written"
+
+
+def test_resume_with_fewer_epochs_than_trained_is_one_clear_line(
+    tiny_runs: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    run = copy_run(tiny_runs, "proposed", tmp_path)
+    assert pointer_v45.main(["--resume", str(run), "--epochs", "3", "--no-progress"]) == 0
+    capsys.readouterr()
+    code = pointer_v45.main(["--resume", str(run), "--epochs", "2", "--no-progress"])
+    err = one_line_error(code, capsys.readouterr().err)
+    assert "the run has trained 3 epochs already; give --epochs 3 or more" in err
+    assert json.loads((run / "results.json").read_text())["epochs_run"] == 3  # untouched
+
+
+def test_resume_with_fewer_epochs_than_the_warmup_is_one_clear_line(tmp_path: Path) -> None:
+    recipe = recipes.proposed()  # warmup 5 of 50 epochs, nothing trained yet
+    with pytest.raises(run_dir.UsageError, match="shorter than the run's warmup of 5 epochs"):
+        pointer_v45_config.check_resume_epochs(tmp_path, recipe, 4)
+    pointer_v45_config.check_resume_epochs(tmp_path, recipe, 5)  # fits
+
+
+def test_a_deleted_config_json_beside_checkpoints_is_named(
+    tiny_runs: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    run = copy_run(tiny_runs, "proposed", tmp_path)
+    (run / "config.json").unlink()
+    err = one_line_error(pointer_v45.main(["--resume", str(run)]), capsys.readouterr().err)
+    assert "its config.json is missing" in err and "checkpoint file(s)" in err
+    assert "stopped before it started" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--set", "lr=0.1"], "--set cannot change a run that exists"),
+        (["--fast-dev-run"], "--fast-dev-run cannot change a run that exists"),
+        (["--lr", "0.1"], "--lr 0.1 conflicts with the run's"),
+        (["--batch-size", "7"], "--batch-size 7 conflicts with the run's 64"),
+        (["--limit-batches", "1"], "--limit-batches 1 conflicts with the run's None"),
+    ],
+)
+def test_resume_refuses_flags_that_would_change_the_run(
+    argv: list[str], message: str, tiny_runs: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    run = copy_run(tiny_runs, "proposed", tmp_path)
+    code = pointer_v45.main(["--resume", str(run), *argv, "--no-progress"])
+    assert message in one_line_error(code, capsys.readouterr().err)

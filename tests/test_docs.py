@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import pathlib
 import re
 import traceback
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,65 @@ def test_recipe_table_matches_recipes() -> None:
             assert documented == actual and type(documented) is type(actual), (
                 f"docs/recipes.md says {recipe.name}.{field} = {documented!r}, recipes says {actual!r}"
             )
+
+
+_LINK = re.compile(r"\]\(([\w./-]*\.md)?#([^)\s]+)\)")
+_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$")
+
+
+def _mkdocs_slug(heading: str) -> str:
+    """The anchor that mkdocs (Python-Markdown's ``toc`` extension) gives a heading."""
+    text = re.sub(r"[`*_]", "", heading)
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    text = re.sub(r"[^\w\s-]", "", text).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def _github_slug(heading: str) -> str:
+    """The anchor that GitHub gives a heading (each space one hyphen, punctuation dropped)."""
+    text = re.sub(r"[`*]", "", heading).strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def _headings(path: Path) -> list[str]:
+    """The headings of a markdown file, outside code fences."""
+    headings = []
+    fence = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = _FENCE.match(line.strip())
+        if match and (fence is None or match.group(1) == fence):
+            fence = match.group(1) if fence is None else None
+            continue
+        heading = _HEADING.match(line)
+        if fence is None and heading:
+            headings.append(heading.group(1))
+    return headings
+
+
+def test_every_anchor_link_names_a_heading_in_mkdocs_and_on_github() -> None:
+    broken = []
+    for path in sorted(DOCS.glob("*.md")):
+        text = path.read_text(encoding="utf-8")
+        for match in _LINK.finditer(text):
+            target = DOCS / match.group(1) if match.group(1) else path
+            if not target.is_file():
+                continue  # a missing page is mkdocs' --strict build's to report
+            headings = _headings(target)
+            anchor = match.group(2)
+            for slug in (_mkdocs_slug, _github_slug):
+                if anchor not in {slug(heading) for heading in headings}:
+                    broken.append(f"{path.name}: #{anchor} ({slug.__name__})")
+    assert not broken, f"anchor links that name no heading: {broken}"
+
+
+@pytest.mark.parametrize(
+    ("page", "line", "code"), [param for param in SNIPPETS if param.values[0] == "checkpoint.md"]
+)
+def test_checkpoint_snippets_hold_where_pathlib_lives_in_pathlib_local(
+    page: str, line: int, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Python 3.13 ``PosixPath.__module__`` is ``pathlib._local``, and messages name it so."""
+    for kind in (pathlib.PosixPath, pathlib.WindowsPath, pathlib.Path):
+        monkeypatch.setattr(kind, "__module__", "pathlib._local")
+    test_snippet_runs(page, line, code, tmp_path, monkeypatch)

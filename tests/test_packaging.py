@@ -55,6 +55,25 @@ def test_license_and_metadata() -> None:
     assert f"pip install {DIST}" in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
+def test_project_urls_point_at_the_repository() -> None:
+    urls = pyproject()["project"]["urls"]
+    assert set(urls) == {"Homepage", "Documentation", "Changelog", "Issues"}, urls
+    assert all(url.startswith("https://github.com/trainkit/trainkit-pt") for url in urls.values())
+
+
+def test_install_hints_name_this_distribution() -> None:
+    """``pip install 'trainkit[...]'`` would install an unrelated project: hints say trainkit-pt."""
+    wrong = re.compile(r"""pip install ['"]?trainkit(\[|['"\s]|$)""")
+    files = [ROOT / "README.md", *(ROOT / "examples").glob("*.py"), *(ROOT / "docs").glob("*.md")]
+    found = [
+        f"{path.relative_to(ROOT)}: {line.strip()}"
+        for path in files
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if wrong.search(line)
+    ]
+    assert not found, found
+
+
 @installed_only
 def test_trainkit_is_imported_from_the_installed_wheel() -> None:
     package = Path(trainkit.__file__).resolve().parent
