@@ -125,7 +125,7 @@ def one_line_error(code: int, err: str) -> str:
         (["--seed", "-1"], "--seed must be an int >= 0, got -1"),
         (
             ["--recipe", "compare", "--seed", str(2**32 - 1), "--seeds", "2"],
-            f"--seeds: seed {2**32} is above {2**32 - 1}",
+            f"--seeds 2 from seed {2**32 - 1}: the seeds must lie in [0, {2**32 - 1}]",
         ),
         (["--batch-size", "0"], "--batch-size must be an int >= 1, got 0"),
         (["--lr", "-1"], "--lr must be a finite number > 0.0, got -1.0"),

@@ -238,7 +238,8 @@ class RankingMetrics:
         if self._sums is None:
             if self.num_classes is None:
                 raise ValueError(
-                    "no update yet and num_classes unknown: pass num_classes to RankingMetrics"
+                    "RankingMetrics saw no batch (is the validation or test loader empty?); "
+                    "to report an empty evaluation, pass num_classes to RankingMetrics"
                 )
             self._allocate(self.num_classes, self.device or torch.device("cpu"))
         assert self._sums is not None
