@@ -50,16 +50,12 @@ try:  # Ctrl-C while the slow imports run: one line and exit status 130, as anyw
         AMPStep,
         CheckpointError,
         CheckpointManager,
-        EarlyStopper,
         JSONLinesLogger,
-        LabelSmoothedNLLLoss,
         NonFiniteLossError,
         RankingMetrics,
-        RunningAverage,
         TensorBoardLogger,
         Trainer,
         TrainingInterrupted,
-        WarmupCosineSchedule,
         build_optimizer,
         distributed,
         masked_nll,
@@ -236,21 +232,9 @@ def build_trainer(
     """The recipe's optimizer, schedule, loss, precision, selection rule and checkpoints, from its
     fields alone (never its name, so an ablation row trains as its fields say)."""
     optimizer = build_optimizer(model, recipe.optimizer, **recipe.optimizer_kwargs())
-    schedule = (
-        None
-        if recipe.schedule == "fixed"
-        else WarmupCosineSchedule(
-            recipe.lr,
-            recipe.warmup or 0,
-            recipe.schedule_epochs or recipe.epochs,
-            recipe.min_lr or 0.0,
-        )
-    )
-    loss_fn: Any = (
-        original_loss
-        if recipe.loss == "masked_nll"
-        else LabelSmoothedNLLLoss(recipe.label_smoothing, ignore_index=recipe.ignore_index or 0)
-    )
+    # the recipe's checked builders: a field they need that is None is a one-line ValueError
+    schedule = None if recipe.schedule == "fixed" else recipe.lr_schedule()
+    loss_fn: Any = original_loss if recipe.loss == "masked_nll" else recipe.label_smoothed_loss()
     amp = AMPStep(
         optimizer,
         precision=recipe.precision,
@@ -258,9 +242,7 @@ def build_trainer(
         device_type=device.type,
     )
     selector: Any = (
-        EarlyStopper(patience=recipe.patience or 0, min_epochs=recipe.min_epochs or 0)
-        if recipe.selection == "early_stopping"
-        else RunningAverage(recipe.running_avg_decay or 0.99, recipe.running_avg_clip or 12.0)
+        recipe.early_stopper() if recipe.selection == "early_stopping" else recipe.running_average()
     )
     if recipe.loop == "infinite":
         log.info("the original loop never ends on its own; running %d epochs", recipe.epochs)
