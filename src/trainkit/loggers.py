@@ -25,6 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from trainkit._validate import shown
 from trainkit.atomic import atomic_write
+from trainkit.records import describe_epoch, epoch_record, is_step_record
 
 __all__ = [
     "CSVLogger",
@@ -112,69 +113,6 @@ def _history_at(
         if isinstance(at, int) and at <= step and str(record.get("epoch")) not in present:
             missing.append({"step": at, **record})  # as log() writes it: "step" first
     return missing
-
-
-def is_step_record(record: Mapping[str, Any]) -> bool:
-    """Whether ``record`` is a per-step record (it has ``"step_train_loss"``)."""
-    return "step_train_loss" in record
-
-
-def epoch_record(
-    epoch: int,
-    step: int,
-    lr: float,
-    train: Mapping[str, float],
-    val: Mapping[str, Any],
-    improved: bool,
-    seconds: float,
-    running_avg_loss: float | None = None,
-) -> dict[str, Any]:
-    """An epoch record: the Trainer's ``train_epoch`` and ``evaluate`` results under the logged names.
-
-    Args:
-        epoch, step: Completed epochs and the global step at the epoch's end.
-        lr, train, val: The epoch's LR, training sums and validation result (``batch_losses`` is dropped).
-        improved, seconds: Whether the selector saw a new best; the epoch's wall time.
-        running_avg_loss: A ``RunningAverage`` selector's average (None: no such key).
-
-    Returns:
-        ``{"epoch", "step", "lr", "train_loss", "grad_norm", "fp16_overflow_steps", "nonfinite_steps",
-        "val_loss", "val_<metric>"..., ["running_avg_loss"], "improved", "epoch_seconds"}``.
-    """
-    record: dict[str, Any] = {
-        "epoch": epoch,
-        "step": step,
-        "lr": lr,
-        "train_loss": train["loss"],
-        "grad_norm": train["grad_norm"],
-        "fp16_overflow_steps": train["fp16_overflow_steps"],
-        "nonfinite_steps": train["nonfinite_steps"],
-        "val_loss": val["loss"],
-    }
-    record.update(
-        (f"val_{key}", value) for key, value in val.items() if key not in ("loss", "batch_losses")
-    )
-    if running_avg_loss is not None:
-        record["running_avg_loss"] = running_avg_loss
-    record.update(improved=improved, epoch_seconds=seconds)
-    return record
-
-
-def describe_epoch(record: Mapping[str, Any], epochs: int) -> str:
-    """The one console line of an epoch record ("Epoch 3/50 | LR: ... | Val: ... | Acc@1: ...")."""
-    skipped = "".join(
-        f" | skipped: {record[key]} ({why})"
-        for key, why in (
-            ("fp16_overflow_steps", "fp16 overflow"),
-            ("nonfinite_steps", "non-finite loss"),
-        )
-        if record.get(key)
-    )
-    acc = f"{record['val_acc@1']:.2f}%" if "val_acc@1" in record else "-"
-    return (
-        f"Epoch {record['epoch']}/{epochs} | LR: {record['lr']:.2e} | Train: {record['train_loss']:.4f} | "
-        f"Val: {record['val_loss']:.4f} | Acc@1: {acc}{skipped}{'  * new best' if record.get('improved') else ''}"
-    )
 
 
 def _check_kind(kind: str) -> None:

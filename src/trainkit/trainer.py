@@ -26,10 +26,11 @@ from trainkit.batching import set_loader_epoch
 from trainkit.checkpoint import CheckpointError, CheckpointManager, load_model_state
 from trainkit.evaluation import EvalStep, ForwardFn, default_forward
 from trainkit.interrupt import InterruptHandler, TrainingInterrupted
-from trainkit.loggers import Logger, describe_epoch, epoch_record, restore_log
+from trainkit.loggers import Logger, restore_log
 from trainkit.metrics import RankingMetrics
 from trainkit.nonfinite import NonFiniteLossError, NonFinitePolicy
 from trainkit.progress import TrainingProgress
+from trainkit.records import describe_epoch, epoch_record
 from trainkit.schedule import WarmupCosineSchedule
 from trainkit.stopping import BestValue, RunningAverage, Selector, feed
 from trainkit.train_step import CaptureError, TrainStep, use_eager_optimizer
