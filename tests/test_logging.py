@@ -122,7 +122,7 @@ def test_tensorboard_scalars_use_the_jsonl_names(tmp_path: Path, build_trainer) 
     numeric = {
         k
         for k, v in epochs[0].items()
-        if isinstance(v, (int, float)) and k not in ("epoch", "step")
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "step")
     }
     assert numeric <= tags
     assert {"step_train_loss", "step_lr"} <= tags

@@ -70,7 +70,8 @@ def test_sweep_a_user_file_with_two_jobs_then_resume_and_report(tmp_path: Path) 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = tmp_path / "runs" / "lr"
     assert f"report: {out / 'report.md'}" in proc.stdout
-    assert "6 runs on 2 processes (CPU, 1 thread each)" in proc.stdout
+    where = "GPUs 0" if torch.cuda.is_available() else "CPU, 1 thread each"
+    assert f"6 runs on 2 processes ({where}" in proc.stdout
     assert "6/6 this session, all done" in proc.stdout
     report = (out / "report.md").read_text()
     assert "# sweep: slow vs fast, 3 seeds" in report and "| loss |" in report

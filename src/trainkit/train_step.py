@@ -432,13 +432,16 @@ class TrainStep:
         self._bound_groups = list(self.optimizer.param_groups)
 
     def _variants(self) -> list[tuple[bool, bool]]:
-        """The (first micro-batch, update) kinds a run meets, in the order they run."""
+        """The (first micro-batch, update) kinds a run meets, in the order they usually run.
+
+        With k > 1 the last, ``(True, True)``, is an epoch's flush of a one-micro-batch window.
+        """
         k = self.amp.accumulation_steps
         if k == 1:
             return [(True, True)]
         if k == 2:
-            return [(True, False), (False, True)]
-        return [(True, False), (False, False), (False, True)]
+            return [(True, False), (False, True), (True, True)]
+        return [(True, False), (False, False), (False, True), (True, True)]
 
     def drop_graphs(self) -> None:
         """Go back to the eager step (e.g. when another rank could not capture)."""
