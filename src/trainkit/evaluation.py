@@ -172,6 +172,12 @@ class EvalStep:
             "batch_losses": losses,
         }
 
+    def drop_graphs(self) -> None:
+        """Go back to eager batches (e.g. when another rank could not capture)."""
+        self._graph = None
+        self._inputs = None
+        self._graph_loss = None
+
     def why_not(self, *, example_batch: Any = None, loader: Any = None) -> str | None:
         """Why this evaluation cannot be captured, in one line; None when it can."""
         _, reason = cuda_device(self.model)

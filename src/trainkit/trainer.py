@@ -69,6 +69,38 @@ def capture_reason(capture: bool | str, device: torch.device) -> str | None:
     return None
 
 
+def _capture_or_reason(
+    step: TrainStep | EvalStep, loader: Iterable[Any], ruled_out: str | None, empty: str
+) -> str | None:
+    """Capture ``step`` from ``loader``'s first batch; None when it is captured, else why not.
+
+    Under torchrun every rank reaches the same outcome (one collective whenever capture was
+    not ruled out for all ranks alike): if any rank could not capture, all drop their graphs,
+    so the ranks' collectives keep matching.
+
+    Args:
+        step: The training or evaluation step.
+        loader: Its loader (checked for static shapes; its first batch is the example).
+        ruled_out: A reason that holds on every rank before looking (``capture_reason``).
+        empty: The reason to give for an empty loader.
+    """
+    if ruled_out is not None:
+        return ruled_out
+    reason = step.why_not(loader=loader)
+    example = next(iter(loader), None) if reason is None else None
+    if reason is None and example is None:
+        reason = empty
+    if reason is None:
+        try:
+            step.capture(example)
+        except CaptureError as exc:
+            reason = str(exc)
+    if not all(distributed.all_gather_object(reason is None)):
+        reason = reason or "the capture failed on another rank"
+        step.drop_graphs()
+    return reason
+
+
 def _with_last(items: Iterable[Any]) -> Iterator[tuple[int, Any, bool]]:
     """``(index, item, is_last)`` for each item, looking one item ahead (any iterable)."""
     iterator = iter(items)
@@ -362,21 +394,9 @@ class Trainer:
         if self._step_decided:
             return
         self._step_decided = True
-        reason = self.capture_reason
-        if reason is None:
-            reason = self.step.why_not(loader=self.train_loader)
-        example = next(iter(self.train_loader), None) if reason is None else None
-        if reason is None and example is None:
-            reason = "the training loader is empty"
-        if reason is None:
-            try:
-                self.step.capture(example)
-            except CaptureError as exc:
-                reason = str(exc)
-            # under torchrun every rank runs the same step, or their collectives would not match
-            if not all(distributed.all_gather_object(reason is None)):
-                reason = reason or "the capture failed on another rank"
-                self.step.drop_graphs()
+        reason = _capture_or_reason(
+            self.step, self.train_loader, self.capture_reason, "the training loader is empty"
+        )
         if reason is not None:
             self.capture_reason = reason
             if self.capture is True:
@@ -425,20 +445,7 @@ class Trainer:
             return step
         self._eval_steps[key] = step
         ruled_out = capture_reason(self.capture, self.device)
-        reason = ruled_out or step.why_not(loader=loader)
-        example = next(iter(loader), None) if reason is None else None
-        if reason is None and example is None:
-            reason = "the loader is empty"
-        if reason is None:
-            try:
-                step.capture(example)
-            except CaptureError as exc:
-                reason = str(exc)
-        if ruled_out is None and not all(distributed.all_gather_object(reason is None)):
-            # under torchrun every rank takes the same path, or the reductions would not match
-            reason = reason or "the capture failed on another rank"
-            step = self._new_eval_step(model)
-            self._eval_steps[key] = step
+        reason = _capture_or_reason(step, loader, ruled_out, "the loader is empty")
         if step.captured:
             self.capture_seconds += step.capture_seconds
         elif reason != self.capture_reason:  # the training step's reason is logged already
