@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from trainkit._graph import is_fused
 from trainkit._validate import check_choice, check_float, check_int
 from trainkit.capturable_adagrad import adagrad_step
 from trainkit.state import require_keys
@@ -71,10 +72,6 @@ def resolve_precision(precision: str, device_type: str) -> str:
     if device_type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16"
     return "fp32"
-
-
-def _is_fused(optimizer: torch.optim.Optimizer) -> bool:
-    return all(bool(group.get("fused")) for group in optimizer.param_groups)
 
 
 class AMPStep:
@@ -276,7 +273,7 @@ class AMPStep:
                 found_inf = grad_norm.new_zeros(())
             scaler.step(optimizer)  # fused: found_inf handed to the kernel, no host sync
             scaler.update()
-        elif _is_fused(optimizer):
+        elif is_fused(optimizer):
             if skip is None:
                 optimizer.step()
             else:  # the fused kernel skips the update where found_inf is 1
