@@ -101,6 +101,12 @@ def _capture_or_reason(
     return reason
 
 
+def _acc1_text(result: dict[str, Any] | None) -> str:
+    if result is None or "acc@1" not in result:
+        return "-"
+    return f"{result['acc@1']:.2f}%"
+
+
 def _with_last(items: Iterable[Any]) -> Iterator[tuple[int, Any, bool]]:
     """``(index, item, is_last)`` for each item, looking one item ahead (any iterable)."""
     iterator = iter(items)
@@ -464,17 +470,14 @@ class Trainer:
             p.epoch,
             self.device,
         )
-        validation, test = (
-            {k: v for k, v in self.evaluate(loader).items() if k != "batch_losses"}
-            if loader is not None
-            else None
-            for loader in (self.val_loader, self.test_loader)
+        validation = self._final_metrics(self.val_loader)
+        test = self._final_metrics(self.test_loader)
+        logger.info(
+            "Best model (%s) | Val Acc@1: %s | Test Acc@1: %s",
+            evaluated,
+            _acc1_text(validation),
+            _acc1_text(test),
         )
-        acc = [
-            "-" if r is None or "acc@1" not in r else f"{r['acc@1']:.2f}%"
-            for r in (validation, test)
-        ]
-        logger.info("Best model (%s) | Val Acc@1: %s | Test Acc@1: %s", evaluated, *acc)
         return {
             "validation": validation,
             "test": test,
@@ -492,6 +495,13 @@ class Trainer:
                 "seconds": self.capture_seconds,
             },
         }
+
+    def _final_metrics(self, loader: Iterable[Any] | None) -> dict[str, Any] | None:
+        if loader is None:
+            return None
+        result = self.evaluate(loader)
+        del result["batch_losses"]
+        return result
 
     def _load_weights(self, state: dict[str, Any]) -> None:
         if self.ema is not None:
