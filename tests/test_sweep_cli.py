@@ -1,4 +1,10 @@
-"""The ``trainkit`` command (``python -m trainkit``) on a user's own 20-line training file."""
+"""The ``trainkit`` command on a user's own 20-line training file.
+
+Under ``make test`` (``TRAINKIT_TEST_INSTALLED=1``) the command is the console script that
+``pip install`` of the built wheel put beside the test venv's python, so the docs' promise
+(``pip install trainkit-pt`` then ``trainkit sweep ...``) is run as written; elsewhere it is
+``python -m trainkit`` against ``src/``.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import torch
 from trainkit.sweep.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
+INSTALLED = os.environ.get("TRAINKIT_TEST_INSTALLED") == "1"
 USER_FILE = """\
 import torch
 
@@ -33,10 +40,21 @@ def train(config, seed, run_dir):
 """
 
 
+def command() -> list[str]:
+    """The installed ``trainkit`` script under ``make test``, else ``python -m trainkit``."""
+    if INSTALLED:
+        script = Path(sys.executable).parent / "trainkit"
+        assert script.is_file(), f"pip install of the wheel put no trainkit command at {script}"
+        return [str(script)]
+    return [sys.executable, "-m", "trainkit"]
+
+
 def trainkit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    if INSTALLED:
+        env.pop("PYTHONPATH")  # only the wheel
     return subprocess.run(
-        [sys.executable, "-m", "trainkit", *args],
+        [*command(), *args],
         cwd=cwd,
         env=env,
         capture_output=True,
