@@ -164,19 +164,19 @@ def test_summary_is_mean_and_sample_sd(xs: list[float]) -> None:
         (lambda: stats.summarize([1.0, math.nan]), "values must be finite"),
         (
             lambda: stats.t_interval([1.0, 2.0, 3.0], level=1.5),
-            "level must be in \\(0, 1\\), got 1.5",
+            "level must be a finite number in \\(0, 1\\), got 1.5",
         ),
         (
             lambda: stats.bootstrap_interval([1.0, 2.0, 3.0], resamples=10),
-            "resamples must be an integer >= 100, got 10",
+            "resamples must be an int >= 100, got 10",
         ),
-        (lambda: stats.t_quantile(0.975, 0), "df must be an integer in \\[1, 1000000\\], got 0"),
+        (lambda: stats.t_quantile(0.975, 0), "df must be an int in \\[1, 1000000\\], got 0"),
         (
             lambda: stats.t_quantile(0.975, stats.T_MAX_DF + 1),
-            "df must be an integer in \\[1, 1000000\\], got 1000001",
+            "df must be an int in \\[1, 1000000\\], got 1000001",
         ),
         (lambda: stats.t_quantile(5e-324, 1), "p=5e-324: the t quantile for df=1 exceeds"),
-        (lambda: stats.t_quantile(True, 3), "p must be in \\(0, 1\\), got True"),
+        (lambda: stats.t_quantile(True, 3), "p must be a finite number in \\(0, 1\\), got True"),
         (
             lambda: stats.summarize([1.7e308, -1.7e308]),
             "values: the sample standard deviation overflows float64",
@@ -189,7 +189,7 @@ def test_summary_is_mean_and_sample_sd(xs: list[float]) -> None:
             lambda: stats.t_interval([1.7e308, 1.0e308, 1.5e308]),
             "differences: the interval's upper bound overflows float64",
         ),
-        (lambda: stats.t_quantile(1.0, 3), "p must be in \\(0, 1\\), got 1.0"),
+        (lambda: stats.t_quantile(1.0, 3), "p must be a finite number in \\(0, 1\\), got 1.0"),
     ],
 )
 def test_bad_input_names_the_argument(call, message: str) -> None:

@@ -151,7 +151,7 @@ def test_detectable_effect_is_the_power_formula() -> None:
     by_hand = (stats.t_quantile(1 - 0.05 / 6 / 2, 4) + stats.t_quantile(0.8, 4)) * sd / math.sqrt(n)
     assert stats.detectable_effect(sd, n, comparisons=6) == pytest.approx(by_hand)
     assert stats.detectable_effect(sd, 20) < stats.detectable_effect(sd, 5)
-    with pytest.raises(ValueError, match="n must be an integer >= 2"):
+    with pytest.raises(ValueError, match="n must be an int >= 2"):
         stats.detectable_effect(sd, 1)
 
 

@@ -164,5 +164,5 @@ def test_bad_arguments_are_refused() -> None:
         WandbLogger("")
     with pytest.raises(ValueError, match="mode must be"):
         WandbLogger(mode="cloud")
-    with pytest.raises(ValueError, match="step must be a non-negative int, got -1"):
+    with pytest.raises(ValueError, match="step must be an int >= 0, got -1"):
         WandbLogger().truncate(-1)

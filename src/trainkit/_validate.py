@@ -65,6 +65,7 @@ def check_float(
     minimum: float | None = None,
     maximum: float | None = None,
     above: float | None = None,
+    below: float | None = None,
 ) -> float:
     """Return ``float(value)`` if it is a finite real number within the bounds.
 
@@ -73,6 +74,7 @@ def check_float(
         value: What was passed (an int or float; not a bool or a string).
         minimum, maximum: Inclusive bounds (None: unbounded).
         above: An exclusive lower bound (``above=0``: strictly positive).
+        below: An exclusive upper bound (``above=0, below=1``: the open interval (0, 1)).
 
     Returns:
         ``value`` as a ``float``.
@@ -80,7 +82,13 @@ def check_float(
     Raises:
         ValueError: not a real number, not finite, or out of bounds.
     """
-    bounds = _bounds(minimum, maximum) + ("" if above is None else f" > {above}")
+    bounds = _bounds(minimum, maximum)
+    if above is not None and below is not None:
+        bounds += f" in ({above}, {below})"
+    elif above is not None:
+        bounds += f" > {above}"
+    elif below is not None:
+        bounds += f" < {below}"
     what = f"{name} must be a finite number{bounds}, got {shown(value)}"
     if isinstance(value, (bool, str, bytes)) or value is None:
         raise ValueError(what)
@@ -94,6 +102,7 @@ def check_float(
         (minimum is not None and number < minimum)
         or (maximum is not None and number > maximum)
         or (above is not None and number <= above)
+        or (below is not None and number >= below)
     ):
         raise ValueError(what)
     return number

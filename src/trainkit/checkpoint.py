@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainkit._validate import check_choice, check_int, shown
+from trainkit._validate import check_choice, check_float, check_int, shown
 from trainkit.atomic import TMP_PREFIX, atomic_write
 from trainkit.state import require_keys
 
@@ -103,12 +103,7 @@ def _check_keep(argument: str, value: Any, minimum: int) -> None:
 def _check_every_seconds(value: Any) -> None:
     if value is None:
         return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not (0 < float(value) < math.inf)
-    ):
-        raise ValueError(f"every_seconds must be a finite number > 0 or None, got {value!r}")
+    check_float("every_seconds", value, above=0)
 
 
 def _metric_value(value: Any) -> float:
@@ -547,13 +542,7 @@ class CheckpointManager:
         )
         _check_keep("keep_last", state["keep_last"], minimum=1)
         _check_every_seconds(state["every_seconds"])
-        since = state["seconds_since_save"]
-        if (
-            isinstance(since, bool)
-            or not isinstance(since, (int, float))
-            or not math.isfinite(since)
-        ):
-            raise ValueError(f"seconds_since_save must be a finite number, got {since!r}")
+        check_float("seconds_since_save", state["seconds_since_save"])
         saved = state.get("saved", self._saved)
         if not isinstance(saved, list):
             raise ValueError(f"saved must be a list of file names, got {saved!r}")

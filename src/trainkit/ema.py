@@ -9,7 +9,6 @@ step and evaluate or save :attr:`EMA.module`.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -44,15 +43,7 @@ class EMA:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if (
-            isinstance(decay, bool)
-            or not isinstance(decay, (int, float))
-            or not math.isfinite(decay)
-        ):
-            raise ValueError(f"decay must be a number in [0, 1], got {decay!r}")
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"decay must be in [0, 1], got {decay!r}")
-        self.decay = float(decay)
+        self.decay = check_float("decay", decay, minimum=0.0, maximum=1.0)
         self.model = model
         self.module = AveragedModel(
             model, device=device, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from trainkit._validate import shown
+from trainkit._validate import check_int, shown
 from trainkit.atomic import atomic_write
 from trainkit.records import describe_epoch, epoch_record, is_step_record
 
@@ -121,8 +121,7 @@ def _check_kind(kind: str) -> None:
 
 
 def _check_step(step: int) -> None:
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be a non-negative int, got {step!r}")
+    check_int("step", step, minimum=0)
 
 
 class JSONLinesLogger:

@@ -19,16 +19,10 @@ from typing import Any
 
 import torch
 
+from trainkit._validate import check_float, check_int
 from trainkit.state import require_keys
 
 __all__ = ["WarmupCosineSchedule"]
-
-
-def _check_finite(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
 
 
 class WarmupCosineSchedule:
@@ -54,8 +48,7 @@ class WarmupCosineSchedule:
 
     Raises:
         ValueError: ``base_lr <= 0``, ``min_lr < 0``, ``min_lr > base_lr``, ``warmup < 0``,
-            ``total <= 0``, ``warmup > total``, or any non-finite value.
-        TypeError: a non-numeric argument.
+            ``total <= 0``, ``warmup > total``, or any non-finite or non-numeric value.
     """
 
     def __init__(self, base_lr: float, warmup: float, total: float, min_lr: float = 0.0) -> None:
@@ -65,7 +58,7 @@ class WarmupCosineSchedule:
             ("total", total),
             ("min_lr", min_lr),
         ):
-            _check_finite(name, value)
+            check_float(name, value)
         if base_lr <= 0:
             raise ValueError(f"base_lr must be > 0, got {base_lr!r}")
         if min_lr < 0:
@@ -163,15 +156,8 @@ class WarmupCosineSchedule:
         Warns:
             UserWarning: step mode with ``0 < warmup <= 1`` (no warmup per step, see ``apply``).
         """
-        if steps_per_epoch is not None and (
-            not isinstance(steps_per_epoch, int)
-            or isinstance(steps_per_epoch, bool)
-            or steps_per_epoch < 1
-        ):
-            raise ValueError(
-                f"steps_per_epoch must be a positive int or None, got {steps_per_epoch!r}"
-            )
         if steps_per_epoch is not None:
+            check_int("steps_per_epoch", steps_per_epoch, minimum=1)
             self._warn_if_no_step_warmup()
         return _ScheduleLR(optimizer, self, steps_per_epoch)
 

@@ -39,6 +39,8 @@ from typing import Literal
 
 import numpy as np
 
+from trainkit._validate import check_float, check_int
+
 __all__ = [
     "MIN_SEEDS",
     "Interval",
@@ -153,8 +155,7 @@ def _values(values: Sequence[float], name: str) -> np.ndarray:
 
 
 def _check_level(level: float) -> None:
-    if not (isinstance(level, (int, float)) and 0 < level < 1):
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    check_float("level", level, above=0, below=1)
 
 
 def _check_enough(array: np.ndarray, name: str) -> None:
@@ -319,11 +320,8 @@ def t_quantile(p: float, df: int) -> float:
             ``p`` so close to 0 or 1 that the quantile exceeds float64's range (only
             ``df = 1`` with ``p`` below about 1e-308).
     """
-    if isinstance(p, bool) or not (isinstance(p, (int, float)) and 0 < p < 1):
-        raise ValueError(f"p must be in (0, 1), got {p!r}")
-    if isinstance(df, bool) or not isinstance(df, (int, np.integer)) or not 1 <= df <= T_MAX_DF:
-        raise ValueError(f"df must be an integer in [1, {T_MAX_DF}], got {df!r}")
-    degrees = int(df)
+    check_float("p", p, above=0, below=1)
+    degrees = check_int("df", df, minimum=1, maximum=T_MAX_DF)
     if p == 0.5:
         return 0.0
     tail = min(p, 1.0 - p)  # exact: 1 - p has no rounding for p in [0.5, 1)
@@ -410,8 +408,7 @@ def bootstrap_interval(
     array = _values(differences, "differences")
     _check_enough(array, "differences")
     _check_level(level)
-    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 100:
-        raise ValueError(f"resamples must be an integer >= 100, got {resamples!r}")
+    check_int("resamples", resamples, minimum=100)
     if not _has_spread(array):
         return Interval(math.nan, math.nan, float(level), "paired bootstrap", degenerate=True)
     rng = np.random.default_rng(rng_seed)
@@ -580,15 +577,11 @@ def detectable_effect(
     Raises:
         ValueError: a bad ``sd``, ``n``, ``level``, ``power`` or ``comparisons``.
     """
-    if isinstance(sd, bool) or not isinstance(sd, (int, float)) or not math.isfinite(sd) or sd < 0:
-        raise ValueError(f"sd must be a finite number >= 0, got {sd!r}")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    check_float("sd", sd, minimum=0)
+    check_int("n", n, minimum=2)
     _check_level(level)
-    if not (isinstance(power, (int, float)) and 0 < power < 1):
-        raise ValueError(f"power must be in (0, 1), got {power!r}")
-    if isinstance(comparisons, bool) or not isinstance(comparisons, int) or comparisons < 1:
-        raise ValueError(f"comparisons must be an integer >= 1, got {comparisons!r}")
+    check_float("power", power, above=0, below=1)
+    check_int("comparisons", comparisons, minimum=1)
     alpha = (1 - level) / comparisons
     df = int(n) - 1
     factor = t_quantile(1 - alpha / 2, df) + t_quantile(power, df)

@@ -9,7 +9,6 @@ training function finds whatever an earlier attempt left (its checkpoints) and r
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -239,13 +238,10 @@ def read_record(out_dir: Path, spec: Mapping[str, Any], row: str, seed: int) -> 
             "(the row was edited after this run finished)"
         )
     record["result"] = check_result(record.get("result"), f"{path}: field 'result'")
-    seconds = record.get("seconds")
-    if (
-        isinstance(seconds, bool)
-        or not isinstance(seconds, (int, float))
-        or not math.isfinite(seconds)
-    ):
-        raise SweepError(f"{path}: field 'seconds' must be a number")
+    try:
+        check_float(f"{path}: field 'seconds'", record.get("seconds"))
+    except ValueError as error:
+        raise SweepError(str(error)) from None
     return record
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainkit._validate import shown
+from trainkit._validate import check_int, shown
 from trainkit.sweep.rundir import SweepError, read_json
 
 __all__ = [
@@ -119,10 +119,10 @@ def check_seeds(seeds: Any, where: str) -> list[int]:
     if len(seeds) > MAX_SEEDS:
         raise SweepError(f"{where} holds {len(seeds)} seeds, more than {MAX_SEEDS}")
     for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-            raise SweepError(
-                f"{where}: every seed must be an int in [0, {MAX_SEED}], got {shown(seed)}"
-            )
+        try:
+            check_int(f"{where}: every seed", seed, minimum=0, maximum=MAX_SEED)
+        except ValueError as error:
+            raise SweepError(str(error)) from None
     counts = collections.Counter(seeds)
     repeated = sorted(seed for seed, count in counts.items() if count > 1)
     if repeated:
