@@ -231,6 +231,9 @@ def build_trainer(
 ) -> Trainer:
     """The recipe's optimizer, schedule, loss, precision, selection rule and checkpoints, from its
     fields alone (never its name, so an ablation row trains as its fields say)."""
+    log.info("recipe: %s", recipe.describe())
+    for departure in recipe.departures():  # e.g. --lr outside the reference's range
+        log.info("recipe %s differs from its reference: %s", recipe.name, departure)
     optimizer = build_optimizer(model, recipe.optimizer, **recipe.optimizer_kwargs())
     # the recipe's checked builders: a field they need that is None is a one-line ValueError
     schedule = None if recipe.schedule == "fixed" else recipe.lr_schedule()

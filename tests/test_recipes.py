@@ -211,7 +211,6 @@ def test_ablation_groups_cover_every_training_difference_of_the_two_recipes():
     describe_only = {
         "name",
         "framework",
-        "lr_range",
         "coverage_optional",
         "cov_loss_wt",
         "checkpoint_every_seconds",
@@ -222,3 +221,49 @@ def test_ablation_groups_cover_every_training_difference_of_the_two_recipes():
     assert set(grouped) <= differ  # no group names a field the recipes agree on
     for fields in recipes.ABLATION_GROUPS.values():  # every group changes something
         assert any(getattr(original, f) != getattr(proposed, f) for f in fields)
+
+
+def test_describe_names_the_reference_and_what_trains():
+    assert recipes.original().describe() == (
+        "original (reference: TensorFlow 1.x): adagrad lr 0.15, fixed, clip 2, masked_nll, "
+        "running_average, fp32, coverage loss optional (weight 1.0)"
+    )
+    assert recipes.proposed().describe() == (
+        "proposed (reference: PyTorch): adamw lr 0.00065, warmup_cosine, clip 0.8, "
+        "label_smoothed_nll, early_stopping, AMP (precision auto)"
+    )
+
+
+def test_the_reference_recipes_and_every_ablation_row_depart_from_nothing():
+    from trainkit.sweep import ablation_rows
+
+    original, proposed = recipes.original(), recipes.proposed()
+    assert original.departures() == [] and proposed.departures() == []
+    for base, other in ((proposed, original), (original, proposed)):
+        rows, _ = ablation_rows(
+            base.to_dict(), other.to_dict(), recipes.ABLATION_GROUPS, all_name="all"
+        )
+        for name, row in rows.items():
+            assert recipes.from_dict(row).departures() == [], name
+
+
+@pytest.mark.parametrize(
+    "changes, departure",
+    [
+        ({"lr": 3e-4}, None),  # the low end of the quoted range
+        ({"lr": 1e-3}, "lr 0.001 is outside the 0.0003 to 0.00065 that the reference quotes"),
+        (
+            {"precision": "fp32"},
+            "the reference used mixed precision, this recipe's precision is fp32",
+        ),
+        ({"cov_loss_wt": 1.0}, "cov_loss_wt 1 is set, but this pipeline has no coverage loss"),
+    ],
+)
+def test_departures_name_each_setting_that_leaves_the_reference(changes, departure):
+    departures = recipes.proposed().replace(**changes).departures()
+    assert departures == ([] if departure is None else [departure])
+
+
+def test_a_single_valued_lr_range_is_named_as_one_value():
+    departures = recipes.original().replace(lr=0.1).departures()
+    assert departures == ["lr 0.1 is outside the 0.15 that the reference quotes"]

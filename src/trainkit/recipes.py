@@ -42,10 +42,18 @@ T = TypeVar("T")
 # The groups of fields in which the two pipelines differ, one ablation row each (docs/compare.md):
 # a row takes the whole group from the other recipe, so that it stays a recipe that trains
 # (the add-one row "schedule" needs the warmup and lengths along with the schedule's name).
-# The fields left out only describe or log (name, framework, lr_range, loop, best_name), or
+# The fields left out only describe or log (name, framework, loop, best_name), or
 # are not used by the pointer model (coverage) or by training (checkpoint timing).
 ABLATION_GROUPS: dict[str, tuple[str, ...]] = {
-    "optimizer": ("optimizer", "lr", "initial_accumulator_value", "betas", "eps", "weight_decay"),
+    "optimizer": (
+        "optimizer",
+        "lr",
+        "lr_range",
+        "initial_accumulator_value",
+        "betas",
+        "eps",
+        "weight_decay",
+    ),
     "schedule": ("schedule", "warmup", "schedule_epochs", "min_lr"),
     "clip": ("max_grad_norm",),
     "loss": ("loss", "label_smoothing", "ignore_index"),
@@ -138,6 +146,51 @@ class Recipe:
             "eps": self.eps,
             "weight_decay": self.weight_decay,
         }
+
+    def describe(self) -> str:
+        """One line naming the pipeline: its reference framework and what it trains with.
+
+        Returns:
+            For example ``"proposed (reference: PyTorch): adamw lr 0.00065, warmup_cosine,
+            clip 0.8, label_smoothed_nll, early_stopping, AMP (precision auto)"``.
+        """
+        precision = f"AMP (precision {self.precision})" if self.amp else f"{self.precision}"
+        coverage = (
+            f", coverage loss optional (weight {self.cov_loss_wt})"
+            if self.coverage_optional
+            else ""
+        )
+        return (
+            f"{self.name} (reference: {self.framework}): {self.optimizer} lr {self.lr:g}, "
+            f"{self.schedule}, clip {self.max_grad_norm:g}, {self.loss}, {self.selection}, "
+            f"{precision}{coverage}"
+        )
+
+    def departures(self) -> list[str]:
+        """Where this recipe's settings leave the reference facts it also records.
+
+        The descriptive fields (``lr_range``, ``amp``, ``coverage_optional``) state what the
+        reference did; a recipe changed with :meth:`replace` (``--lr``, ``--set``) can leave
+        them. Nothing is refused: the example logs each line, so a run's log says it.
+
+        Returns:
+            One sentence per departure (empty: the recipe is as the reference describes).
+        """
+        found = []
+        low, high = self.lr_range
+        if not low <= self.lr <= high:
+            span = f"{low:g}" if low == high else f"{low:g} to {high:g}"
+            found.append(f"lr {self.lr:g} is outside the {span} that the reference quotes")
+        if self.amp != (self.precision != "fp32"):
+            found.append(
+                f"the reference {'used' if self.amp else 'did not use'} mixed precision, "
+                f"this recipe's precision is {self.precision}"
+            )
+        if self.cov_loss_wt is not None and not self.coverage_optional:
+            found.append(
+                f"cov_loss_wt {self.cov_loss_wt:g} is set, but this pipeline has no coverage loss"
+            )
+        return found
 
     def _required(self, builder: str, *names: str) -> list[Any]:
         """The values of fields ``names``; ValueError naming those that are None."""
