@@ -264,6 +264,36 @@ def test_eager_and_captured_steps_are_equivalent(
         assert captured.amp.scaler.get_scale() == eager.amp.scaler.get_scale()
 
 
+class Wrapper(nn.Module):
+    """A stand-in for ``torch.compile``'s wrapper: the inner module as ``_orig_mod``."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self._orig_mod = inner
+        self.calls = 0
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self._orig_mod(*args)
+
+
+@needs_cuda
+def test_the_captured_step_runs_the_model_it_was_given_not_the_unwrapped_one() -> None:
+    """A torch.compile-d model stays compiled when captured (the graph records its kernels)."""
+    device = torch.device("cuda")
+    model = Wrapper(Tiny().to(device))
+    optimizer = make_optimizer(model, "adamw", fused=True)
+    step = TrainStep(model, optimizer, LOSS, forward, AMPStep(optimizer, "bf16"))
+    batches = list(TensorBatches(tensors(32, device="cuda"), B, shuffle=False))
+    step.capture(batches[0])
+    assert step.captured and model.calls >= 1  # the warm-up and the capture ran the wrapper
+    calls = model.calls
+    for batch in batches:
+        step(batch)
+    assert model.calls == calls  # replays: no Python forward at all
+    assert step.eager_steps == 0
+
+
 @needs_cuda
 def test_captured_eval_matches_eager_eval() -> None:
     device = torch.device("cuda")

@@ -386,7 +386,9 @@ class TrainStep:
             make_capturable(self.optimizer, self.device)
             converted = Snapshot(module, self.optimizer, self.amp.scaler)
             self._manual_ddp = self._ddp is not None
-            self._module = module
+            # DDP's own forward is bypassed (its reducer cannot be captured); any other
+            # wrapper stays: a torch.compile-d model runs inductor's kernels inside the graph
+            self._module = self.model if self._ddp is None else self._ddp.module
             self.optimizer.zero_grad(set_to_none=True)
             if self.amp.accumulation_steps > 1:  # persistent buffers the micro-batches add into
                 for p in self.params:
