@@ -39,7 +39,7 @@ COMPONENT_MODULES = [
     "progress",
     "evaluation",
     "interrupt",
-    "training_state",
+    "_training_state",
     "distributed",
 ]
 

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from trainkit._graph import is_fused
+from trainkit._state import require_keys
 from trainkit._validate import check_choice, check_float, check_int
 from trainkit.capturable_adagrad import adagrad_step
-from trainkit.state import require_keys
 
 __all__ = ["PRECISIONS", "AMPStep", "StepInfo", "resolve_precision"]
 

@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainkit._state import require_keys
 from trainkit._validate import check_choice, check_float, check_int, shown
 from trainkit.atomic import TMP_PREFIX, atomic_write
-from trainkit.state import require_keys
 
 __all__ = [
     "CheckpointError",

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from trainkit._state import require_keys
 from trainkit._validate import check_float
 from trainkit.checkpoint import check_model_state
-from trainkit.state import require_keys
 
 __all__ = ["EMA"]
 

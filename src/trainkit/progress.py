@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from trainkit.state import require_keys
+from trainkit._state import require_keys
 
 __all__ = ["TrainingProgress"]
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from trainkit._state import require_keys
 from trainkit._validate import check_float, check_int
-from trainkit.state import require_keys
 
 __all__ = ["WarmupCosineSchedule"]
 

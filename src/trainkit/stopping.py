@@ -16,8 +16,8 @@ import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal, Protocol, SupportsFloat
 
+from trainkit._state import require_keys
 from trainkit._validate import check_int, shown
-from trainkit.state import require_keys
 
 __all__ = ["BestValue", "EarlyStopper", "RunningAverage", "Selector", "feed"]
 

@@ -2,7 +2,7 @@
 
 ``fit`` reads like the reference's ``train()``; the step is :class:`~trainkit.train_step.TrainStep`
 (eager, or captured in CUDA graphs on CUDA), evaluation :class:`~trainkit.evaluation.EvalStep`;
-side jobs live in their own modules (loggers, nonfinite, stopping, progress, training_state,
+side jobs live in their own modules (loggers, nonfinite, stopping, progress, _training_state,
 distributed, interrupt). See docs/trainer.md.
 """
 
@@ -20,6 +20,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from trainkit import distributed
+from trainkit._training_state import (
+    load_best,
+    load_resume_state,
+    load_training_state,
+    renew_last,
+    training_state,
+)
 from trainkit._validate import check_choice, check_int
 from trainkit.amp import AMPStep
 from trainkit.batching import set_loader_epoch
@@ -34,13 +41,6 @@ from trainkit.records import describe_epoch, epoch_record
 from trainkit.schedule import WarmupCosineSchedule
 from trainkit.stopping import BestValue, RunningAverage, Selector, feed
 from trainkit.train_step import CaptureError, TrainStep, use_eager_optimizer
-from trainkit.training_state import (
-    load_best,
-    load_resume_state,
-    load_training_state,
-    renew_last,
-    training_state,
-)
 
 __all__ = [
     "NonFiniteLossError",
@@ -607,7 +607,7 @@ class Trainer:
         return training_state(self._parts(), self.progress, self.config)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (schedule excluded); :func:`~trainkit.training_state.load_training_state`
+        """Restore :meth:`state_dict` (schedule excluded); :func:`~trainkit._training_state.load_training_state`
         checks every block first and raises ``ValueError`` (one line) for a missing or unfitting one."""
         load_training_state(self._parts(), self.progress, state, self.device)
         use_eager_optimizer(self.optimizer)  # a captured run's state on CPU (docs/captured.md)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from trainkit import distributed
+from trainkit._state import require_keys
 from trainkit._validate import check_int, shown
 from trainkit.checkpoint import (
     CheckpointError,
@@ -29,7 +30,6 @@ from trainkit.checkpoint import (
 from trainkit.optim import check_optimizer_state
 from trainkit.progress import TrainingProgress
 from trainkit.rng import get_rng_state, set_rng_state
-from trainkit.state import require_keys
 
 __all__ = [
     "check_counters",
