@@ -94,7 +94,7 @@ def test_trainkit_is_imported_from_the_installed_wheel() -> None:
         "ema.py",
         "export.py",
         "atomic.py",
-        "state.py",
+        "_state.py",
         "checkpoint.py",
         "trainer.py",
     }
