@@ -13,9 +13,6 @@
 #   - without one: a CPU build, from a wheel pip has at hand (its find-links, as on our CI
 #     machines) or else from PyTorch's CPU index ($(TORCH_CPU_INDEX), about 200 MB);
 #   - TORCH_INDEX=URL picks the index yourself, e.g. the CPU one on a GPU machine.
-# Installs into the torch folder and the test venv pass --no-compile: pip would byte-compile
-# every module (torch: 26 s instead of 10 s on 2 cores), Python compiles what is imported,
-# once, on first import.
 PYTHON ?= python3
 VENV ?= .venv
 TEST_VENV ?= .venv-test
@@ -39,16 +36,16 @@ $(TORCH_DIR)/.done:
 	@test -x $(TORCH_DIR).pip/bin/python || $(PYTHON) -m venv $(TORCH_DIR).pip
 	@if [ -n "$(TORCH_INDEX)" ]; then \
 	  echo "torch: $(TORCH_SPEC) from $(TORCH_INDEX)"; \
-	  $(TORCH_DIR).pip/bin/python -m pip install -q --no-compile --target $(TORCH_DIR) --index-url $(TORCH_INDEX) "$(TORCH_SPEC)"; \
+	  $(TORCH_DIR).pip/bin/python -m pip install -q --target $(TORCH_DIR) --index-url $(TORCH_INDEX) "$(TORCH_SPEC)"; \
 	elif [ -n "$(HAS_GPU)" ]; then \
 	  echo "torch: a GPU is here: $(TORCH_SPEC) from the package index (CUDA build)"; \
-	  $(TORCH_DIR).pip/bin/python -m pip install -q --no-compile --target $(TORCH_DIR) "$(TORCH_SPEC)"; \
+	  $(TORCH_DIR).pip/bin/python -m pip install -q --target $(TORCH_DIR) "$(TORCH_SPEC)"; \
 	elif $(TORCH_DIR).pip/bin/python -m pip download -q --no-index --no-deps -d $(TORCH_WHEELS) "$(TORCH_SPEC)" 2>/dev/null; then \
 	  echo "torch: no GPU here: $$(ls $(TORCH_WHEELS)), a wheel pip has at hand"; \
-	  $(TORCH_DIR).pip/bin/python -m pip install -q --no-compile --target $(TORCH_DIR) $(TORCH_WHEELS)/*.whl; \
+	  $(TORCH_DIR).pip/bin/python -m pip install -q --target $(TORCH_DIR) $(TORCH_WHEELS)/*.whl; \
 	else \
 	  echo "torch: no GPU here: the CPU build of $(TORCH_SPEC) from $(TORCH_CPU_INDEX)"; \
-	  $(TORCH_DIR).pip/bin/python -m pip install -q --no-compile --target $(TORCH_DIR) --index-url $(TORCH_CPU_INDEX) "$(TORCH_SPEC)"; \
+	  $(TORCH_DIR).pip/bin/python -m pip install -q --target $(TORCH_DIR) --index-url $(TORCH_CPU_INDEX) "$(TORCH_SPEC)"; \
 	fi
 	rm -rf $(TORCH_DIR).pip $(TORCH_WHEELS)
 	touch $@
@@ -85,9 +82,9 @@ demo: install
 test:
 	rm -rf $(TEST_VENV) dist $(SDIST_TREE)
 	$(call make-venv,$(TEST_VENV))
-	$(TPY) -m pip install -q --no-compile build
+	$(TPY) -m pip install -q build
 	$(TPY) -m build --outdir dist .
-	$(TPY) -m pip install -q --no-compile "$$(ls dist/*.whl)[dev]"
+	$(TPY) -m pip install -q "$$(ls dist/*.whl)[dev]"
 	mkdir -p $(SDIST_TREE) && tar -xzf dist/*.tar.gz -C $(SDIST_TREE) --strip-components=1
 	rm -rf $(SDIST_TREE)/src
 	cd $(SDIST_TREE) && TRAINKIT_TEST_INSTALLED=1 $(abspath $(TPY)) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile --durations=15
