@@ -237,3 +237,14 @@ def _restore_root_logging() -> Iterator[None]:
             root.removeHandler(handler)
             handler.close()
     root.setLevel(level)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the files that hold ``slow`` tests first (stable order otherwise).
+
+    ``make test`` hands whole files to its 2 processes (``--dist loadfile``); a long file
+    handed out last kept one process busy while the other sat idle (about 40 s of a 3.5 min
+    run). Started first, the long files overlap the many short ones.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)

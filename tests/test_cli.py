@@ -46,6 +46,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow  # the smoke_run fixture: a whole CLI run
 def test_two_epoch_run_writes_the_run_directory(smoke_run: Path) -> None:
     results = json.loads((smoke_run / "results.json").read_text())
     for block in ("validation", "test"):
@@ -93,6 +94,7 @@ def test_two_epochs_learn_beyond_the_baseline(smoke_run: Path) -> None:
     assert results["test"]["acc@1"] > results["baseline_test_acc@1"] + 10
 
 
+@pytest.mark.slow  # the smoke_run fixture: a whole CLI run
 def test_resume_of_a_finished_run_continues_to_more_epochs(smoke_run: Path) -> None:
     proc = run_cli("--resume", str(smoke_run), "--epochs", "3", "--no-progress")
     assert proc.returncode == 0, proc.stdout + proc.stderr

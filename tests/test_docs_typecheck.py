@@ -15,6 +15,7 @@ pytest.importorskip(
 import docs_snippets_typecheck
 
 
+@pytest.mark.slow  # a cold mypy run: about half a minute on 2 cores
 def test_every_docs_page_passes_mypy_strict() -> None:
     pages = docs_snippets_typecheck.docs_pages()
     assert "recipes.md" in pages and len(pages) > 20  # the glob found docs/, not an empty folder
