@@ -4,9 +4,10 @@
 # Virtual environments: $(VENV) for the demo, development and docs (an editable install),
 # $(TEST_VENV) for `make test`, rebuilt on each run.
 #
-# PyTorch is installed once per checkout and Python version, into $(TORCH_DIR), and every
-# venv sees it through a .pth file: `make demo` and `make test` share one copy (before, each
-# venv downloaded and unpacked its own, 4.8 GB with CUDA). A torch that the base Python
+# PyTorch is installed once per user, torch spec, build and Python version, into $(TORCH_DIR)
+# under ~/.cache/trainkit/ (TORCH_CACHE), and every venv of every checkout sees it through a
+# .pth file: `make demo` and `make test` share one copy, and a clean clone reuses it (before,
+# each venv downloaded and unpacked its own, 4.8 GB with CUDA). A torch that the base Python
 # already imports is reused instead (the venv then sees system site-packages). Which build:
 #   - a machine with an NVIDIA GPU (nvidia-smi lists one): $(TORCH_SPEC) from the package
 #     index, PyPI's CUDA build;
@@ -20,35 +21,44 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 PY_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-TORCH_DIR ?= .venv-torch-py$(PY_VERSION)
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+# One folder per torch spec, build and Python version, in the user's cache: every checkout and
+# every clean clone of this one reuses it (`make clean-torch` removes it).
+TORCH_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/trainkit
+TORCH_FLAVOR = $(if $(TORCH_INDEX),index-$(notdir $(TORCH_INDEX)),$(if $(HAS_GPU),pypi,cpu))
+TORCH_DIR ?= $(TORCH_CACHE)/$(subst ==,-,$(TORCH_SPEC))-$(TORCH_FLAVOR)-py$(PY_VERSION)
 # `make test` runs the suite on 2 processes (pytest-xdist, a test file per process at a time:
 # module fixtures are built once); PYTEST_WORKERS=0 runs it in one.
 PYTEST_WORKERS ?= 2
 PY := $(VENV)/bin/python
 TPY := $(TEST_VENV)/bin/python
 SDIST_TREE := build/sdist-tree
-TORCH_WHEELS := build/torch-wheel
 
 # $(TORCH_DIR): torch and what it needs, installed once (see above); .done marks it complete.
+# It is staged in a folder of its own and renamed into place, so two checkouts building it at
+# once do not mix their files: the later rename finds it there and drops its own copy.
 $(TORCH_DIR)/.done:
-	rm -rf $(TORCH_DIR) $(TORCH_WHEELS)
-	@test -x $(TORCH_DIR).pip/bin/python || $(PYTHON) -m venv $(TORCH_DIR).pip
-	@if [ -n "$(TORCH_INDEX)" ]; then \
-	  echo "torch: $(TORCH_SPEC) from $(TORCH_INDEX)"; \
-	  $(TORCH_DIR).pip/bin/python -m pip install -q --target $(TORCH_DIR) --index-url $(TORCH_INDEX) "$(TORCH_SPEC)"; \
+	@mkdir -p $(dir $(TORCH_DIR))
+	@if [ -d $(TORCH_DIR) ] && [ ! -f $(TORCH_DIR)/.done ]; then rm -rf $(TORCH_DIR); fi
+	@stage=$(TORCH_DIR).partial-$$$$; wheels=$$stage.wheels; pip=$$stage.pip/bin/python; \
+	rm -rf $$stage $$stage.pip $$wheels; $(PYTHON) -m venv $$stage.pip || exit 1; \
+	if [ -n "$(TORCH_INDEX)" ]; then \
+	  echo "torch: $(TORCH_SPEC) from $(TORCH_INDEX) into $(TORCH_DIR)"; \
+	  $$pip -m pip install -q --target $$stage --index-url $(TORCH_INDEX) "$(TORCH_SPEC)"; \
 	elif [ -n "$(HAS_GPU)" ]; then \
-	  echo "torch: a GPU is here: $(TORCH_SPEC) from the package index (CUDA build)"; \
-	  $(TORCH_DIR).pip/bin/python -m pip install -q --target $(TORCH_DIR) "$(TORCH_SPEC)"; \
-	elif $(TORCH_DIR).pip/bin/python -m pip download -q --no-index --no-deps -d $(TORCH_WHEELS) "$(TORCH_SPEC)" 2>/dev/null; then \
-	  echo "torch: no GPU here: $$(ls $(TORCH_WHEELS)), a wheel pip has at hand"; \
-	  $(TORCH_DIR).pip/bin/python -m pip install -q --target $(TORCH_DIR) $(TORCH_WHEELS)/*.whl; \
+	  echo "torch: a GPU is here: $(TORCH_SPEC) from the package index (CUDA build) into $(TORCH_DIR)"; \
+	  $$pip -m pip install -q --target $$stage "$(TORCH_SPEC)"; \
+	elif $$pip -m pip download -q --no-index --no-deps -d $$wheels "$(TORCH_SPEC)" 2>/dev/null; then \
+	  echo "torch: no GPU here: $$(ls $$wheels), a wheel pip has at hand, into $(TORCH_DIR)"; \
+	  $$pip -m pip install -q --target $$stage $$wheels/*.whl; \
 	else \
-	  echo "torch: no GPU here: the CPU build of $(TORCH_SPEC) from $(TORCH_CPU_INDEX)"; \
-	  $(TORCH_DIR).pip/bin/python -m pip install -q --target $(TORCH_DIR) --index-url $(TORCH_CPU_INDEX) "$(TORCH_SPEC)"; \
-	fi
-	rm -rf $(TORCH_DIR).pip $(TORCH_WHEELS)
-	touch $@
+	  echo "torch: no GPU here: the CPU build of $(TORCH_SPEC) from $(TORCH_CPU_INDEX) into $(TORCH_DIR)"; \
+	  $$pip -m pip install -q --target $$stage --index-url $(TORCH_CPU_INDEX) "$(TORCH_SPEC)"; \
+	fi; status=$$?; rm -rf $$stage.pip $$wheels; \
+	if [ $$status -ne 0 ]; then rm -rf $$stage; exit $$status; fi; \
+	touch $$stage/.done; \
+	$(PYTHON) -c 'import os, sys; os.rename(sys.argv[1], sys.argv[2])' $$stage $(TORCH_DIR) 2>/dev/null \
+	  || { rm -rf $$stage; test -f $@; }
 
 # $(call make-venv,DIR): a venv at DIR with torch importable (see above).
 define make-venv
@@ -62,7 +72,7 @@ define make-venv
 	@$(1)/bin/python -c "import torch" || { echo "torch does not import in $(1)"; exit 1; }
 endef
 
-.PHONY: venv install install-dev demo test test-src test-gpu lint dist docs bench clean
+.PHONY: venv install install-dev demo test test-src test-gpu lint dist docs bench clean clean-torch
 
 venv:
 	$(call make-venv,$(VENV))
@@ -120,3 +130,7 @@ bench: install
 
 clean:
 	rm -rf $(VENV) $(TEST_VENV) runs dist build .pytest_cache .hypothesis src/*.egg-info .venv-torch-py*
+
+# The shared torch folder of this spec, build and Python version (see TORCH_DIR above).
+clean-torch:
+	rm -rf $(TORCH_DIR) $(TORCH_DIR).partial-*
