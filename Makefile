@@ -24,7 +24,12 @@ PY_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 # One folder per torch spec, build and Python version, in the user's cache: every checkout and
 # every clean clone of this one reuses it (`make clean-torch` removes it).
-TORCH_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/trainkit
+# Where the user's cache cannot be written (no HOME, a read-only home), the checkout's own
+# .venv-torch/ holds it instead.
+ifeq ($(origin TORCH_CACHE),undefined)
+TORCH_CACHE := $(shell d="$${XDG_CACHE_HOME:-$$HOME/.cache}/trainkit"; \
+  if mkdir -p "$$d" 2>/dev/null && [ -w "$$d" ]; then echo "$$d"; else echo "$(CURDIR)/.venv-torch"; fi)
+endif
 TORCH_FLAVOR = $(if $(TORCH_INDEX),index-$(notdir $(TORCH_INDEX)),$(if $(HAS_GPU),pypi,cpu))
 TORCH_DIR ?= $(TORCH_CACHE)/$(subst ==,-,$(TORCH_SPEC))-$(TORCH_FLAVOR)-py$(PY_VERSION)
 # `make test` runs the suite on 2 processes (pytest-xdist, a test file per process at a time:
@@ -129,7 +134,7 @@ bench: install
 	$(PY) benchmarks/throughput.py --device cpu --quick
 
 clean:
-	rm -rf $(VENV) $(TEST_VENV) runs dist build .pytest_cache .hypothesis src/*.egg-info .venv-torch-py*
+	rm -rf $(VENV) $(TEST_VENV) runs dist build .pytest_cache .hypothesis src/*.egg-info .venv-torch-py* .venv-torch
 
 # The shared torch folder of this spec, build and Python version (see TORCH_DIR above).
 clean-torch:
