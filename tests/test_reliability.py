@@ -314,25 +314,19 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(
     recipe: str, references: Any, tmp_path: Path
 ) -> None:
     reference = references(recipe)  # runs alongside the killed one
-    rng = random.Random(
-        f"issue-5-{recipe}"
-    )  # the moments are random, and the same in every run of the test
+    # the moments are random, and the same in every run of the test
+    rng = random.Random(f"issue-5-{recipe}")
     kills = [  # (mode, kind, epoch, index), delay after the marker
-        (
-            ("pause", "step", 1, rng.randint(2, STEPS_PER_EPOCH)),
-            0.0,
-        ),  # mid-epoch, before any epoch checkpoint
-        (("pause", "val", 2, 1), 0.0),  # mid-validation
-        # any instant shortly after a random step of epoch 3 (its steps, validation or saves):
+        # mid-epoch, before any epoch checkpoint
+        (("pause", "step", 1, rng.randint(2, STEPS_PER_EPOCH)), 0.0),
+        # mid-validation
+        (("pause", "val", 2, 1), 0.0),
+        # any instant shortly after a random step of epoch 3 (its steps, validation or saves)
         (("mark", "step", 3, rng.randint(1, STEPS_PER_EPOCH)), rng.uniform(0.0, 0.05)),
-        (
-            ("pause", "save", 4, "last.pt"),
-            0.0,
-        ),  # mid-save: epoch-0004.pt written, last.pt not yet replaced
-        (
-            ("pause", "final", "end", rng.randint(1, 2)),
-            0.0,
-        ),  # during the final evaluation of the best model
+        # mid-save: epoch-0004.pt written, last.pt not yet replaced
+        (("pause", "save", 4, "last.pt"), 0.0),
+        # during the final evaluation of the best model
+        (("pause", "final", "end", rng.randint(1, 2)), 0.0),
     ]
     driver = Driver(tmp_path, recipe)
     out = tmp_path / "runs"
@@ -344,9 +338,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(
         assert killed, f"expected a kill at {kind} {epoch} {index}:\n{output}"
         run_dir = run_dir_in(out)
         args = ["--resume", str(run_dir)]
-        if (
-            kind == "save"
-        ):  # the kill left the new file's temporary copy, and last.pt one epoch behind
+        if kind == "save":  # the kill left the new file's temporary copy, last.pt one behind
             checkpoints = run_dir / "checkpoints"
             assert any(n.startswith(".trainkit-tmp-last.pt") for n in os.listdir(checkpoints))
             assert torch.load(checkpoints / "last.pt", weights_only=True)["epoch"] == 3

@@ -112,9 +112,8 @@ def check_training_state(parts: Mapping[str, Any], state: Any) -> None:
     )
     check_counters(state)
     check_model_state(parts["model"], state["model"])
-    check_optimizer_state(
-        parts["optimizer"], state["optimizer"]
-    )  # another recipe's checkpoint fails here
+    # another recipe's checkpoint fails here
+    check_optimizer_state(parts["optimizer"], state["optimizer"])
     for name, part in _loaded_parts(parts, state).items():
         require_keys(state[name], part.state_dict().keys(), f"{type(part).__name__} ({name!r})")
         check = getattr(part, "check_state_dict", None)  # a user's object may not have one

@@ -398,9 +398,8 @@ class CheckpointManager:
             return None
         target = self._write(name, state)
         kept.append((name, number))
-        kept.sort(
-            key=lambda entry: entry[1], reverse=self.best_mode == "max"
-        )  # stable: earlier first on ties
+        # sort is stable: on ties the earlier checkpoint stays first
+        kept.sort(key=lambda entry: entry[1], reverse=self.best_mode == "max")
         for dropped, _ in kept[self.keep_best :]:
             (self.directory / dropped).unlink(missing_ok=True)
         self._best = kept[: self.keep_best]

@@ -63,9 +63,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
     npy = state["numpy"]
-    keys = (
-        npy["keys"].cpu().numpy().astype(np.uint32)
-    )  # a checkpoint loaded with map_location="cuda"
+    # .cpu(): a checkpoint loaded with map_location="cuda" holds the keys on the GPU
+    keys = npy["keys"].cpu().numpy().astype(np.uint32)
     np.random.set_state((npy["kind"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"].cpu())
     cuda_states = state.get("cuda") or []
