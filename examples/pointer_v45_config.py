@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import json
 import logging
 import types
 import typing
@@ -31,6 +30,7 @@ import run_dir as rd
 from trainkit import recipes
 from trainkit._validate import check_int
 from trainkit.recipes import Recipe, replace_checked
+from trainkit.sweep import read_epochs
 
 log = logging.getLogger("pointer_v45")
 __all__ = [
@@ -539,18 +539,8 @@ def missing_config(run_dir: Path) -> rd.UsageError:
 
 def epochs_trained(run_dir: Path) -> int:
     """The epochs a run has finished, from its ``metrics.jsonl`` (0 without one)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return 0
-    done = 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
-            done = max(done, record["epoch"])
-    return done
+    records = read_epochs(run_dir / "metrics.jsonl")  # torn lines skipped, sorted by epoch
+    return records[-1]["epoch"] if records else 0
 
 
 def check_resume_epochs(run_dir: Path, recipe: Recipe, epochs: int) -> None:
