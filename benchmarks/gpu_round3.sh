@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Third-round GPU checks on GeoLife (docs/results.md, docs/sweep.md). From the repository root:
+# The GeoLife GPU results quoted in docs/results.md, docs/recipes.md, docs/sweep.md and
+# docs/performance.md. From the repository root:
 #   DATA=path/to/dataSet_geolife.csv OUT=gpu_out bash benchmarks/gpu_round3.sh PART
 # PART:
-#   reports:  compare, ablate (revert) and ablate --design add-one, 5 seeds (42..46), default --jobs
-#   add-one:  only the add-one ablation of reports
+#   compare:  both recipes over 5 seeds (42..46), default --jobs, report in $OUT/compare
+#   ablate:   the revert ablation ladder over the same seeds, report in $OUT/ablate
+#   add-one:  the add-one ablation ladder over the same seeds, report in $OUT/add-one
+#   reports:  compare, ablate and add-one, one after the other
 #   eager:    the proposed recipe with --no-capture over SEEDS (default "42 43 44 45 46";
 #             captured: compare's proposed row)
 #   ablate20: the revert ladder over 20 seeds (140 runs), timed end to end; JOBS=N passes --jobs N
@@ -18,15 +21,21 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$OUT/gp
 timed() { local start=$SECONDS; "$@"; local rc=$?; echo "== wall $((SECONDS - start)) s, rc $rc: $*"; return $rc; }
 run() { python3 examples/pointer_v45.py --data "$DATA" --no-progress "$@"; }
 
+# report NAME ARGS...: one 5-seed sweep of the example into $OUT/NAME, timed, its log's end shown
+report() {
+  local name=$1; shift
+  timed run "$@" --seeds 5 --out "$OUT/$name" > "$OUT/$name.log" 2>&1
+  tail -2 "$OUT/$name.log"
+}
+
 case "$PART" in
+  compare) report compare --recipe compare ;;
+  ablate) report ablate --recipe ablate ;;
+  add-one) report add-one --recipe ablate --design add-one ;;
   reports)
-    timed run --recipe compare --seeds 5 --out "$OUT/compare" > "$OUT/compare.log" 2>&1; tail -2 "$OUT/compare.log"
-    timed run --recipe ablate --seeds 5 --out "$OUT/ablate" > "$OUT/ablate.log" 2>&1; tail -2 "$OUT/ablate.log"
-    timed run --recipe ablate --design add-one --seeds 5 --out "$OUT/add-one" > "$OUT/add-one.log" 2>&1
-    tail -2 "$OUT/add-one.log" ;;
-  add-one)
-    timed run --recipe ablate --design add-one --seeds 5 --out "$OUT/add-one" > "$OUT/add-one.log" 2>&1
-    tail -2 "$OUT/add-one.log" ;;
+    report compare --recipe compare
+    report ablate --recipe ablate
+    report add-one --recipe ablate --design add-one ;;
   eager)
     for seed in ${SEEDS:-42 43 44 45 46}; do
       timed run --seed "$seed" --no-capture --out "$OUT/eager" > "$OUT/eager-$seed.log" 2>&1
@@ -36,5 +45,5 @@ case "$PART" in
     name=ablate20${JOBS:+-jobs$JOBS}
     timed run --recipe ablate --seeds 20 ${JOBS:+--jobs $JOBS} --out "$OUT/$name" > "$OUT/$name.log" 2>&1
     tail -3 "$OUT/$name.log" ;;
-  *) echo "unknown part $PART (reports|add-one|eager|ablate20)"; exit 2 ;;
+  *) echo "unknown part $PART (compare|ablate|add-one|reports|eager|ablate20)"; exit 2 ;;
 esac
