@@ -431,8 +431,11 @@ class Trainer:
             step.run(batch)
         return step.result()
 
-    def _new_eval_step(self, model: nn.Module) -> EvalStep:
-        return EvalStep(
+    def _eval_step(self, model: nn.Module, loader: Iterable[Any]) -> EvalStep:
+        key = (id(model), id(loader))
+        if key in self._eval_steps:
+            return self._eval_steps[key]
+        step = EvalStep(
             model,
             self.loss_fn,
             metrics=self.metrics(device=self.device),
@@ -441,12 +444,6 @@ class Trainer:
             ignore_index=self.ignore_index,
             autocast=functools.partial(self.amp.autocast, cache_enabled=False),
         )
-
-    def _eval_step(self, model: nn.Module, loader: Iterable[Any]) -> EvalStep:
-        key = (id(model), id(loader))
-        if key in self._eval_steps:
-            return self._eval_steps[key]
-        step = self._new_eval_step(model)
         if not hasattr(step.metrics, "reset"):  # a fresh metrics object each pass, eager
             return step
         self._eval_steps[key] = step
