@@ -96,10 +96,6 @@ def _check_name(argument: str, name: Any) -> str:
     return name
 
 
-def _check_keep(argument: str, value: Any, minimum: int) -> None:
-    check_int(argument, value, minimum=minimum)
-
-
 def _check_every_seconds(value: Any) -> None:
     if value is None:
         return
@@ -264,8 +260,8 @@ class CheckpointManager:
         best_mode: str = "min",
         safe_globals: Iterable[type] = (),
     ) -> None:
-        _check_keep("keep_last", keep_last, minimum=1)
-        _check_keep("keep_best", keep_best, minimum=0)
+        check_int("keep_last", keep_last, minimum=1)
+        check_int("keep_best", keep_best, minimum=0)
         _check_every_seconds(every_seconds)
         if best_mode not in _BEST_MODES:
             raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
@@ -539,7 +535,7 @@ class CheckpointManager:
         require_keys(
             state, ("keep_last", "every_seconds", "seconds_since_save"), "CheckpointManager"
         )
-        _check_keep("keep_last", state["keep_last"], minimum=1)
+        check_int("keep_last", state["keep_last"], minimum=1)
         _check_every_seconds(state["every_seconds"])
         check_float("seconds_since_save", state["seconds_since_save"])
         saved = state.get("saved", self._saved)
@@ -548,7 +544,7 @@ class CheckpointManager:
         for name in saved:
             _check_name("saved", name)
         keep_best = state.get("keep_best", self.keep_best)
-        _check_keep("keep_best", keep_best, minimum=0)
+        check_int("keep_best", keep_best, minimum=0)
         check_choice("best_mode", state.get("best_mode", self.best_mode), _BEST_MODES)
         best = state.get("best", [[n, v] for n, v in self._best])
         if not isinstance(best, list) or len(best) > keep_best:
