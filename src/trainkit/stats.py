@@ -163,14 +163,15 @@ def _check_enough(array: np.ndarray, name: str) -> None:
         raise ValueError(f"{name}: an interval needs at least {MIN_SEEDS} values, got {array.size}")
 
 
-def _scale_exponent(array: np.ndarray) -> int:
-    """The power of two ``e`` that brings every value below 1 in magnitude (0 if already).
+def _scaled(array: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(array / 2**e, e)`` for the power of two ``e`` that brings every value below 1 in
+    magnitude (0 if already).
 
     Dividing by ``2**e`` is exact, so sums of the scaled values are the same bits scaled,
-    except that they can no longer overflow.
+    except that they can no longer overflow; ``np.ldexp(result, e)`` scales back.
     """
-    largest = float(np.max(np.abs(array)))
-    return max(0, math.frexp(largest)[1])
+    exponent = max(0, math.frexp(float(np.max(np.abs(array))))[1])
+    return np.ldexp(array, -exponent), exponent
 
 
 def _finite(value: float, name: str, what: str) -> float:
@@ -185,8 +186,7 @@ def _mean_and_sd(array: np.ndarray, name: str) -> tuple[float, float | None]:
     Raises:
         ValueError: the sd of finite values exceeds float64's range.
     """
-    exponent = _scale_exponent(array)
-    scaled = np.ldexp(array, -exponent)
+    scaled, exponent = _scaled(array)
     mean = float(np.ldexp(np.mean(scaled), exponent))
     if array.size < 2:
         return mean, None
@@ -197,8 +197,7 @@ def _mean_and_sd(array: np.ndarray, name: str) -> tuple[float, float | None]:
 
 def _has_spread(array: np.ndarray) -> bool:
     """False when the values are equal up to rounding (range <= NO_SPREAD_RTOL * max |value|)."""
-    exponent = _scale_exponent(array)
-    scaled = np.ldexp(array, -exponent)
+    scaled, _ = _scaled(array)
     return float(np.ptp(scaled)) > NO_SPREAD_RTOL * float(np.max(np.abs(scaled)))
 
 
@@ -413,8 +412,8 @@ def bootstrap_interval(
         return Interval(math.nan, math.nan, float(level), "paired bootstrap", degenerate=True)
     rng = np.random.default_rng(rng_seed)
     picks = rng.integers(0, array.size, size=(resamples, array.size))
-    exponent = _scale_exponent(array)  # exact scaling: the means cannot overflow
-    means = np.ldexp(array, -exponent)[picks].mean(axis=1)
+    scaled, exponent = _scaled(array)  # exact scaling: the means cannot overflow
+    means = scaled[picks].mean(axis=1)
     low, high = np.ldexp(np.quantile(means, [(1 - level) / 2, (1 + level) / 2]), exponent)
     return Interval(float(low), float(high), float(level), "paired bootstrap")
 
